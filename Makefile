@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.cadfd-installed
+MSG_INPUTS := $(wildcard msg/*.msg) $(wildcard interfaces/cadfd_ros_interfaces/*) interfaces/build_into_venv.sh
 DEMO_OUT ?= out/demo
 
 .PHONY: venv demo test bench msgs prior-data clean
@@ -13,13 +14,19 @@ DEMO_OUT ?= out/demo
 venv: $(STAMP)
 
 # torch first, pinned: an unpinned torch from any other requirement would fetch CUDA wheels.
-$(STAMP): requirements.txt setup.py package.xml
+$(STAMP): requirements.txt setup.py package.xml $(MSG_INPUTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PIN)
 	$(PIP) install -q -r requirements.txt $(TORCH_PIN)
 	$(PIP) install -q --no-deps --no-build-isolation -e .
+	bash interfaces/build_into_venv.sh $(VENV) .msg-build
 	touch $@
+
+# Custom messages: msg/*.msg -> cadfd_ros_interfaces, built and installed into the venv with the
+# pinned pip ROS tools (interfaces/build_into_venv.sh). Incremental; `make venv` runs it too.
+msgs: venv
+	bash interfaces/build_into_venv.sh $(VENV) .msg-build
 
 demo: venv
 	HF_HUB_OFFLINE=1 $(VENV)/bin/cadfd demo --out-dir $(DEMO_OUT)
