@@ -37,5 +37,15 @@ test: venv
 bench: venv
 	HF_HUB_OFFLINE=1 $(VENV)/bin/cadfd bench --out-dir out/bench
 
+# Training/eval photos for the diffusion prior (issue 3), unpacked into the git-ignored .prior-data/.
+# Debian wallpaper photos = training set; skimage/sklearn samples = held-out set (see cadfd_ros/prior/MANIFEST.csv).
+PRIOR_DATA ?= .prior-data
+PRIOR_DEBS := lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 plasma-workspace-wallpapers
+prior-data: venv
+	mkdir -p $(PRIOR_DATA)/debs $(PRIOR_DATA)/x
+	cd $(PRIOR_DATA)/debs && for p in $(PRIOR_DEBS); do ls $${p}_*.deb >/dev/null 2>&1 || apt-get download $$p || { apt-get update -q && apt-get download $$p; }; done
+	for p in $(PRIOR_DEBS); do mkdir -p $(PRIOR_DATA)/x/$$p && dpkg-deb -x $(PRIOR_DATA)/debs/$${p}_*.deb $(PRIOR_DATA)/x/$$p; done
+	$(PY) -m cadfd_ros.prior.data $(PRIOR_DATA)
+
 clean:
 	rm -rf $(VENV) out build *.egg-info
