@@ -1,0 +1,1 @@
+"""ROS 2 layer: message conversions (conversions.py) and the lifecycle node helpers."""
