@@ -1,0 +1,239 @@
+"""One ROS image in, the node's output messages out.
+
+This is the per-frame work shared by the lifecycle node and ``cadfd bag``. It holds no rclpy
+node, so both run exactly the same code: image -> capture -> (downscale) -> solver ->
+REP 118 depth, camera_info, all-in-focus, confidence, organised cloud, ReconstructionInfo.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from cadfd_ros.errors import CadfdError, InputImageError
+from cadfd_ros.optics.psf_bank import PSFBank
+from cadfd_ros.pipeline import Reconstruction, Reconstructor
+
+DEPTH_ENCODINGS = ("32FC1", "16UC1")
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """What to publish and how; everything here may change between frames."""
+
+    depth_encoding: str = "32FC1"
+    min_depth: float = 0.0  # metres; depth below is invalid
+    max_depth: float = 0.0  # metres; depth above is invalid; 0 disables the limit
+    publish_aif: bool = True
+    publish_points: bool = True
+    points_colored: bool = False
+    publish_confidence: bool = True
+    output_frame_id: str = ""  # empty: the input image's frame_id
+
+    def __post_init__(self) -> None:
+        if self.depth_encoding not in DEPTH_ENCODINGS:
+            raise CadfdError(f"depth_encoding must be one of {', '.join(DEPTH_ENCODINGS)}, got {self.depth_encoding!r}")
+        if self.min_depth < 0 or self.max_depth < 0:
+            raise CadfdError(f"min_depth/max_depth must be >= 0, got {self.min_depth}/{self.max_depth}")
+        if self.max_depth and self.max_depth <= self.min_depth:
+            raise CadfdError(f"max_depth ({self.max_depth}) must be greater than min_depth ({self.min_depth}) or 0")
+
+
+@dataclass
+class FrameOutputs:
+    """Messages for one input frame; optional outputs are None when disabled or impossible."""
+
+    reconstruction: Reconstruction
+    header: object  # std_msgs/Header with the input stamp and the output frame id
+    depth: object
+    depth_info: object | None
+    aif: object | None
+    aif_info: object | None
+    confidence: object | None
+    points: object | None
+    info: object | None  # cadfd_ros_interfaces/ReconstructionInfo when the package is built
+    intrinsics_source: str  # "camera_info" or "psf_bank" (or "none": no cloud, no camera_info)
+    seconds: dict[str, float]  # per-stage wall time: convert, solve, publish-side encode
+
+
+def _area_weights(old_size: int, factor: float) -> np.ndarray:
+    """(new, old) matrix that area-averages a centred 1-D kernel by ``factor``.
+
+    Old pixel i covers [i - c_old - 0.5, i - c_old + 0.5] (c_old the centre index); new pixel
+    j covers factor-wide intervals centred on (j - c_new) * factor, so the centre stays centred.
+    """
+    half_old = old_size // 2
+    half_new = int(math.ceil((half_old + 0.5) / factor - 0.5))
+    new_size = 2 * half_new + 1
+    old_lo = np.arange(old_size) - half_old - 0.5
+    new_lo = (np.arange(new_size) - half_new - 0.5) * factor
+    overlap = np.minimum(new_lo[:, None] + factor, old_lo[None, :] + 1) - np.maximum(new_lo[:, None], old_lo[None, :])
+    return np.clip(overlap, 0, None)
+
+
+def downscale_psf_bank(bank: PSFBank, factor: int) -> PSFBank:
+    """The bank as seen by a camera binned ``factor`` x ``factor``: PSFs area-averaged, pitch x factor.
+
+    Why: the blur is calibrated in full-resolution pixels; a capture shrunk by ``factor`` sees
+    every PSF shrunk by the same factor, so the bank must follow or depth comes out wrong.
+    """
+    if factor == 1:
+        return bank
+    weights = _area_weights(bank.kernel_size, float(factor))
+    psfs = np.einsum("jk,lckm,nm->lcjn", weights, bank.psfs.astype(np.float64), weights)
+    psfs /= psfs.sum(axis=(2, 3), keepdims=True)
+    metadata = dict(bank.metadata)
+    if "pixel_pitch_m" in metadata:
+        metadata["pixel_pitch_m"] *= factor
+    return PSFBank(psfs.astype(np.float32), bank.depths, metadata, source=f"{bank.source} (downscaled x{factor})")
+
+
+def downscale_capture(capture: np.ndarray, factor: int) -> np.ndarray:
+    """Area-average a capture by an integer factor (cv2 INTER_AREA: pixel-centre convention)."""
+    if factor == 1:
+        return capture
+    import cv2
+
+    height, width = capture.shape[:2]
+    new_w, new_h = width // factor, height // factor
+    if new_w < 1 or new_h < 1:
+        raise InputImageError(f"image {width}x{height} is too small for input_downscale={factor}")
+    return cv2.resize(capture, (new_w, new_h), interpolation=cv2.INTER_AREA)
+
+
+def apply_depth_limits(depth: np.ndarray, min_depth: float, max_depth: float) -> np.ndarray:
+    """NaN (REP 117 invalid) outside [min_depth, max_depth]; max_depth 0 means no upper limit."""
+    out = np.array(depth, dtype=np.float32, copy=True)
+    with np.errstate(invalid="ignore"):
+        bad = out < min_depth
+        if max_depth > 0:
+            bad |= out > max_depth
+    out[bad] = np.nan
+    return out
+
+
+def _load_info_type() -> type | None:
+    try:
+        from cadfd_ros_interfaces.msg import ReconstructionInfo
+    except ImportError:  # interfaces not built (make msgs); ~/info is then skipped
+        return None
+    return ReconstructionInfo
+
+
+class FrameProcessor:
+    """Turns sensor_msgs/Image (+ optional CameraInfo) into the node's output messages."""
+
+    def __init__(self, reconstructor: Reconstructor, input_downscale: int = 1) -> None:
+        # The reconstructor must already hold the bank matching ``input_downscale``.
+        self.reconstructor = reconstructor
+        self.input_downscale = int(input_downscale)
+        self.info_type = _load_info_type()
+
+    @property
+    def bank(self) -> PSFBank:
+        return self.reconstructor.psf_bank
+
+    def bank_camera_info(self, header: object, width: int, height: int) -> object | None:
+        """Intrinsics from the bank's optics: fx = fy = focal_length_m / pixel_pitch_m, centred."""
+        from cadfd_ros.ros.conversions import camera_info_from_intrinsics
+
+        focal_px = self.bank.focal_length_px()
+        if focal_px is None:
+            return None
+        cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+        return camera_info_from_intrinsics(header, width, height, focal_px, focal_px, cx, cy)
+
+    def process(
+        self, image_msg: object, camera_info: object | None, settings: OutputSettings, tiled: bool = False
+    ) -> FrameOutputs:
+        """Run one frame; raises InputImageError for a bad frame, CadfdError for a solver failure.
+
+        ``tiled``: solve with ``Reconstructor.reconstruct_tiled`` (the out-of-memory fallback).
+        """
+        import time
+
+        from std_msgs.msg import Header
+
+        from cadfd_ros.ros import conversions as conv
+
+        seconds: dict[str, float] = {}
+        start = time.perf_counter()
+        capture = conv.image_msg_to_capture(image_msg)
+        in_h, in_w = capture.shape[:2]
+        if camera_info is not None:
+            conv.check_camera_info(camera_info, in_w, in_h)
+        capture = downscale_capture(capture, self.input_downscale)
+        height, width = capture.shape[:2]
+
+        header = Header()
+        header.stamp = image_msg.header.stamp  # exact input stamp: consumers sync on it
+        header.frame_id = settings.output_frame_id or image_msg.header.frame_id
+        if camera_info is not None:
+            info = conv.scale_camera_info(camera_info, width, height) if (width, height) != (in_w, in_h) else camera_info
+            info = _with_header(info, header)
+            source = "camera_info"
+        else:
+            info = self.bank_camera_info(header, width, height)
+            source = "psf_bank" if info is not None else "none"
+        seconds["convert"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        solve = self.reconstructor.reconstruct_tiled if tiled else self.reconstructor.reconstruct
+        result = solve(capture)
+        seconds["solve"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        depth = apply_depth_limits(result.depth, settings.min_depth, settings.max_depth)
+        result.depth = depth
+        depth_msg = conv.depth_to_image_msg(depth, header, encoding=settings.depth_encoding)
+        aif_msg = conv.aif_to_image_msg(result.all_in_focus, header) if settings.publish_aif else None
+        conf_msg = conv.confidence_to_image_msg(result.confidence, header) if settings.publish_confidence else None
+        points = None
+        if settings.publish_points and info is not None:
+            rgb = result.all_in_focus if settings.points_colored else None
+            points = conv.depth_to_pointcloud2(depth, info, header, rgb=rgb)
+        seconds["encode"] = time.perf_counter() - start
+        return FrameOutputs(
+            reconstruction=result,
+            header=header,
+            depth=depth_msg,
+            depth_info=info,
+            aif=aif_msg,
+            aif_info=_with_header(info, header) if (aif_msg is not None and info is not None) else None,
+            confidence=conf_msg,
+            points=points,
+            info=self.info_message(result, header, seconds),
+            intrinsics_source=source,
+            seconds=seconds,
+        )
+
+    def info_message(self, result: Reconstruction, header: object, seconds: dict[str, float]) -> object | None:
+        if self.info_type is None:
+            return None
+        msg = self.info_type()
+        msg.header = header
+        msg.method = result.method
+        msg.sampler = result.sampler or ""
+        msg.steps = int(result.steps)
+        # Solver stages first (from the Reconstructor), then the node's own stages.
+        stages = {k: v for k, v in result.timings.items() if k != "total"}
+        stages.update({f"node_{k}": v for k, v in seconds.items()})
+        msg.stage_names = list(stages)
+        msg.stage_seconds = [float(v) for v in stages.values()]
+        msg.total_seconds = float(sum(seconds.values()))
+        msg.final_residual = float(result.residual)
+        lo, hi = result.depth_range()
+        msg.min_depth = float(lo)
+        msg.max_depth = float(hi)
+        msg.valid_fraction = float(result.valid_fraction)
+        return msg
+
+
+def _with_header(info: object, header: object) -> object:
+    """A copy of a CameraInfo carrying ``header`` (stamp and frame id must match the image)."""
+    import copy
+
+    out = copy.copy(info)
+    out.header = header
+    return out

@@ -1,0 +1,381 @@
+"""cadfd_node in-process, over real rclpy and DDS: lifecycle, encodings, output conventions,
+parameter validation and bad frames. Frames are small (96 x 128) and the bank has 6 layers, so
+each solve takes a fraction of a second."""
+from __future__ import annotations
+
+import math
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
+pytest.importorskip("rclpy.lifecycle", reason="rclpy has no lifecycle support")
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
+
+from ros_test_util import (  # noqa: E402
+    CX, CY, FX, FY, Collector, camera_info_msg, cloud_xyz, depth_array, diagnostic_values, image_msg,
+    simulated_capture, small_bank, unique_domain_id,
+)
+
+pytestmark = pytest.mark.ros
+
+H, W = 96, 128
+FRAME = "test_optical_frame"
+ENCODINGS = ("mono8", "mono16", "rgb8", "bgr8", "rgba8", "bgra8", "bayer_rggb8", "bayer_bggr8", "bayer_gbrg8",
+             "bayer_grbg8", "bayer_rggb16")
+
+
+@pytest.fixture(scope="module")
+def context():
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx, domain_id=unique_domain_id())
+    yield ctx
+    rclpy.shutdown(context=ctx)
+
+
+@pytest.fixture(scope="module")
+def bank_path(tmp_path_factory):
+    return small_bank(tmp_path_factory.mktemp("bank") / "bank6.npz")
+
+
+@pytest.fixture(scope="module")
+def scene(bank_path):
+    return simulated_capture(bank_path, H, W, rgb=True)
+
+
+class Harness:
+    """The node plus a client node (publishers, output subscriptions) spinning in a thread."""
+
+    def __init__(self, context, **params) -> None:
+        from cadfd_ros.node import CadfdNode
+
+        self.ns = f"/t_{uuid.uuid4().hex[:8]}"
+        overrides = [Parameter(k, value=v) for k, v in params.items()]
+        self.node = CadfdNode(namespace=self.ns, context=context, parameter_overrides=overrides)
+        self.client = Node("test_client", namespace=self.ns, context=context)
+        self.out = Collector()
+        self.image_pub = self.client.create_publisher(Image, "image_raw", 10)
+        self.info_pub = self.client.create_publisher(CameraInfo, "camera_info", 10)
+        topics = {"depth/image": Image, "depth/camera_info": CameraInfo, "points": PointCloud2, "aif/image": Image,
+                  "aif/camera_info": CameraInfo, "confidence/image": Image}
+        for topic, msg_type in topics.items():
+            self.client.create_subscription(msg_type, topic, self.out.callback(topic), qos_profile_sensor_data)
+        self.client.create_subscription(DiagnosticArray, "/diagnostics", self.out.callback("diagnostics"), 10)
+        try:
+            from cadfd_ros_interfaces.msg import ReconstructionInfo
+
+            self.client.create_subscription(ReconstructionInfo, "cadfd_node/info", self.out.callback("info"), 10)
+        except ImportError:
+            pass
+        self.executor = MultiThreadedExecutor(num_threads=4, context=context)
+        self.executor.add_node(self.node)
+        self.executor.add_node(self.client)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def state(self) -> str:
+        return self.node._state_machine.current_state[1]
+
+    def start(self) -> None:
+        assert self.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert self.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        self.wait_connected()
+
+    def wait_connected(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.image_pub.get_subscription_count() < 1 or self.info_pub.get_subscription_count() < 1:
+            assert time.monotonic() < deadline, "node never subscribed to image_raw/camera_info"
+            time.sleep(0.05)
+        while self.client.count_publishers(f"{self.ns}/depth/image") < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.3)  # let discovery settle both ways (best-effort: no retransmission)
+
+    def send(self, capture: np.ndarray, encoding: str, stamp: tuple[int, int], info: bool = True,
+             frame_id: str = FRAME, msg=None) -> None:
+        msg = msg or image_msg(capture, encoding, stamp, frame_id)
+        if info:
+            self.info_pub.publish(camera_info_msg(msg.width, msg.height, stamp, frame_id))
+            time.sleep(0.05)  # camera_info first, as drivers do
+        self.image_pub.publish(msg)
+
+    def roundtrip(self, capture, encoding, stamp, topic="depth/image", **kw):
+        """Send until the output for ``stamp`` arrives (best effort may lose a message)."""
+        for _ in range(3):
+            self.send(capture, encoding, stamp, **kw)
+            try:
+                return self.out.wait_for(topic, lambda m: (m.header.stamp.sec, m.header.stamp.nanosec) == stamp, 8.0)
+            except AssertionError:
+                continue
+        raise AssertionError(f"no {topic} for {encoding} frame at {stamp}")
+
+    def diagnostics(self, predicate, timeout: float = 5.0) -> dict:
+        name = self.node.get_fully_qualified_name()
+
+        def match(array):
+            statuses = diagnostic_values(array, name)
+            return bool(statuses) and predicate(statuses)
+
+        return diagnostic_values(self.out.wait_for("diagnostics", match, timeout), name)
+
+    def close(self) -> None:
+        self.node.stop()
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        self.client.destroy_node()
+
+
+@pytest.fixture
+def harness(context, bank_path):
+    created = []
+
+    def make(**params):
+        params.setdefault("psf_bank", str(bank_path))
+        params.setdefault("device", "cpu")
+        h = Harness(context, **params)
+        created.append(h)
+        return h
+
+    yield make
+    for h in created:
+        h.close()
+
+
+def test_lifecycle_failed_configure_then_recovery(harness, bank_path, tmp_path):
+    h = harness(psf_bank=str(tmp_path / "missing.npz"))
+    assert h.state() == "unconfigured"
+    # Bad bank path: FAILURE (not ERROR), still unconfigured, and diagnostics say why.
+    assert h.node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert h.state() == "unconfigured"
+    statuses = h.diagnostics(lambda s: any("missing.npz" in v["_message"] for v in s.values()))
+    rec = next(v for k, v in statuses.items() if k.endswith("reconstruction"))
+    assert rec["_level"] == 2 and "PSF bank file not found" in rec["_message"]
+
+    # A file that is not an npz: same, with a message naming the file.
+    corrupt = tmp_path / "corrupt.npz"
+    corrupt.write_bytes(b"not a zip archive")
+    assert h.node.set_parameters([Parameter("psf_bank", value=str(corrupt))])[0].successful
+    assert h.node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert "corrupt.npz" in h.node._stats.last_error and h.state() == "unconfigured"
+
+    # Fix the parameter, configure again: success, and the full cycle works.
+    assert h.node.set_parameters([Parameter("psf_bank", value=str(bank_path))])[0].successful
+    assert h.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert h.state() == "inactive"
+    # Solver parameters are refused while configured, with a reason.
+    result = h.node.set_parameters([Parameter("psf_bank", value="/elsewhere.npz")])[0]
+    assert not result.successful and "cleanup" in result.reason
+    assert h.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    assert h.state() == "active" and len(h.node._subs) == 2 and h.node._worker.is_alive()
+    assert h.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    assert h.state() == "inactive" and h.node._subs == [] and h.node._worker is None
+    assert h.node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+    assert h.state() == "unconfigured" and h.node._processor is None and h.node._pubs == {}
+    assert h.node.set_parameters([Parameter("steps", value=5)])[0].successful  # allowed again
+    assert h.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert h.node.trigger_shutdown() == TransitionCallbackReturn.SUCCESS
+    assert h.state() == "finalized" and h.node._processor is None
+
+
+def test_dps_configure_fails_cleanly_or_succeeds(harness, tmp_path):
+    # An unloadable prior must give FAILURE with a reason, never an exception or ERROR.
+    h = harness(method="dps", prior=str(tmp_path / "no_prior"))
+    result = h.node.trigger_configure()
+    assert result == TransitionCallbackReturn.FAILURE
+    assert h.state() == "unconfigured"
+    assert h.node._stats.last_error.startswith("configure failed")
+
+
+def test_output_conventions(harness, scene, bank_path):
+    capture, true_depth = scene
+    h = harness()
+    h.start()
+    stamp = (1234, 567_000_000)
+    depth_msg = h.roundtrip(capture, "rgb8", stamp)
+    at_stamp = lambda m: (m.header.stamp.sec, m.header.stamp.nanosec) == stamp  # noqa: E731
+    info = h.out.wait_for("depth/camera_info", at_stamp)
+    cloud = h.out.wait_for("points", at_stamp)
+    aif = h.out.wait_for("aif/image", at_stamp)
+    aif_info = h.out.wait_for("aif/camera_info", at_stamp)
+    conf = h.out.wait_for("confidence/image", at_stamp)
+    for msg in (depth_msg, info, cloud, aif, aif_info, conf):
+        assert msg.header.frame_id == FRAME
+
+    # REP 118: 32FC1 metres, NaN invalid, values inside the bank's range.
+    assert depth_msg.encoding == "32FC1" and (depth_msg.height, depth_msg.width) == (H, W)
+    depth = depth_array(depth_msg)
+    valid = np.isfinite(depth)
+    assert valid.mean() > 0.5
+    assert np.all(depth[valid] >= 0.5 - 1e-3) and np.all(depth[valid] <= 5.0 + 1e-3)
+    assert not np.any(np.isinf(depth))
+    # The near half must come out nearer than the far half (the scene is two planes).
+    near = np.nanmedian(depth[:, 16: W // 2 - 16])
+    far = np.nanmedian(depth[:, W // 2 + 16: -16])
+    assert near < far, (near, far)
+
+    # camera_info: same size, our intrinsics.
+    assert (info.width, info.height) == (W, H)
+    assert np.allclose(info.k, [FX, 0, CX, 0, FY, CY, 0, 0, 1])
+    assert np.allclose(aif_info.k, info.k)
+    assert (aif.width, aif.height) == (W, H)
+
+    assert conf.encoding == "32FC1"
+    c = np.frombuffer(bytes(conf.data), "<f4")
+    assert c.size == H * W and np.nanmin(c) >= 0 and np.nanmax(c) <= 1
+
+    # Cloud: organised, depth_image_proc layout, projection from CameraInfo.P.
+    assert (cloud.height, cloud.width) == (H, W) and not cloud.is_dense
+    fields = {f.name: (f.offset, f.datatype, f.count) for f in cloud.fields}
+    assert fields["x"] == (0, 7, 1) and fields["y"] == (4, 7, 1) and fields["z"] == (8, 7, 1)
+    assert cloud.point_step == 16 and cloud.row_step == 16 * W
+    xyz = cloud_xyz(cloud)
+    v, u = np.mgrid[0:H, 0:W]
+    z = xyz[:, :, 2]
+    assert np.array_equal(np.isfinite(z), valid)
+    np.testing.assert_allclose(z[valid], depth[valid], rtol=1e-6)
+    np.testing.assert_allclose(xyz[:, :, 0][valid], ((u - CX) * depth / FX)[valid], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(xyz[:, :, 1][valid], ((v - CY) * depth / FY)[valid], rtol=1e-5, atol=1e-6)
+    assert np.all(np.isnan(xyz[~valid]))
+
+    if h.node._processor.info_type is not None:  # ~/info exists once `make msgs` has run
+        rinfo = h.out.wait_for("info", at_stamp)
+        assert rinfo.method == "classical" and rinfo.header.frame_id == FRAME
+        assert len(rinfo.stage_names) == len(rinfo.stage_seconds) > 0
+        assert math.isclose(rinfo.valid_fraction, valid.mean(), rel_tol=1e-5)
+
+    # 16UC1 millimetres with 0 invalid, a max_depth limit, an output frame id, a coloured cloud.
+    assert all(r.successful for r in h.node.set_parameters([
+        Parameter("depth_encoding", value="16UC1"), Parameter("max_depth", value=2.0),
+        Parameter("output_frame_id", value="other_frame"), Parameter("points_colored", value=True),
+    ]))
+    stamp2 = (1235, 1)
+    mm_msg = h.roundtrip(capture, "rgb8", stamp2)
+    assert mm_msg.encoding == "16UC1" and mm_msg.header.frame_id == "other_frame"
+    mm = np.frombuffer(bytes(mm_msg.data), "<u2").reshape(H, W)
+    limited = np.where(depth <= 2.0, depth, np.nan)  # same input, deterministic solver
+    np.testing.assert_array_equal(mm == 0, ~np.isfinite(limited))
+    np.testing.assert_allclose(mm[mm > 0], np.round(limited[np.isfinite(limited)] * 1000), atol=1)
+    assert mm.max() <= 2000
+    cloud2 = h.out.wait_for("points", lambda m: (m.header.stamp.sec, m.header.stamp.nanosec) == stamp2)
+    fields2 = {f.name: f.offset for f in cloud2.fields}
+    assert cloud2.point_step == 32 and fields2["rgb"] == 16 and cloud2.header.frame_id == "other_frame"
+    info2 = h.out.wait_for("depth/camera_info", lambda m: (m.header.stamp.sec, m.header.stamp.nanosec) == stamp2)
+    assert info2.header.frame_id == "other_frame"
+
+
+def test_every_encoding_end_to_end(harness, scene):
+    # One frame per encoding through one node; failures are collected so the report names all.
+    capture, _ = scene
+    h = harness()
+    h.start()
+    failures = {}
+    for i, encoding in enumerate(ENCODINGS):
+        stamp = (2000 + i, 42)
+        try:
+            depth_msg = h.roundtrip(capture, encoding, stamp)
+            depth = depth_array(depth_msg)
+            assert (depth_msg.height, depth_msg.width) == (H, W) and depth_msg.header.frame_id == FRAME
+            assert np.isfinite(depth).mean() > 0.5, f"valid fraction {np.isfinite(depth).mean():.2f}"
+            aif = h.out.wait_for("aif/image", lambda m: (m.header.stamp.sec, m.header.stamp.nanosec) == stamp)
+            assert (aif.height, aif.width) == (H, W)
+        except AssertionError as exc:
+            failures[encoding] = str(exc)
+    assert not failures, failures
+    assert h.node._stats.bad == 0
+
+
+def test_parameter_validation(harness):
+    h = harness()
+    node = h.node
+    rejected = {
+        "method": "magic", "device": "tpu", "depth_encoding": "8UC1", "steps": 0, "input_downscale": 9,
+        "min_confidence": 1.5, "max_depth": -1.0,
+    }
+    for name, value in rejected.items():
+        before = node.get_parameter(name).value
+        result = node.set_parameters([Parameter(name, value=value)])[0]
+        assert not result.successful, f"{name}={value!r} was accepted"
+        assert node.get_parameter(name).value == before
+    # Wrong type is refused too.
+    assert not node.set_parameters([Parameter("steps", value="ten")])[0].successful
+    # min/max depth are checked as a pair, whatever order they arrive in.
+    assert node.set_parameters([Parameter("max_depth", value=3.0)])[0].successful
+    result = node.set_parameters([Parameter("min_depth", value=4.0)])[0]
+    assert not result.successful and "max_depth" in result.reason
+    assert node.set_parameters_atomically([Parameter("min_depth", value=4.0), Parameter("max_depth", value=6.0)]).successful
+    assert node._settings.min_depth == 4.0 and node._settings.max_depth == 6.0
+    # Good values are accepted; the descriptor documents ranges and choices.
+    assert node.set_parameters([Parameter("method", value="dps")])[0].successful
+    assert node.set_parameters([Parameter("method", value="classical")])[0].successful
+    desc = node.describe_parameter("steps")
+    assert desc.integer_range[0].from_value == 1 and desc.integer_range[0].to_value == 1000 and desc.description
+    assert "classical" in node.describe_parameter("method").additional_constraints
+    assert node.describe_parameter("autostart").read_only
+    # QoS overrides are declared (read-only) once the publishers exist.
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert node.has_parameter(f"qos_overrides.{h.ns}/depth/image.publisher.reliability")
+
+
+def test_bad_frames_skipped_and_counted(harness, scene):
+    capture, _ = scene
+    h = harness()
+    h.start()
+    good = image_msg(capture, "rgb8", (3000, 0), FRAME)
+
+    def variant(**changes):
+        msg = image_msg(capture, "rgb8", (3000, 0), FRAME)
+        for k, v in changes.items():
+            setattr(msg, k, v)
+        return msg
+
+    bad_frames = [
+        variant(encoding="yuv422_yuy2_weird"),                      # unsupported encoding
+        variant(data=bytes(good.data)[: len(good.data) // 2]),      # truncated data
+        variant(step=good.step - 3),                                # inconsistent step
+    ]
+    for i, msg in enumerate(bad_frames):
+        msg.header.stamp.sec = 3001 + i
+        h.send(None, "", (3001 + i, 0), msg=msg)
+        time.sleep(0.4)  # one at a time, so none is dropped as stale
+    # Size inconsistent with camera_info: the frame is 96x128 but camera_info says 64x64.
+    h.info_pub.publish(camera_info_msg(64, 64, (3010, 0), FRAME))
+    time.sleep(0.1)
+    h.send(capture, "rgb8", (3010, 0), info=False)
+    time.sleep(0.4)
+
+    statuses = h.diagnostics(lambda s: any(v.get("frames_bad") == "4" for v in s.values()), timeout=8.0)
+    inp = next(v for k, v in statuses.items() if k.endswith("input"))
+    assert inp["_level"] == 1 and "skipped" in inp["_message"]
+    assert int(inp["frames_processed"]) == 0
+    # Still alive and working: a good frame comes through.
+    assert h.state() == "active"
+    depth_msg = h.roundtrip(capture, "rgb8", (3020, 0))
+    assert depth_msg.width == W
+    assert h.node._stats.failed == 0
+
+
+def test_intrinsics_from_bank_when_no_camera_info(harness, scene, bank_path):
+    from cadfd_ros.optics.psf_bank import load_psf_bank
+
+    capture, _ = scene
+    h = harness(input_downscale=2)
+    h.start()
+    stamp = (4000, 0)
+    depth_msg = h.roundtrip(capture, "rgb8", stamp, info=False)
+    assert (depth_msg.height, depth_msg.width) == (H // 2, W // 2)  # binned 2x2
+    info = h.out.wait_for("depth/camera_info", lambda m: (m.header.stamp.sec, m.header.stamp.nanosec) == stamp)
+    f = load_psf_bank(bank_path).focal_length_px() / 2  # binning halves the focal length in pixels
+    assert (info.width, info.height) == (W // 2, H // 2)
+    np.testing.assert_allclose(info.k, [f, 0, (W // 2 - 1) / 2, 0, f, (H // 2 - 1) / 2, 0, 0, 1], rtol=1e-6)
+    statuses = h.diagnostics(lambda s: any(v.get("intrinsics") == "psf_bank" for v in s.values()))
+    assert statuses
