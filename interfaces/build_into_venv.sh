@@ -60,7 +60,7 @@ export LD_LIBRARY_PATH="$venv/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 cache="$build_dir/CMakeCache.txt"
 log="$build_dir/build.log"
 if [ ! -f "$cache" ] \
-   || ! grep -qx "CMAKE_INSTALL_PREFIX:PATH=$venv" "$cache" \
+   || ! grep -qxF "CMAKE_INSTALL_PREFIX:PATH=$venv" "$cache" \
    || [ "$venv/pyvenv.cfg" -nt "$cache" ]; then
   rm -rf "$build_dir"
   mkdir -p "$build_dir"

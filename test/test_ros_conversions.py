@@ -476,3 +476,12 @@ def test_vga_frame_is_fast() -> None:
     conv.confidence_to_image_msg(depth / 5, header())
     conv.depth_to_pointcloud2(depth, info, header(), rgb=capture)
     assert time.perf_counter() - start < 1.0
+
+
+def test_tiny_bayer_and_integer_aif_are_rejected() -> None:
+    with pytest.raises(InputImageError, match=r"bayer_rggb8 image is 4x1; demosaicing needs at least 2x2"):
+        conv.image_msg_to_capture(make_image(np.zeros((1, 4), np.uint8), "bayer_rggb8"))
+    with pytest.raises(ValueError, match="got dtype uint16"):
+        conv.aif_to_image_msg(np.zeros((2, 2), np.uint16), header())
+    uint8_aif = np.array([[0, 7], [200, 255]], np.uint8)  # uint8 passes through unchanged
+    np.testing.assert_array_equal(decode_raw(conv.aif_to_image_msg(uint8_aif, header())), uint8_aif)

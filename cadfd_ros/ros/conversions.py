@@ -113,10 +113,10 @@ def image_msg_to_capture(msg: Image) -> np.ndarray:
         return pixels[:, :, 2::-1].astype(np.float32) * scale
     import cv2
 
-    # cv2 wants native byte order; astype to '=' swaps big-endian data.
-    mosaic = np.ascontiguousarray(pixels[:, :, 0].astype(dtype.newbyteorder("=")))
     if height < 2 or width < 2:
         raise InputImageError(f"{encoding} image is {width}x{height}; demosaicing needs at least 2x2")
+    # cv2 wants native byte order; astype to '=' swaps big-endian data.
+    mosaic = np.ascontiguousarray(pixels[:, :, 0].astype(dtype.newbyteorder("=")))
     rgb = cv2.cvtColor(mosaic, getattr(cv2, layout))
     return rgb.astype(np.float32) * scale
 
@@ -263,6 +263,8 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
     """Linear [0, 1] floats to uint8, clipped and rounded half up (NaN -> 0); uint8 passes through."""
     if values.dtype == np.uint8:
         return values
+    if not np.issubdtype(values.dtype, np.floating):
+        raise ValueError(f"expected float values in [0, 1] or uint8, got dtype {values.dtype}")
     # fmax/fmin drop NaN (fmax(NaN, 0) = 0), so no separate nan_to_num pass is needed.
     scaled = np.fmax(values.astype(np.float32), np.float32(0.0))
     np.fmin(scaled, np.float32(1.0), out=scaled)
