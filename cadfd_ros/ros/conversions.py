@@ -1,6 +1,6 @@
 """Conversions between ROS 2 messages and the arrays the solver uses. Pure functions, no node.
 
-Conventions (see docs and shared/METHOD.md, "ROS conventions"):
+Conventions (REP 117, REP 118, depth_image_proc):
 
 * Captures come in as ``sensor_msgs/Image`` and leave as float32 *linear* intensity in [0, 1]:
   8-bit data is divided by 255, 16-bit by 65535. No gamma is removed: a depth-from-defocus
@@ -31,8 +31,9 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 
 from cadfd_ros.errors import InputImageError
 
-# encoding -> (numpy dtype of one channel, channels, layout). Layout is how to reach RGB:
-# "mono", an index order for colour, or an OpenCV demosaic code name for Bayer.
+# encoding -> (numpy dtype of one channel, channels, layout). Layout says how to reach RGB:
+# "mono" (stays one channel), "rgb"/"bgr" (channel order; alpha dropped), or the name of the
+# OpenCV demosaic code for Bayer (OpenCV >= 4.5 names them by the ROS pattern: RGGB = BayerBG).
 _ENCODINGS: dict[str, tuple[str, int, str]] = {
     "mono8": ("u1", 1, "mono"),
     "mono16": ("u2", 1, "mono"),
@@ -106,19 +107,25 @@ def image_msg_to_capture(msg: Image) -> np.ndarray:
     scale = np.float32(1.0 / np.iinfo(dtype).max)
 
     if layout == "mono":
-        return pixels[:, :, 0].astype(np.float32) * scale
+        return _scaled(pixels[:, :, 0], scale)
     if layout == "rgb":
-        return pixels[:, :, :3].astype(np.float32) * scale
+        return _scaled(pixels[:, :, :3], scale)
     if layout == "bgr":
-        return pixels[:, :, 2::-1].astype(np.float32) * scale
+        return _scaled(pixels[:, :, 2::-1], scale)
     import cv2
 
     if height < 2 or width < 2:
         raise InputImageError(f"{encoding} image is {width}x{height}; demosaicing needs at least 2x2")
     # cv2 wants native byte order; astype to '=' swaps big-endian data.
     mosaic = np.ascontiguousarray(pixels[:, :, 0].astype(dtype.newbyteorder("=")))
-    rgb = cv2.cvtColor(mosaic, getattr(cv2, layout))
-    return rgb.astype(np.float32) * scale
+    return _scaled(cv2.cvtColor(mosaic, getattr(cv2, layout)), scale)
+
+
+def _scaled(values: np.ndarray, scale: np.float32) -> np.ndarray:
+    """Integer pixels to a new contiguous float32 array times ``scale`` (one allocation)."""
+    out = values.astype(np.float32, order="C")  # also swaps big-endian data to native order
+    out *= scale
+    return out
 
 
 def _as_uint8(data: object) -> np.ndarray:
