@@ -62,13 +62,15 @@ class MaskScore:
 
     min_adjacent_kl: float
     mean_adjacent_kl: float
+    min_alias_power: float
     wiener_mse: float
     throughput: float
 
     @property
     def objective(self) -> float:
-        # Depth first; the deblurring term keeps the all-in-focus image recoverable.
-        return float(np.log(self.min_adjacent_kl) - 0.5 * np.log(self.wiener_mse))
+        # Depth first (fine steps and no scale aliases); the deblurring term keeps the
+        # all-in-focus image recoverable.
+        return float(np.log(self.min_adjacent_kl) + np.log(self.min_alias_power) - 0.5 * np.log(self.wiener_mse))
 
 
 def score_pattern(
@@ -87,7 +89,14 @@ def score_pattern(
     s_k(w) = |H_k(w)|^2 S(w) + eta^2. The symmetric KL divergence between adjacent layers
     measures how well they can be told apart; the worst adjacent pair is the score.
     eta grows as the mask closes (read-noise limited: same exposure, less light), so a
-    mask pays for every blocked cell. The Wiener MSE (Zhou & Nayar 2009) is the expected
+    mask pays for every blocked cell.
+
+    Scale aliases: a capture blurred by a large PSF h_j is explained by a smaller PSF h_i
+    acting on a blurrier image wherever |H_i| is not negligible, since any image filter can
+    absorb the ratio H_j/H_i there. Only where h_i's spectrum is below noise and h_j's is not
+    can the two be told apart; ``min_alias_power`` is the smallest such power over pairs whose
+    blur sizes differ by at least 25 %. Masks with a box-like outline have nested zeros
+    (the zeros of h_c are zeros of h_2c) and score low. The Wiener MSE (Zhou & Nayar 2009) is the expected
     all-in-focus deblurring error averaged over layers.
     """
     throughput = float(pattern.mean()) / (np.pi / 4)  # relative to the inscribed open circle
@@ -109,7 +118,15 @@ def score_pattern(
     for a, b in zip(variances[:-1], variances[1:]):
         ratio = a / b
         kls.append(float(np.sum(0.5 * (ratio + 1.0 / ratio) - 1.0)))
-    return MaskScore(min(kls), float(np.mean(kls)), float(np.mean(mses)), throughput)
+    aliases = []
+    sizes = np.abs(cocs)
+    for i in range(len(cocs)):
+        for j in range(len(cocs)):
+            if sizes[j] >= 1.25 * sizes[i]:
+                hidden = eta2 / variances[i]  # ~1 where layer i passes only noise
+                aliases.append(float(np.mean((variances[j] - eta2) / eta2 * hidden)))
+    min_alias = min(aliases) if aliases else 1.0
+    return MaskScore(min(kls), float(np.mean(kls)), min_alias, float(np.mean(mses)), throughput)
 
 
 def design_pattern(

@@ -157,7 +157,7 @@ def save_psf_bank(bank: PSFBank, path: str | Path) -> Path:
     """Write a bank in the documented ``.npz`` format."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    extras = {key: np.float32(value) for key, value in bank.metadata.items()}
+    extras = {key: np.float64(value) for key, value in bank.metadata.items()}
     psfs = bank.psfs[:, 0] if bank.num_channels == 1 else bank.psfs
     np.savez_compressed(path, psfs=psfs.astype(np.float32), depths=bank.depths.astype(np.float32), **extras)
     return path

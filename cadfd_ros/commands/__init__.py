@@ -1,0 +1,1 @@
+"""Sub-commands of the ``cadfd`` CLI, one module each (see cadfd_ros/cli.py)."""

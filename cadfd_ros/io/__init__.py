@@ -1,0 +1,1 @@
+"""File input/output: captures, result files, point clouds."""

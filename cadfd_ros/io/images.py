@@ -1,0 +1,104 @@
+"""Reading captures and photos, writing result images.
+
+Captures are read as linear intensity: 8-bit values / 255, 16-bit values / 65535.
+Photos used for simulation are sRGB-encoded and are linearised with the sRGB EOTF.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cadfd_ros.errors import InputImageError
+
+CAPTURE_SUFFIXES = (".png", ".tif", ".tiff")
+
+
+def read_capture(path: str | Path) -> np.ndarray:
+    """8/16-bit PNG or TIFF, mono or RGB -> float32 linear [0, 1], H x W or H x W x 3."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputImageError(f"{path}: capture file not found")
+    suffix = path.suffix.lower()
+    if suffix not in CAPTURE_SUFFIXES:
+        raise InputImageError(f"{path}: unsupported format {suffix or '(none)'}; use PNG or TIFF")
+    try:
+        if suffix == ".png":
+            import cv2
+
+            raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if raw is None:
+                raise InputImageError(f"{path}: not a readable PNG")
+            if raw.ndim == 3:  # OpenCV decodes to BGR(A)
+                raw = raw[:, :, 2::-1] if raw.shape[2] >= 3 else raw
+        else:
+            import tifffile
+
+            raw = tifffile.imread(path)
+    except InputImageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - decoder errors vary by library
+        raise InputImageError(f"{path}: cannot decode ({exc})") from None
+    return capture_to_float(raw, str(path))
+
+
+def capture_to_float(raw: np.ndarray, name: str) -> np.ndarray:
+    """Integer image -> float32 linear [0, 1]; drops alpha; rejects other layouts."""
+    raw = np.asarray(raw)
+    if raw.ndim == 3 and raw.shape[2] == 4:
+        raw = raw[:, :, :3]
+    if raw.ndim == 3 and raw.shape[2] == 1:
+        raw = raw[:, :, 0]
+    if raw.ndim not in (2, 3) or (raw.ndim == 3 and raw.shape[2] != 3):
+        raise InputImageError(f"{name}: expected a mono or RGB image, got shape {raw.shape}")
+    if raw.dtype == np.uint8:
+        return raw.astype(np.float32) / 255.0
+    if raw.dtype == np.uint16:
+        return raw.astype(np.float32) / 65535.0
+    if raw.dtype.kind == "f":
+        image = raw.astype(np.float32)
+        if not np.all(np.isfinite(image)):
+            raise InputImageError(f"{name}: contains NaN or Inf")
+        if image.min() < 0 or image.max() > 1:
+            raise InputImageError(f"{name}: floating-point capture must lie in [0, 1]")
+        return image
+    raise InputImageError(f"{name}: unsupported bit depth ({raw.dtype}); use 8- or 16-bit")
+
+
+def srgb_to_linear(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image, np.float32)
+    return np.where(image <= 0.04045, image / 12.92, ((image + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+def linear_to_srgb(image: np.ndarray) -> np.ndarray:
+    image = np.clip(np.asarray(image, np.float32), 0, 1)
+    return np.where(image <= 0.0031308, image * 12.92, 1.055 * image ** (1 / 2.4) - 0.055).astype(np.float32)
+
+
+def read_photo_linear(path: str | Path) -> np.ndarray:
+    """An sRGB photo (PNG/JPEG/...) -> linear float32 RGB or mono."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("RGB") if image.mode not in ("L", "I;16") else image.convert("L")
+        array = np.asarray(image, np.float32) / 255.0
+    return srgb_to_linear(array)
+
+
+def write_png(path: str | Path, image: np.ndarray, bits: int = 16) -> Path:
+    """Linear [0, 1] image -> PNG with linear values (8 or 16 bit)."""
+    import cv2
+
+    path = Path(path)
+    scale, dtype = (65535.0, np.uint16) if bits == 16 else (255.0, np.uint8)
+    data = np.round(np.clip(image, 0, 1) * scale).astype(dtype)
+    if data.ndim == 3:
+        data = data[:, :, ::-1]
+    if not cv2.imwrite(str(path), data):
+        raise OSError(f"{path}: could not write PNG")
+    return path
+
+
+def write_preview_png(path: str | Path, image: np.ndarray) -> Path:
+    """Linear image -> 8-bit sRGB PNG for people to look at."""
+    return write_png(path, linear_to_srgb(image), bits=8)

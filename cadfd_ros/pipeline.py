@@ -1,0 +1,145 @@
+"""One frame in, depth + all-in-focus + confidence out: the API the CLI and the ROS node share.
+
+Images here are float32 linear intensity in [0, 1], H x W (mono) or H x W x 3 (RGB).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from cadfd_ros.errors import CadfdError, InputImageError
+from cadfd_ros.optics.psf_bank import PSFBank
+
+METHODS = ("classical", "dps")
+
+
+@dataclass(frozen=True)
+class ReconstructionConfig:
+    """Solver settings. ``steps`` is the exact number of prior network evaluations (dps)."""
+
+    method: str = "classical"
+    sampler: str = "auto"
+    steps: int = 20
+    time_budget_ms: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    prior: str = "default"
+    noise_sigma: float | None = None  # None: estimated from the capture
+    min_confidence: float = 0.0  # depth below this confidence becomes NaN
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise CadfdError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not 1 <= int(self.steps) <= 1000:
+            raise CadfdError(f"steps must be in [1, 1000], got {self.steps}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise CadfdError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.time_budget_ms is not None and self.time_budget_ms <= 0:
+            raise CadfdError(f"time_budget_ms must be positive, got {self.time_budget_ms}")
+        if self.noise_sigma is not None and not 0 < self.noise_sigma < 1:
+            raise CadfdError(f"noise_sigma must be in (0, 1), got {self.noise_sigma}")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise CadfdError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
+
+    def with_overrides(self, **kwargs: object) -> "ReconstructionConfig":
+        return replace(self, **kwargs)
+
+
+@dataclass
+class Reconstruction:
+    """Solver outputs at the capture's size."""
+
+    depth: np.ndarray  # float32 H x W, metres, NaN where invalid
+    all_in_focus: np.ndarray  # float32 H x W or H x W x 3, linear
+    confidence: np.ndarray  # float32 H x W in [0, 1]
+    method: str
+    sampler: str = ""
+    steps: int = 0
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    residual: float = float("nan")  # RMS of capture - forward(all_in_focus, depth)
+    noise_sigma: float = float("nan")
+
+    @property
+    def valid_fraction(self) -> float:
+        return float(np.isfinite(self.depth).mean())
+
+    def depth_range(self) -> tuple[float, float]:
+        valid = self.depth[np.isfinite(self.depth)]
+        return (float(valid.min()), float(valid.max())) if valid.size else (float("nan"), float("nan"))
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CadfdError("device 'cuda' requested but torch sees no CUDA device")
+    return device
+
+
+def check_capture(capture: np.ndarray, bank: PSFBank, name: str = "capture") -> np.ndarray:
+    """Validate a linear capture and return it as float32 H x W or H x W x 3."""
+    capture = np.asarray(capture)
+    if capture.ndim == 3 and capture.shape[2] == 1:
+        capture = capture[:, :, 0]
+    if capture.ndim not in (2, 3) or (capture.ndim == 3 and capture.shape[2] != 3):
+        raise InputImageError(f"{name}: expected H x W or H x W x 3, got shape {capture.shape}")
+    if capture.dtype.kind not in "fiu":
+        raise InputImageError(f"{name}: expected a numeric image, got dtype {capture.dtype}")
+    capture = capture.astype(np.float32)
+    if not np.all(np.isfinite(capture)):
+        raise InputImageError(f"{name}: contains NaN or Inf")
+    height, width = capture.shape[:2]
+    if min(height, width) < 2 * bank.kernel_size:
+        raise InputImageError(
+            f"{name}: {width}x{height} is too small for the {bank.kernel_size}x{bank.kernel_size} PSFs "
+            f"(need at least {2 * bank.kernel_size} px per side)"
+        )
+    return capture
+
+
+class Reconstructor:
+    """Holds the PSF bank (and, for dps, the prior) on a device; reconstructs frames."""
+
+    def __init__(self, psf_bank: PSFBank, config: ReconstructionConfig | None = None) -> None:
+        self.psf_bank = psf_bank
+        self.config = config or ReconstructionConfig()
+        self.device = resolve_device(self.config.device)
+        self._dps = None
+        if self.config.method == "dps":
+            from cadfd_ros.solvers.dps import DiffusionPosteriorSampler  # noqa: F401 - fails early if absent
+
+            self._dps = DiffusionPosteriorSampler(psf_bank, self.config, self.device)
+
+    def reconstruct(self, capture: np.ndarray) -> Reconstruction:
+        from cadfd_ros.solvers.classical import ClassicalSolver
+
+        start = time.perf_counter()
+        capture = check_capture(capture, self.psf_bank)
+        classical = ClassicalSolver(self.psf_bank, device=self.device, noise_sigma=self.config.noise_sigma)
+        result = classical.solve(capture)
+        if self._dps is not None:
+            result = self._dps.solve(capture, initial=result)
+        if self.config.min_confidence > 0:
+            result.depth = np.where(result.confidence >= self.config.min_confidence, result.depth, np.nan).astype(
+                np.float32
+            )
+        result.timings["total"] = time.perf_counter() - start
+        return result
+
+    def warmup(self, height: int = 64, width: int = 64, channels: int = 1) -> None:
+        """Run one small frame so first-frame latency (allocations, kernels) is paid up front."""
+        size = max(height, width, 2 * self.psf_bank.kernel_size)
+        shape = (size, size) if channels == 1 else (size, size, 3)
+        self.reconstruct(np.full(shape, 0.5, np.float32))
+
+    def release(self) -> None:
+        """Drop cached tensors, including GPU memory."""
+        self._dps = None
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
