@@ -14,6 +14,7 @@ leaves the node unconfigured, ready for a corrected configure.
 from __future__ import annotations
 
 import collections
+import copy
 import functools
 import gc
 import threading
@@ -25,6 +26,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleNodeMixin, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
@@ -42,6 +44,8 @@ NODE_NAME = "cadfd_node"
 DEVICES = ("auto", "cpu", "cuda")
 WARN_WINDOW_S = 5.0  # a bad frame / failure keeps diagnostics at WARN / ERROR this long
 NO_INPUT_WARN_S = 3.0  # active with no frame for this long: diagnostics WARN
+INFO_HISTORY = 30  # camera_info messages kept for stamp matching (1 s at 30 Hz)
+INFO_WAIT_S = 0.05  # how long a frame waits for its camera_info when one is expected
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,8 @@ class _Stats:
     lock: threading.Lock = field(default_factory=threading.Lock)
     frames_in: int = 0
     processed: int = 0
-    dropped: int = 0
+    dropped: int = 0  # replaced in the latest-frame slot before the worker got to them
+    lost: int = 0  # lost in the middleware before reaching the node (where the RMW reports it)
     bad: int = 0
     failed: int = 0
     latency_s: collections.deque = field(default_factory=lambda: collections.deque(maxlen=100))
@@ -176,6 +181,12 @@ def _transition(name: str, on_exception: TransitionCallbackReturn) -> Callable:
     return decorate
 
 
+def _sensor_qos() -> QoSProfile:
+    """A fresh SensorDataQoS: rclpy applies QoS-override parameters by mutating the profile it
+    is given, so sharing rclpy's module-level profile would leak one topic's override to all."""
+    return copy.copy(qos_profile_sensor_data)
+
+
 def _is_out_of_memory(exc: BaseException) -> bool:
     try:
         import torch
@@ -207,7 +218,12 @@ class CadfdNode(LifecycleNode):
         self._settings = self._read_output_settings()
         self._slot = _LatestFrame()
         self._worker: threading.Thread | None = None
-        self._camera_info: CameraInfo | None = None
+        # Recent camera_info by stamp: the worker pairs each image with the one of the same stamp
+        # (drivers publish both, in either order), else the newest; no message_filters needed.
+        self._infos: collections.OrderedDict[tuple[int, int], CameraInfo] = collections.OrderedDict()
+        self._infos_cond = threading.Condition()
+        self._last_info_mono = -1e9
+        self._activated_mono = 0.0
         self._warned_no_info = False
         self._subs: list = []
         self._pubs: dict[str, Any] = {}
@@ -296,17 +312,19 @@ class CadfdNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         result = super().on_activate(state)  # enables the lifecycle publishers
         self._slot.open()
+        self._activated_mono = time.monotonic()
         self._worker = threading.Thread(target=self._work, name="cadfd_worker", daemon=True)
         self._worker.start()
         qos_options = QoSOverridingOptions.with_default_policies()
         # SensorDataQoS (REP 2003) by default; override via qos_overrides.<topic>.subscription.*
         self._subs = [
             self.create_subscription(
-                Image, "image_raw", self._on_image, qos_profile_sensor_data,
+                Image, "image_raw", self._on_image, _sensor_qos(),
                 callback_group=self._input_group, qos_overriding_options=qos_options,
+                event_callbacks=SubscriptionEventCallbacks(message_lost=self._on_message_lost),
             ),
             self.create_subscription(
-                CameraInfo, "camera_info", self._on_camera_info, qos_profile_sensor_data,
+                CameraInfo, "camera_info", self._on_camera_info, _sensor_qos(),
                 callback_group=self._input_group, qos_overriding_options=qos_options,
             ),
         ]
@@ -381,18 +399,19 @@ class CadfdNode(LifecycleNode):
 
     def _create_publishers(self) -> None:
         qos_options = QoSOverridingOptions.with_default_policies()
-        sensor = qos_profile_sensor_data
 
-        def pub(msg_type: type, topic: str, qos: QoSProfile) -> Any:
-            return self.create_lifecycle_publisher(msg_type, topic, qos, qos_overriding_options=qos_options)
+        def pub(msg_type: type, topic: str, qos: QoSProfile | None = None) -> Any:
+            return self.create_lifecycle_publisher(
+                msg_type, topic, qos or _sensor_qos(), qos_overriding_options=qos_options
+            )
 
         self._pubs = {
-            "depth": pub(Image, "depth/image", sensor),
-            "depth_info": pub(CameraInfo, "depth/camera_info", sensor),
-            "points": pub(PointCloud2, "points", sensor),
-            "aif": pub(Image, "aif/image", sensor),
-            "aif_info": pub(CameraInfo, "aif/camera_info", sensor),
-            "confidence": pub(Image, "confidence/image", sensor),
+            "depth": pub(Image, "depth/image"),
+            "depth_info": pub(CameraInfo, "depth/camera_info"),
+            "points": pub(PointCloud2, "points"),
+            "aif": pub(Image, "aif/image"),
+            "aif_info": pub(CameraInfo, "aif/camera_info"),
+            "confidence": pub(Image, "confidence/image"),
         }
         if self._processor is not None and self._processor.info_type is not None:
             self._pubs["info"] = pub(self._processor.info_type, "~/info", QoSProfile(depth=10))
@@ -410,6 +429,8 @@ class CadfdNode(LifecycleNode):
             self.destroy_subscription(sub)
         self._subs = []
         self._slot.close()
+        with self._infos_cond:
+            self._infos.clear()
         if self._worker is not None:
             self._worker.join()
             self._worker = None
@@ -433,12 +454,39 @@ class CadfdNode(LifecycleNode):
         with self._stats.lock:
             self._stats.frames_in += 1
             self._stats.last_input_mono = time.monotonic()
-        if self._slot.put((msg, self._camera_info, time.monotonic())):
+        if self._slot.put((msg, time.monotonic())):
             with self._stats.lock:
                 self._stats.dropped += 1
 
+    def _on_message_lost(self, info: Any) -> None:
+        with self._stats.lock:
+            self._stats.lost += int(info.total_count_change)
+
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._camera_info = msg
+        with self._infos_cond:
+            self._infos[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = msg
+            while len(self._infos) > INFO_HISTORY:
+                self._infos.popitem(last=False)
+            self._last_info_mono = time.monotonic()
+            self._infos_cond.notify_all()
+
+    def _camera_info_for(self, image: Image) -> CameraInfo | None:
+        """The camera_info with the image's stamp; else the newest; else None (bank intrinsics).
+
+        Drivers publish image and camera_info in either order, so wait briefly for the matching
+        one while a camera_info stream exists (or may still start, just after activation).
+        """
+        key = (image.header.stamp.sec, image.header.stamp.nanosec)
+        deadline = time.monotonic() + INFO_WAIT_S
+        with self._infos_cond:
+            while key not in self._infos:
+                now = time.monotonic()
+                expecting = now - self._last_info_mono < 1.0 or now - self._activated_mono < 1.0
+                if not expecting or now >= deadline:
+                    break
+                self._infos_cond.wait(deadline - now)
+            exact = self._infos.get(key)
+            return exact or (next(reversed(self._infos.values())) if self._infos else None)
 
     # ------------------------------------------------------------------ worker thread
     def _work(self) -> None:
@@ -448,10 +496,11 @@ class CadfdNode(LifecycleNode):
                 return
             self._process(*item)
 
-    def _process(self, msg: Image, info: CameraInfo | None, received: float) -> None:
+    def _process(self, msg: Image, received: float) -> None:
         processor = self._processor
         if processor is None:
             return
+        info = self._camera_info_for(msg)
         try:
             outputs = processor.process(msg, info, self._settings)
         except InputImageError as exc:
@@ -552,7 +601,7 @@ class CadfdNode(LifecycleNode):
             lat = list(s.latency_s)
             proc = list(s.processing_s)
             counts = dict(frames_in=s.frames_in, frames_processed=s.processed, frames_dropped=s.dropped,
-                          frames_bad=s.bad, frames_failed=s.failed)
+                          frames_lost=s.lost, frames_bad=s.bad, frames_failed=s.failed)
             recent_bad, recent_fail = now - s.last_bad_mono < WARN_WINDOW_S, now - s.last_fail_mono < WARN_WINDOW_S
             silent = now - s.last_input_mono > NO_INPUT_WARN_S
             last_warning, last_error, intrinsics = s.last_warning, s.last_error, s.intrinsics
