@@ -1,0 +1,186 @@
+"""``cadfd bag IN OUT``: run the node's pipeline over a rosbag2 and write a bag with the outputs added.
+
+Every input connection and message is copied unchanged; for each frame on the image topic the
+same per-frame code as ``cadfd_node`` (``cadfd_ros.ros.processing``) adds depth/image,
+depth/camera_info, points, aif/image, aif/camera_info, confidence/image and (when
+cadfd_ros_interfaces is built) cadfd_node/info, all with the input frame's stamp. Offline,
+no frame is dropped. Outputs are written at the input message's log time so replay keeps
+the original timing.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "bag",
+        help="reconstruct every frame of a rosbag2 (mcap or sqlite3) and write a bag with the outputs added",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", type=Path, help="input rosbag2 folder (mcap or sqlite3)")
+    p.add_argument("output", type=Path, help="output rosbag2 folder (must not exist)")
+    p.add_argument("--image-topic", help="coded capture topic (default: the bag's only sensor_msgs/msg/Image topic)")
+    p.add_argument("--camera-info-topic",
+                   help="camera info topic (default: <image topic's namespace>/camera_info if present; "
+                        "without one, intrinsics come from the PSF bank)")
+    p.add_argument("--output-namespace",
+                   help="prefix of the output topics (default: the image topic's namespace, like a node "
+                        "running in the camera's namespace)")
+    p.add_argument("--storage", choices=("mcap", "sqlite3"), help="output storage (default: same as input)")
+    p.add_argument("--psf-bank", default="", help="PSF bank .npz (default: bundled)")
+    p.add_argument("--method", default="classical", choices=("classical", "dps"))
+    p.add_argument("--sampler", default="auto")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--prior", default="default")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--input-downscale", type=int, default=1)
+    p.add_argument("--depth-encoding", default="32FC1", choices=("32FC1", "16UC1"))
+    p.add_argument("--min-depth", type=float, default=0.0)
+    p.add_argument("--max-depth", type=float, default=0.0, help="0 = no limit")
+    p.add_argument("--no-aif", action="store_true", help="do not write aif/image")
+    p.add_argument("--no-points", action="store_true", help="do not write points")
+    p.add_argument("--no-confidence", action="store_true", help="do not write confidence/image")
+    p.add_argument("--points-colored", action="store_true")
+    p.add_argument("--output-frame-id", default="")
+    p.add_argument("--max-frames", type=int, default=0, help="stop reconstructing after N frames (0 = all)")
+    p.set_defaults(func=run)
+
+
+def _namespace(topic: str) -> str:
+    return topic.rsplit("/", 1)[0] if "/" in topic.strip("/") else ""
+
+
+def _pick_image_topic(connections: list, requested: str | None) -> str:
+    images = sorted({c.topic for c in connections if c.msgtype == "sensor_msgs/msg/Image"})
+    if requested:
+        if requested not in {c.topic for c in connections}:
+            raise ValueError(f"image topic {requested} not in the bag (image topics: {', '.join(images) or 'none'})")
+        return requested
+    if len(images) != 1:
+        raise ValueError(
+            f"the bag has {len(images)} sensor_msgs/msg/Image topics ({', '.join(images) or 'none'}); "
+            "choose one with --image-topic"
+        )
+    return images[0]
+
+
+def run(args: argparse.Namespace) -> int:
+    from rclpy.serialization import deserialize_message, serialize_message
+    from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from cadfd_ros.errors import CadfdError, InputImageError
+    from cadfd_ros.optics.psf_bank import default_psf_bank_path, load_psf_bank
+    from cadfd_ros.pipeline import ReconstructionConfig, Reconstructor
+    from cadfd_ros.ros.processing import FrameProcessor, OutputSettings, downscale_psf_bank
+
+    if args.output.exists():
+        raise ValueError(f"output {args.output} already exists; choose a new folder")
+    if not args.input.exists():
+        raise FileNotFoundError(f"input bag {args.input} not found")
+    settings = OutputSettings(
+        depth_encoding=args.depth_encoding, min_depth=args.min_depth, max_depth=args.max_depth,
+        publish_aif=not args.no_aif, publish_points=not args.no_points, points_colored=args.points_colored,
+        publish_confidence=not args.no_confidence, output_frame_id=args.output_frame_id,
+    )
+    bank = downscale_psf_bank(load_psf_bank(args.psf_bank or default_psf_bank_path()), args.input_downscale)
+    config = ReconstructionConfig(method=args.method, sampler=args.sampler, steps=args.steps, seed=args.seed,
+                                  device=args.device, prior=args.prior)
+    processor = FrameProcessor(Reconstructor(bank, config), args.input_downscale)
+
+    typestore = get_typestore(Stores.ROS2_KILTED)
+    info_type_name = "cadfd_ros_interfaces/msg/ReconstructionInfo"
+    if processor.info_type is not None:
+        msg_file = Path(__file__).resolve().parents[2] / "msg" / "ReconstructionInfo.msg"
+        if not msg_file.is_file():  # installed layout: share/cadfd_ros/msg
+            msg_file = Path(sys.prefix) / "share" / "cadfd_ros" / "msg" / "ReconstructionInfo.msg"
+        if msg_file.is_file():
+            typestore.register(get_types_from_msg(msg_file.read_text(), info_type_name))
+        else:
+            print(f"cadfd bag: {msg_file.name} not found; info topic not written", file=sys.stderr)
+            processor.info_type = None
+
+    with Reader(args.input) as reader:
+        connections = list(reader.connections)
+        image_topic = _pick_image_topic(connections, args.image_topic)
+        info_topic = args.camera_info_topic
+        if info_topic is None:
+            guess = f"{_namespace(image_topic)}/camera_info"
+            info_topic = guess if any(c.topic == guess for c in connections) else None
+        elif not any(c.topic == info_topic for c in connections):
+            raise ValueError(f"camera info topic {info_topic} not in the bag")
+        ns = (args.output_namespace if args.output_namespace is not None else _namespace(image_topic)).rstrip("/")
+        storage = args.storage or ("mcap" if any(args.input.glob("*.mcap")) or args.input.suffix == ".mcap" else "sqlite3")
+        plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+
+        with Writer(args.output, version=9, storage_plugin=plugin) as writer:
+            copied = {}
+            for conn in connections:
+                # Keep the bag's own definition; older bags (rosbag2 < v9) have none, so take
+                # it from the typestore where the type is known there.
+                msgdef = conn.msgdef.data if conn.msgdef is not None and conn.msgdef.data else None
+                known = msgdef is None and conn.msgtype in typestore.types
+                copied[conn.id] = writer.add_connection(
+                    conn.topic, conn.msgtype, msgdef=msgdef, rihs01=(conn.digest or None) if msgdef else None,
+                    typestore=typestore if known else None,
+                    serialization_format=conn.ext.serialization_format,
+                    offered_qos_profiles=conn.ext.offered_qos_profiles,
+                )
+            outputs = {
+                "depth": (f"{ns}/depth/image", "sensor_msgs/msg/Image"),
+                "depth_info": (f"{ns}/depth/camera_info", "sensor_msgs/msg/CameraInfo"),
+                "points": (f"{ns}/points", "sensor_msgs/msg/PointCloud2"),
+                "aif": (f"{ns}/aif/image", "sensor_msgs/msg/Image"),
+                "aif_info": (f"{ns}/aif/camera_info", "sensor_msgs/msg/CameraInfo"),
+                "confidence": (f"{ns}/confidence/image", "sensor_msgs/msg/Image"),
+            }
+            if processor.info_type is not None:
+                outputs["info"] = (f"{ns}/cadfd_node/info", info_type_name)
+            out_conns = {}
+
+            def out_conn(key: str):  # created lazily: a disabled output leaves no empty topic
+                if key not in out_conns:
+                    topic, msgtype = outputs[key]
+                    out_conns[key] = writer.add_connection(topic, msgtype, typestore=typestore)
+                return out_conns[key]
+
+            camera_info = None
+            frames = done = bad = 0
+            start = time.perf_counter()
+            for conn, timestamp, raw in reader.messages():
+                writer.write(copied[conn.id], timestamp, raw)
+                if conn.topic == info_topic:
+                    camera_info = deserialize_message(bytes(raw), CameraInfo)
+                    continue
+                if conn.topic != image_topic or (args.max_frames and frames >= args.max_frames):
+                    continue
+                frames += 1
+                image = deserialize_message(bytes(raw), Image)
+                try:
+                    out = processor.process(image, camera_info, settings)
+                except InputImageError as exc:
+                    bad += 1
+                    print(f"cadfd bag: frame {frames} at t={timestamp} skipped: {exc}", file=sys.stderr)
+                    continue
+                except CadfdError as exc:
+                    raise CadfdError(f"frame {frames} at t={timestamp}: {exc}") from exc
+                for key in ("depth", "depth_info", "points", "aif", "aif_info", "confidence", "info"):
+                    msg = getattr(out, key)
+                    if msg is not None and key in outputs:
+                        writer.write(out_conn(key), timestamp, serialize_message(msg))
+                done += 1
+                if done == 1 and out.intrinsics_source != "camera_info":
+                    print(f"cadfd bag: no camera_info topic; intrinsics from {out.intrinsics_source}", file=sys.stderr)
+    elapsed = time.perf_counter() - start
+    print(
+        f"cadfd bag: {done} of {frames} frames on {image_topic} reconstructed ({bad} skipped) in {elapsed:.1f} s; "
+        f"wrote {args.output} ({storage}) with {', '.join(t for t, _ in (outputs[k] for k in out_conns))}"
+    )
+    return 0 if done or not frames else 1

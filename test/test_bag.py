@@ -1,0 +1,97 @@
+"""``cadfd bag``: a rosbag2 in (mcap and sqlite3), the same bag plus the node's outputs out.
+The output is read back with rosbags' own deserializer, so the stored message definitions are
+checked independently of rclpy."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
+pytest.importorskip("rosbags", reason="rosbags is not installed")
+
+from rclpy.serialization import serialize_message  # noqa: E402
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer  # noqa: E402
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore  # noqa: E402
+
+from cadfd_ros.cli import main as cli_main  # noqa: E402
+from ros_test_util import CX, FX, camera_info_msg, image_msg, simulated_capture, small_bank  # noqa: E402
+
+pytestmark = pytest.mark.ros
+H, W = 96, 128
+STAMPS = [(100, 5), (101, 7)]
+
+
+def write_input(path: Path, plugin: StoragePlugin, bank: Path) -> None:
+    typestore = get_typestore(Stores.ROS2_KILTED)
+    capture, _ = simulated_capture(bank, H, W, rgb=True)
+    with Writer(path, version=9, storage_plugin=plugin) as writer:
+        info = writer.add_connection("/cam/camera_info", "sensor_msgs/msg/CameraInfo", typestore=typestore)
+        image = writer.add_connection("/cam/image_raw", "sensor_msgs/msg/Image", typestore=typestore)
+        other = writer.add_connection("/chatter", "std_msgs/msg/String", typestore=typestore)
+        for sec, nsec in STAMPS:
+            t = sec * 10**9 + nsec
+            writer.write(info, t, serialize_message(camera_info_msg(W, H, (sec, nsec), "cam_optical")))
+            writer.write(image, t + 1, serialize_message(image_msg(capture, "bgr8", (sec, nsec), "cam_optical")))
+        from std_msgs.msg import String
+
+        writer.write(other, 10**9, serialize_message(String(data="kept")))
+
+
+@pytest.mark.parametrize("storage,encoding", [("mcap", "32FC1"), ("sqlite3", "16UC1")])
+def test_bag_adds_outputs_and_copies_input(tmp_path, storage, encoding):
+    bank = small_bank(tmp_path / "bank6.npz")
+    src, dst = tmp_path / "in", tmp_path / "out"
+    write_input(src, StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3, bank)
+    code = cli_main(["bag", str(src), str(dst), "--psf-bank", str(bank), "--device", "cpu",
+                     "--depth-encoding", encoding])
+    assert code == 0
+    assert any(dst.glob("*.mcap" if storage == "mcap" else "*.db3"))
+
+    typestore = get_typestore(Stores.ROS2_KILTED)
+    msg_file = Path(__file__).resolve().parents[1] / "msg" / "ReconstructionInfo.msg"
+    typestore.register(get_types_from_msg(msg_file.read_text(), "cadfd_ros_interfaces/msg/ReconstructionInfo"))
+    by_topic: dict[str, list] = {}
+    with Reader(dst) as reader:
+        for conn, timestamp, raw in reader.messages():
+            by_topic.setdefault(conn.topic, []).append((timestamp, typestore.deserialize_cdr(raw, conn.msgtype)))
+
+    # Input copied unchanged.
+    assert len(by_topic["/cam/image_raw"]) == 2 and len(by_topic["/cam/camera_info"]) == 2
+    assert by_topic["/chatter"][0][1].data == "kept"
+    # Outputs under the camera's namespace, one per frame, with the input stamps.
+    for topic in ("/cam/depth/image", "/cam/depth/camera_info", "/cam/points", "/cam/aif/image",
+                  "/cam/aif/camera_info", "/cam/confidence/image", "/cam/cadfd_node/info"):
+        stamps = [(m.header.stamp.sec, m.header.stamp.nanosec) for _, m in by_topic.get(topic, [])]
+        assert stamps == STAMPS, f"{topic}: {stamps}"
+        assert all(m.header.frame_id == "cam_optical" for _, m in by_topic[topic])
+    # Written at the image's log time, so replay keeps the timing.
+    assert [t for t, _ in by_topic["/cam/depth/image"]] == [s * 10**9 + n + 1 for s, n in STAMPS]
+
+    depth = by_topic["/cam/depth/image"][0][1]
+    assert depth.encoding == encoding and (depth.height, depth.width) == (H, W)
+    if encoding == "32FC1":
+        values = np.frombuffer(depth.data.tobytes(), "<f4")
+        valid = values[np.isfinite(values)]
+    else:
+        mm = np.frombuffer(depth.data.tobytes(), "<u2")
+        valid = mm[mm > 0] / 1000.0
+    assert valid.size > 0.5 * H * W and valid.min() >= 0.49 and valid.max() <= 5.01
+    info = by_topic["/cam/depth/camera_info"][0][1]
+    assert info.k[0] == FX and info.k[2] == CX
+    cloud = by_topic["/cam/points"][0][1]
+    assert (cloud.height, cloud.width, cloud.point_step) == (H, W, 16)
+    rinfo = by_topic["/cam/cadfd_node/info"][0][1]
+    assert rinfo.method == "classical" and 0 < rinfo.valid_fraction <= 1
+
+
+def test_bag_errors_name_the_problem(tmp_path, capsys):
+    bank = small_bank(tmp_path / "bank6.npz")
+    src = tmp_path / "in"
+    write_input(src, StoragePlugin.MCAP, bank)
+    assert cli_main(["bag", str(src), str(tmp_path / "o1"), "--image-topic", "/nope"]) == 2
+    assert "/nope not in the bag" in capsys.readouterr().err
+    (tmp_path / "exists").mkdir()
+    assert cli_main(["bag", str(src), str(tmp_path / "exists")]) == 2
+    assert "already exists" in capsys.readouterr().err
