@@ -215,7 +215,11 @@ class CadfdNode(LifecycleNode):
 
         self._configured = False
         self._processor: FrameProcessor | None = None
-        self._settings = self._read_output_settings()
+        try:
+            self._settings = self._read_output_settings()
+        except CadfdError as exc:  # e.g. min_depth >= max_depth from a YAML file: configure reports it
+            self.get_logger().error(f"output parameters: {exc}")
+            self._settings = OutputSettings()
         self._slot = _LatestFrame()
         self._worker: threading.Thread | None = None
         # Recent camera_info by stamp: the worker pairs each image with the one of the same stamp
@@ -284,18 +288,19 @@ class CadfdNode(LifecycleNode):
     @_transition("configure", TransitionCallbackReturn.FAILURE)
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            processor = self._build_processor()
-        except (CadfdError, ImportError, OSError, ValueError, RuntimeError) as exc:
+            self._processor = processor = self._build_processor()
+            self._create_publishers()
+        except Exception as exc:  # noqa: BLE001 - any configure failure leaves a clean unconfigured node
             # One line saying why; the node stays unconfigured for a corrected configure.
-            message = f"configure failed: {exc}"
+            known = isinstance(exc, (CadfdError, ImportError, OSError, ValueError))
+            message = f"configure failed: {exc}" if known else f"configure failed: {type(exc).__name__}: {exc}"
             self.get_logger().error(message)
             with self._stats.lock:
                 self._stats.last_error = message
                 self._stats.last_fail_mono = time.monotonic()
+            self._destroy_publishers()
             self._release_solver()
             return TransitionCallbackReturn.FAILURE
-        self._processor = processor
-        self._create_publishers()
         self._warned_no_info = False
         self._configured = True
         with self._stats.lock:
@@ -391,11 +396,11 @@ class CadfdNode(LifecycleNode):
             noise_sigma=float(get("noise_sigma")) or None,
             min_confidence=float(get("min_confidence")),
         )
-        reconstructor = Reconstructor(bank, config)  # loads the prior for dps; raises PriorError
+        processor = FrameProcessor(Reconstructor(bank, config), factor)  # dps: loads the prior (PriorError)
         start = time.perf_counter()
-        reconstructor.warmup(channels=bank.num_channels)
+        processor.warmup()
         self.get_logger().info(f"warm-up took {1e3 * (time.perf_counter() - start):.0f} ms")
-        return FrameProcessor(reconstructor, factor)
+        return processor
 
     def _create_publishers(self) -> None:
         qos_options = QoSOverridingOptions.with_default_policies()

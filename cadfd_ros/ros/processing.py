@@ -130,6 +130,22 @@ class FrameProcessor:
         self.input_downscale = int(input_downscale)
         self.info_type = _load_info_type()
 
+    def warmup(self) -> None:
+        """Pay first-frame costs up front: solver allocations, and the lazy imports and first
+        calls of the conversions (cv_bridge, cv2), which cost about a second on the first frame."""
+        from std_msgs.msg import Header
+
+        from cadfd_ros.ros import conversions as conv
+
+        self.reconstructor.warmup(channels=self.bank.num_channels)
+        header, small = Header(), np.full((8, 8), 1.0, np.float32)
+        conv.depth_to_image_msg(small, header, "32FC1")
+        conv.depth_to_image_msg(small, header, "16UC1")
+        conv.aif_to_image_msg(np.stack([small] * 3, axis=2), header)
+        conv.confidence_to_image_msg(small, header)
+        info = conv.camera_info_from_intrinsics(header, 8, 8, 10.0, 10.0, 3.5, 3.5)
+        conv.depth_to_pointcloud2(small, info, header, rgb=small)
+
     @property
     def bank(self) -> PSFBank:
         return self.reconstructor.psf_bank
