@@ -1,0 +1,47 @@
+"""cadfd_ros.ros.processing helpers that need no ROS graph: PSF/capture binning, depth limits."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.signal import fftconvolve
+
+from cadfd_ros.optics.psf_bank import default_psf_bank_path, load_psf_bank
+from cadfd_ros.ros.processing import apply_depth_limits, downscale_capture, downscale_psf_bank
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4])
+def test_binned_psfs_commute_with_binning(factor):
+    # Binning the capture of a scene must equal capturing the binned scene with the binned PSF:
+    # bin(x * h) ~= bin(x) * bin_psf(h). This is what makes input_downscale give the same depth.
+    bank = load_psf_bank(default_psf_bank_path())
+    small = downscale_psf_bank(bank, factor)
+    assert small.kernel_size % 2 == 1 and small.kernel_size <= bank.kernel_size // factor + 2
+    np.testing.assert_allclose(small.psfs.sum(axis=(2, 3)), 1.0, atol=1e-5)
+    assert small.metadata["pixel_pitch_m"] == pytest.approx(bank.metadata["pixel_pitch_m"] * factor)
+    assert small.focal_length_px() == pytest.approx(bank.focal_length_px() / factor)
+
+    rng = np.random.default_rng(0)
+    size = 48 * factor * 4
+    x = np.kron(rng.random((size // 4, size // 4)), np.ones((4, 4))).astype(np.float32)
+    layer = bank.num_layers - 1  # the largest, most asymmetric blur
+    h, h_small = bank.psfs[layer, 0], small.psfs[layer, 0]
+    full = downscale_capture(fftconvolve(x, h, mode="same").astype(np.float32), factor)
+    binned = fftconvolve(downscale_capture(x, factor), h_small, mode="same")
+    unscaled = fftconvolve(downscale_capture(x, factor), h, mode="same")  # the mistake it prevents
+    m = bank.kernel_size  # ignore the borders
+    err = np.abs(full - binned)[m:-m, m:-m].mean()
+    wrong = np.abs(full - unscaled)[m:-m, m:-m].mean()
+    assert err < 0.25 * wrong, (err, wrong)
+    assert err < 0.02
+
+
+def test_depth_limits_make_nan():
+    depth = np.array([[0.2, 1.0, 3.0, np.nan]], np.float32)
+    np.testing.assert_array_equal(apply_depth_limits(depth, 0.5, 2.0), [[np.nan, 1.0, np.nan, np.nan]])
+    np.testing.assert_array_equal(apply_depth_limits(depth, 0.0, 0.0), depth)  # 0: no upper limit
+    assert apply_depth_limits(depth, 0.0, 0.0) is not depth  # a copy: the solver's array is not touched
+
+
+def test_downscale_capture_sizes():
+    assert downscale_capture(np.zeros((97, 130, 3), np.float32), 2).shape == (48, 65, 3)
+    assert downscale_capture(np.ones((8, 8), np.float32), 1).shape == (8, 8)
