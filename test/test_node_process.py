@@ -19,6 +19,8 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
@@ -81,6 +83,7 @@ class Client:
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self.out.callback("diagnostics"), 10)
         self.change = self.node.create_client(ChangeState, f"{ns}/cadfd_node/change_state")
         self.get_state = self.node.create_client(GetState, f"{ns}/cadfd_node/get_state")
+        self.set_params = self.node.create_client(SetParameters, f"{ns}/cadfd_node/set_parameters")
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
@@ -100,6 +103,17 @@ class Client:
 
     def state(self) -> str:
         return self.call(self.get_state, GetState.Request()).current_state.label
+
+    def responsiveness(self) -> dict[str, float]:
+        """Seconds for a get_state and a set_parameters round trip (a valid, runtime change)."""
+        start = time.monotonic()
+        assert self.state() == "active"
+        lifecycle = time.monotonic() - start
+        request = SetParameters.Request(parameters=[
+            Parameter("max_depth", value=10.0).to_parameter_msg()])
+        start = time.monotonic()
+        assert self.call(self.set_params, request).results[0].successful
+        return {"get_state": lifecycle, "set_parameters": time.monotonic() - start}
 
     def latest_diagnostics(self, timeout: float = 5.0) -> dict:
         name = f"{self.ns}/cadfd_node: reconstruction"
@@ -228,6 +242,8 @@ def test_node_process_lifecycle_outputs_and_30hz_stream(node_process):
     while time.monotonic() - t0 < STREAM_S:
         sent += 1
         last = send("bgra8")
+        if sent == 45:  # mid-stream, the solver busy: services must still answer promptly
+            responsive = client.responsiveness()
         if sent % 30 == 0:
             samples.append(round(rss_kib(proc.pid) / 1024, 1))
         time.sleep(max(0.0, t0 + sent * period - time.monotonic()))
@@ -246,12 +262,14 @@ def test_node_process_lifecycle_outputs_and_30hz_stream(node_process):
           f"mean {diag['latency_mean_ms']} ms, max {diag['latency_max_ms']} ms (last 100 frames)")
     # Best-effort DDS may lose large samples under CPU load before the node sees them (that loss
     # shows as frames_lost where the middleware reports it); what arrives must be accounted for.
+    print(f"mid-stream service round trips: {responsive}")
+    assert all(seconds < 1.0 for seconds in responsive.values()), responsive
     assert frames_in >= 0.4 * sent, f"node received {frames_in} of {sent} frames"
     assert processed + dropped == frames_in, (processed, dropped, frames_in)
     assert processed >= 1 and dropped >= frames_in // 2, f"{dropped} of {frames_in} dropped at 30 Hz"
     # Every frame kept would be +147 MB; a solve's own working memory is in both peaks.
-    assert peak - peak_solving < 40 * 1024, f"peak RSS grew {(peak - peak_solving) / 1024:.1f} MiB in the stream"
-    assert rss_after - rss_before < 40 * 1024, f"idle RSS grew {(rss_after - rss_before) / 1024:.1f} MiB"
+    assert peak - peak_solving < 50 * 1024, f"peak RSS grew {(peak - peak_solving) / 1024:.1f} MiB in the stream"
+    assert rss_after - rss_before < 50 * 1024, f"idle RSS grew {(rss_after - rss_before) / 1024:.1f} MiB"
     assert int(diag["frames_bad"]) == 0 and int(diag["frames_failed"]) == 0
     assert diag["_level"] == 0, diag["_message"]
     assert 0 < float(diag["latency_max_ms"]) < 60_000
