@@ -40,6 +40,8 @@ def test_depth_limits_make_nan():
     np.testing.assert_array_equal(apply_depth_limits(depth, 0.5, 2.0), [[np.nan, 1.0, np.nan, np.nan]])
     np.testing.assert_array_equal(apply_depth_limits(depth, 0.0, 0.0), depth)  # 0: no upper limit
     assert apply_depth_limits(depth, 0.0, 0.0) is not depth  # a copy: the solver's array is not touched
+    inf = np.array([[-np.inf, np.inf]], np.float32)  # REP 117 too close / out of range stay as they are
+    np.testing.assert_array_equal(apply_depth_limits(inf, 0.5, 2.0), inf)
 
 
 def test_downscale_capture_sizes():

@@ -103,12 +103,17 @@ def downscale_capture(capture: np.ndarray, factor: int) -> np.ndarray:
 
 
 def apply_depth_limits(depth: np.ndarray, min_depth: float, max_depth: float) -> np.ndarray:
-    """NaN (REP 117 invalid) outside [min_depth, max_depth]; max_depth 0 means no upper limit."""
+    """NaN (REP 117 invalid) outside [min_depth, max_depth]; max_depth 0 means no upper limit.
+
+    Only finite depths are limited: a solver's -Inf/+Inf (REP 117 too close / out of range)
+    already says more than NaN would.
+    """
     out = np.array(depth, dtype=np.float32, copy=True)
+    finite = np.isfinite(out)
     with np.errstate(invalid="ignore"):
-        bad = out < min_depth
+        bad = finite & (out < min_depth)
         if max_depth > 0:
-            bad |= out > max_depth
+            bad |= finite & (out > max_depth)
     out[bad] = np.nan
     return out
 
