@@ -27,6 +27,9 @@ from launch.launch_description_sources import PythonLaunchDescriptionSource  # n
 from lifecycle_msgs.srv import GetState  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
+import sys  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `launch_test FILE` does not add it
 from ros_test_util import camera_info_msg, image_msg, simulated_capture  # noqa: E402
 
 NAMESPACE = f"launch_test_{uuid.uuid4().hex[:6]}"
