@@ -272,6 +272,19 @@ def test_output_conventions(harness, scene, bank_path):
     info2 = h.out.wait_for("depth/camera_info", lambda m: (m.header.stamp.sec, m.header.stamp.nanosec) == stamp2)
     assert info2.header.frame_id == "other_frame"
 
+    # Diagnostics: at least once a second, with rates, latency, counters, device and steps.
+    statuses = h.diagnostics(lambda s: any(v.get("frames_processed") == "2" for v in s.values()))
+    rec = next(v for k, v in statuses.items() if k.endswith("reconstruction"))
+    inp = next(v for k, v in statuses.items() if k.endswith("input"))
+    assert rec["_level"] == 0 and rec["state"] == "active" and rec["device"] == "cpu"
+    assert rec["method"] == "classical" and rec["steps"] == "20" and rec["last_error"] == ""
+    assert 0 < float(rec["latency_mean_ms"]) <= float(rec["latency_max_ms"])  # stamps 1234 s: huge but finite
+    assert "output_rate_hz" in rec and "input_rate_hz" in inp and inp["frames_dropped"] == "0"
+    assert inp["intrinsics"] == "camera_info"
+    count = len(h.out.messages["diagnostics"])
+    time.sleep(2.2)
+    assert len(h.out.messages["diagnostics"]) - count >= 2
+
 
 def test_every_encoding_end_to_end(harness, scene):
     # One frame per encoding through one node; failures are collected so the report names all.
