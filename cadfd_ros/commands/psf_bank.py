@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     design.add_argument("--cells", type=int, default=13)
     design.add_argument("--restarts", type=int, default=6)
     design.add_argument("--seed", type=int, default=0)
+    design.add_argument("--alias-weight", type=float, default=0.0, help="weight of the scale-alias term (0 or 1)")
+    design.add_argument("--f-number", type=float, default=lens.f_number, help="camera the mask is designed for")
+    design.add_argument("--focus-m", type=float, default=lens.focus_distance_m)
     design.set_defaults(func=_design)
 
 
@@ -87,9 +90,12 @@ def _show(args: argparse.Namespace) -> int:
 def _design(args: argparse.Namespace) -> int:
     from cadfd_ros.optics.masks import circular_pattern, design_pattern, save_pattern, score_pattern
 
-    pattern, score = design_pattern(cells=args.cells, restarts=args.restarts, seed=args.seed, progress=True)
+    base = thin_lens.DEFAULT_LENS
+    lens = thin_lens.ThinLens(base.focal_length_m, args.f_number, args.focus_m, base.pixel_pitch_m)
+    pattern, score = design_pattern(cells=args.cells, restarts=args.restarts, seed=args.seed, progress=True,
+                                    alias_weight=args.alias_weight, lens=lens)
     save_pattern(pattern, args.out)
-    circle = score_pattern(circular_pattern())
+    circle = score_pattern(circular_pattern(), lens)
     print(f"wrote {args.out}")
     print("| aperture | min adjacent KL | min alias power | Wiener MSE | light vs circle |")
     print("|---|---|---|---|---|")

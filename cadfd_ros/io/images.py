@@ -55,13 +55,8 @@ def capture_to_float(raw: np.ndarray, name: str) -> np.ndarray:
         return raw.astype(np.float32) / 255.0
     if raw.dtype == np.uint16:
         return raw.astype(np.float32) / 65535.0
-    if raw.dtype.kind == "f":
-        image = raw.astype(np.float32)
-        if not np.all(np.isfinite(image)):
-            raise InputImageError(f"{name}: contains NaN or Inf")
-        if image.min() < 0 or image.max() > 1:
-            raise InputImageError(f"{name}: floating-point capture must lie in [0, 1]")
-        return image
+    if raw.dtype.kind == "f" and not np.all(np.isfinite(raw)):
+        raise InputImageError(f"{name}: contains NaN or Inf")
     raise InputImageError(f"{name}: unsupported bit depth ({raw.dtype}); use 8- or 16-bit")
 
 

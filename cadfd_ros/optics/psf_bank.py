@@ -133,6 +133,8 @@ def load_psf_bank(path: str | Path) -> PSFBank:
     source = str(path)
     if not path.is_file():
         raise PSFBankError(f"{source}: PSF bank file not found")
+    if not zipfile.is_zipfile(path):
+        raise PSFBankError(f"{source}: not a readable .npz archive (not a zip file)")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
