@@ -1,0 +1,1 @@
+"""Synthetic scenes, metrics and the ``cadfd bench`` benchmark."""

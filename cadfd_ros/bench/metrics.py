@@ -1,0 +1,55 @@
+"""Depth and image metrics (METHOD.md, Evaluation conventions)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def evaluation_mask(shape: tuple[int, int], border: int) -> np.ndarray:
+    """Excludes the border band whose capture sees content from outside the frame."""
+    mask = np.zeros(shape, bool)
+    mask[border : shape[0] - border, border : shape[1] - border] = True
+    return mask
+
+
+def textured_mask(sharp: np.ndarray, threshold: float = 0.02, window: int = 7) -> np.ndarray:
+    """Pixels with local structure in the true sharp image (defocus is observable there)."""
+    import cv2
+
+    image = sharp if sharp.ndim == 2 else sharp.mean(axis=2)
+    gx = cv2.Sobel(image, cv2.CV_32F, 1, 0, ksize=3) / 8
+    gy = cv2.Sobel(image, cv2.CV_32F, 0, 1, ksize=3) / 8
+    energy = cv2.blur(np.sqrt(gx * gx + gy * gy), (window, window))
+    return energy > threshold
+
+
+def depth_metrics(depth: np.ndarray, truth: np.ndarray, mask: np.ndarray, inverse_step: float | None = None
+                  ) -> dict[str, float]:
+    """AbsRel, RMSE (m), delta<1.25, and the error in layers (inverse-depth steps) if given."""
+    valid = mask & np.isfinite(depth) & np.isfinite(truth) & (truth > 0)
+    if not valid.any():
+        return {"abs_rel": float("nan"), "rmse": float("nan"), "delta1": float("nan"), "valid": 0.0}
+    d, t = depth[valid].astype(np.float64), truth[valid].astype(np.float64)
+    ratio = np.maximum(d / t, t / d)
+    out = {
+        "abs_rel": float(np.mean(np.abs(d - t) / t)),
+        "rmse": float(np.sqrt(np.mean((d - t) ** 2))),
+        "delta1": float(np.mean(ratio < 1.25)),
+        "valid": float(valid.sum() / max(mask.sum(), 1)),
+    }
+    if inverse_step:
+        out["layer_error"] = float(np.mean(np.abs(1 / d - 1 / t)) / inverse_step)
+    return out
+
+
+def image_metrics(image: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """PSNR and SSIM of a linear image in [0, 1] over the masked region's bounding box."""
+    from skimage.metrics import structural_similarity
+
+    rows, cols = np.where(mask)
+    crop = slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1)
+    a = np.clip(image[crop], 0, 1).astype(np.float64)
+    b = truth[crop].astype(np.float64)
+    mse = float(np.mean((a - b) ** 2))
+    psnr = 10 * np.log10(1.0 / max(mse, 1e-12))
+    ssim = structural_similarity(a, b, data_range=1.0, channel_axis=2 if a.ndim == 3 else None)
+    return {"psnr": float(psnr), "ssim": float(ssim)}

@@ -1,0 +1,155 @@
+"""The ``cadfd bench`` benchmark: methods x scenes -> metrics table and figures."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from cadfd_ros.bench.metrics import depth_metrics, evaluation_mask, image_metrics, textured_mask
+from cadfd_ros.bench.scenes import Scene, make_scene
+from cadfd_ros.optics.psf_bank import PSFBank
+from cadfd_ros.pipeline import Reconstruction, ReconstructionConfig, Reconstructor
+
+Method = Callable[[Scene], Reconstruction]
+
+
+@dataclass
+class BenchRow:
+    method: str
+    scene: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def constant_depth_method(bank: PSFBank) -> Method:
+    """Baseline: the middle of the bank's range in inverse depth, and the capture as the image."""
+    middle = 2.0 / (1.0 / bank.depths[0] + 1.0 / bank.depths[-1])
+
+    def run(scene: Scene) -> Reconstruction:
+        depth = np.full(scene.capture.shape[:2], middle, np.float32)
+        return Reconstruction(depth, scene.capture.copy(), np.zeros_like(depth), "constant")
+
+    return run
+
+
+def solver_method(bank: PSFBank, config: ReconstructionConfig) -> Method:
+    reconstructor = Reconstructor(bank, config)
+
+    def run(scene: Scene) -> Reconstruction:
+        return reconstructor.reconstruct(scene.capture)
+
+    return run
+
+
+def evaluate(result: Reconstruction, scene: Scene, bank: PSFBank, seconds: float) -> dict[str, float]:
+    border = evaluation_mask(scene.depth.shape, bank.half_size)
+    textured = border & textured_mask(scene.sharp)
+    step = float(np.abs(np.diff(bank.inverse_depths)).mean())
+    out = {"seconds": seconds}
+    for prefix, mask in (("all", border), ("tex", textured)):
+        for key, value in depth_metrics(result.depth, scene.depth, mask, step).items():
+            out[f"{prefix}_{key}"] = value
+    out.update({f"aif_{k}": v for k, v in image_metrics(result.all_in_focus, scene.sharp, border).items()})
+    return out
+
+
+def run_bench(
+    bank: PSFBank,
+    methods: dict[str, Method],
+    photos: tuple[str, ...],
+    height: int,
+    width: int,
+    noise_sigma: float,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[list[BenchRow], list[tuple[Scene, dict[str, Reconstruction]]]]:
+    from tqdm import tqdm
+
+    rows: list[BenchRow] = []
+    examples = []
+    scenes = [make_scene(photo, bank, height, width, noise_sigma, seed=seed + i) for i, photo in enumerate(photos)]
+    for scene in tqdm(scenes, desc="scenes", disable=not progress):
+        outputs = {}
+        for name, method in methods.items():
+            start = time.perf_counter()
+            result = method(scene)
+            seconds = time.perf_counter() - start
+            outputs[name] = result
+            rows.append(BenchRow(name, scene.name, evaluate(result, scene, bank, seconds)))
+        examples.append((scene, outputs))
+    return rows, examples
+
+
+SUMMARY_COLUMNS = (
+    ("tex_abs_rel", "AbsRel tex", "{:.3f}"),
+    ("tex_rmse", "RMSE tex [m]", "{:.3f}"),
+    ("tex_delta1", "δ<1.25 tex", "{:.3f}"),
+    ("all_abs_rel", "AbsRel all", "{:.3f}"),
+    ("all_rmse", "RMSE all [m]", "{:.3f}"),
+    ("all_delta1", "δ<1.25 all", "{:.3f}"),
+    ("tex_layer_error", "layer err tex", "{:.2f}"),
+    ("aif_psnr", "AIF PSNR [dB]", "{:.2f}"),
+    ("aif_ssim", "AIF SSIM", "{:.3f}"),
+    ("seconds", "s/frame", "{:.2f}"),
+)
+
+
+def summarise(rows: list[BenchRow]) -> dict[str, dict[str, float]]:
+    """Mean of every metric per method, in first-seen order."""
+    summary: dict[str, dict[str, float]] = {}
+    for name in dict.fromkeys(row.method for row in rows):
+        chosen = [row.metrics for row in rows if row.method == name]
+        summary[name] = {key: float(np.nanmean([m[key] for m in chosen])) for key in chosen[0]}
+    return summary
+
+
+def markdown_table(rows: list[BenchRow], per_scene: bool = False) -> str:
+    header = "| method | " + " | ".join(title for _, title, _ in SUMMARY_COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (len(SUMMARY_COLUMNS) + 1)]
+    for name, metrics in summarise(rows).items():
+        cells = [fmt.format(metrics.get(key, float("nan"))) for key, _, fmt in SUMMARY_COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if per_scene:
+        lines += ["", "| method | scene | δ<1.25 tex | AbsRel tex | AIF PSNR |", "|---|---|---|---|---|"]
+        for row in rows:
+            m = row.metrics
+            lines.append(f"| {row.method} | {row.scene} | {m['tex_delta1']:.3f} | {m['tex_abs_rel']:.3f} | {m['aif_psnr']:.2f} |")
+    return "\n".join(lines)
+
+
+def save_examples_figure(path: str | Path, examples, bank: PSFBank, max_scenes: int = 3) -> Path:
+    """Rows of scenes: capture, then each method's depth and all-in-focus, then the truth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cadfd_ros.io.images import linear_to_srgb
+
+    examples = examples[:max_scenes]
+    names = list(examples[0][1])
+    cols = 2 + 2 * len(names) + 1
+    fig, axes = plt.subplots(len(examples), cols, figsize=(2.2 * cols, 2.0 * len(examples)), squeeze=False)
+    near, far = float(bank.depths[0]), float(bank.depths[-1])
+
+    def show(ax, image, title, depth=False):
+        if depth:
+            ax.imshow(image, cmap="turbo_r", vmin=near, vmax=far)
+        else:
+            ax.imshow(linear_to_srgb(image), cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+
+    for r, (scene, outputs) in enumerate(examples):
+        show(axes[r, 0], scene.capture, f"{scene.name}: capture")
+        show(axes[r, 1], scene.depth, "true depth", depth=True)
+        for i, name in enumerate(names):
+            show(axes[r, 2 + 2 * i], outputs[name].depth, f"{name} depth", depth=True)
+            show(axes[r, 3 + 2 * i], outputs[name].all_in_focus, f"{name} AIF")
+        show(axes[r, cols - 1], scene.sharp, "true AIF")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,1 @@
+"""Solvers: the classical Levin-style baseline and the diffusion posterior sampler."""

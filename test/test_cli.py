@@ -1,0 +1,111 @@
+"""The ``cadfd`` CLI contract: simulate -> reconstruct files, psf-bank tools, clear errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cadfd_ros.cli import main
+
+
+@pytest.fixture(scope="module")
+def capture_files(tmp_path_factory, default_bank):
+    from PIL import Image
+
+    from cadfd_ros.bench.scenes import fit_photo, load_photo, procedural_depth
+    from cadfd_ros.io.images import linear_to_srgb
+
+    folder = tmp_path_factory.mktemp("cli")
+    photo = fit_photo(load_photo("rocket"), 96, 128)
+    Image.fromarray(np.round(linear_to_srgb(photo) * 255).astype(np.uint8)).save(folder / "photo.png")
+    depth = procedural_depth(96, 128, 0.5, 5.0, np.random.default_rng(0))
+    np.save(folder / "depth.npy", depth)
+    assert main(["simulate", "--image", str(folder / "photo.png"), "--depth", str(folder / "depth.npy"),
+                 "--noise", "0.01", "--out", str(folder / "capture.png"), "--seed", "1"]) == 0
+    return folder
+
+
+def test_simulate_writes_a_16bit_capture(capture_files):
+    import cv2
+
+    raw = cv2.imread(str(capture_files / "capture.png"), cv2.IMREAD_UNCHANGED)
+    assert raw.dtype == np.uint16 and raw.shape == (96, 128, 3)
+
+
+def test_reconstruct_writes_the_contract_files(capture_files):
+    out = capture_files / "out"
+    assert main(["reconstruct", str(capture_files / "capture.png"), "--out-dir", str(out), "--device", "cpu"]) == 0
+    depth = np.load(out / "depth.npy")
+    aif = np.load(out / "aif.npy")
+    confidence = np.load(out / "confidence.npy")
+    assert depth.shape == (96, 128) and depth.dtype == np.float32
+    assert aif.shape == (96, 128, 3) and aif.dtype == np.float32
+    assert confidence.shape == (96, 128) and 0 <= confidence.min() and confidence.max() <= 1
+    finite = depth[np.isfinite(depth)]
+    assert finite.min() >= 0.5 - 1e-4 and finite.max() <= 5.0 + 1e-4
+    report = json.loads((out / "report.json").read_text())
+    assert report["method"] == "classical"
+    assert {"evidence", "total"} <= set(report["timings_s"])
+    assert report["final_residual"] < 0.05
+    header = (out / "points.ply").read_bytes()[:300].decode("ascii", "replace")
+    assert "element vertex 12288" in header and "property uchar red" in header
+    for name in ("aif.png", "depth.png"):
+        assert (out / name).stat().st_size > 1000
+
+
+def test_ply_points_use_the_bank_intrinsics(capture_files, default_bank):
+    out = capture_files / "out_k"
+    assert main(["reconstruct", str(capture_files / "capture.png"), "--out-dir", str(out), "--fx", "100",
+                 "--fy", "200", "--cx", "10", "--cy", "20"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["intrinsics"] == {"fx": 100.0, "fy": 200.0, "cx": 10.0, "cy": 20.0}
+    data = (out / "points.ply").read_bytes()
+    body = data[data.index(b"end_header\n") + 11:]
+    points = np.frombuffer(body, dtype=[("xyz", "<f4", 3), ("rgb", "u1", 3)])["xyz"]
+    depth = np.load(out / "depth.npy")
+    np.testing.assert_allclose(points[0], [(0 - 10) * depth[0, 0] / 100, (0 - 20) * depth[0, 0] / 200, depth[0, 0]],
+                               rtol=1e-5)
+
+
+def test_reconstruct_errors_are_one_line_and_nonzero(capture_files, tmp_path, capsys):
+    import cv2
+
+    cases = {}
+    cases["missing"] = tmp_path / "missing.png"
+    (tmp_path / "capture.jpg").write_bytes(b"\xff\xd8\xff")
+    cases["format"] = tmp_path / "capture.jpg"
+    small = tmp_path / "small.png"
+    cv2.imwrite(str(small), np.zeros((20, 20), np.uint8))
+    cases["small"] = small
+    import tifffile
+
+    nan_tiff = tmp_path / "nan.tif"
+    tifffile.imwrite(nan_tiff, np.full((64, 64), np.nan, np.float32))
+    cases["nan"] = nan_tiff
+    float_tiff = tmp_path / "float.tif"
+    tifffile.imwrite(float_tiff, np.full((64, 64), 0.5, np.float32))
+    cases["bits"] = float_tiff
+    expected = {"missing": "not found", "format": "unsupported format .jpg", "small": "too small",
+                "nan": "NaN", "bits": "bit depth"}
+    for key, path in cases.items():
+        assert main(["reconstruct", str(path), "--out-dir", str(tmp_path / key)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and expected[key] in err, (key, err)
+
+
+def test_bad_bank_path_is_reported(capture_files, tmp_path, capsys):
+    assert main(["reconstruct", str(capture_files / "capture.png"), "--out-dir", str(tmp_path),
+                 "--psf-bank", str(tmp_path / "nope.npz")]) == 2
+    assert "nope.npz: PSF bank file not found" in capsys.readouterr().err
+
+
+def test_psf_bank_synth_and_show(tmp_path):
+    from cadfd_ros.optics.psf_bank import load_psf_bank
+
+    bank_path = tmp_path / "bank.npz"
+    assert main(["psf-bank", "synth", "--layers", "6", "--f-number", "8", "--out", str(bank_path)]) == 0
+    bank = load_psf_bank(bank_path)
+    assert bank.num_layers == 6 and bank.metadata["f_number"] == pytest.approx(8.0)
+    assert main(["psf-bank", "show", str(bank_path), "--out", str(tmp_path / "sheet.png")]) == 0
+    assert (tmp_path / "sheet.png").stat().st_size > 2000

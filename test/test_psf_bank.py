@@ -1,0 +1,102 @@
+"""PSF bank format: normalisation, round trip and every loader error."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cadfd_ros.errors import PSFBankError
+from cadfd_ros.optics.psf_bank import PSFBank, load_psf_bank, save_psf_bank
+
+
+def _bank_arrays(layers: int = 4, k: int = 5, channels: int | None = None):
+    psfs = np.random.default_rng(0).random((layers, k, k)).astype(np.float32)
+    psfs /= psfs.sum(axis=(1, 2), keepdims=True)
+    if channels:
+        psfs = np.repeat(psfs[:, None], channels, axis=1)
+    return psfs, np.linspace(0.5, 5.0, layers).astype(np.float32)
+
+
+def _write(tmp_path, **arrays):
+    path = tmp_path / "bank.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def test_round_trip_mono_and_rgb(tmp_path):
+    for channels in (None, 3):
+        psfs, depths = _bank_arrays(channels=channels)
+        bank = PSFBank(psfs, depths, {"focal_length_m": 0.012, "pixel_pitch_m": 7.5e-6})
+        loaded = load_psf_bank(save_psf_bank(bank, tmp_path / f"b{channels}.npz"))
+        assert loaded.psfs.shape == (4, channels or 1, 5, 5)
+        np.testing.assert_allclose(loaded.psfs, bank.psfs, atol=1e-7)
+        np.testing.assert_array_equal(loaded.depths, depths)
+        assert loaded.focal_length_px() == pytest.approx(1600.0)
+
+
+def test_small_sum_error_is_renormalised(tmp_path):
+    psfs, depths = _bank_arrays()
+    psfs[1] *= 1.0008
+    bank = load_psf_bank(_write(tmp_path, psfs=psfs, depths=depths))
+    np.testing.assert_allclose(bank.psfs.sum(axis=(2, 3)), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda p, d: (p * 1.01, d), "layer 0 channel 0 sums to 1.01"),
+        (lambda p, d: (np.where(np.arange(p.size).reshape(p.shape) == 7, np.nan, p), d), "NaN"),
+        (lambda p, d: (p - p.max(), d), "negative"),
+        (lambda p, d: (p[:, :4, :4], d), "odd size"),
+        (lambda p, d: (p[:, :5, :3], d), "square"),
+        (lambda p, d: (p[0], d), "shape"),
+        (lambda p, d: (p, d[::-1].copy()), "strictly increasing"),
+        (lambda p, d: (p, d[:3]), "'depths' must have shape (4,)"),
+        (lambda p, d: (p, -d), "positive"),
+        (lambda p, d: (p[:1], d[:1]), "at least 2"),
+        (lambda p, d: (np.repeat(p[:, None], 2, axis=1), d), "1 or 3 channels"),
+    ],
+)
+def test_loader_errors_name_file_and_problem(tmp_path, mutate, message):
+    psfs, depths = mutate(*_bank_arrays())
+    path = _write(tmp_path, psfs=psfs, depths=depths)
+    with pytest.raises(PSFBankError) as info:
+        load_psf_bank(path)
+    assert str(path) in str(info.value)
+    assert message in str(info.value)
+
+
+def test_missing_keys_file_and_format(tmp_path):
+    psfs, depths = _bank_arrays()
+    with pytest.raises(PSFBankError, match="missing key 'depths'"):
+        load_psf_bank(_write(tmp_path, psfs=psfs))
+    with pytest.raises(PSFBankError, match="missing key 'psfs'"):
+        load_psf_bank(_write(tmp_path, depths=depths))
+    with pytest.raises(PSFBankError, match="not found"):
+        load_psf_bank(tmp_path / "absent.npz")
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip archive")
+    with pytest.raises(PSFBankError, match="not a readable .npz"):
+        load_psf_bank(garbage)
+
+
+def test_pickled_arrays_are_refused(tmp_path):
+    psfs, depths = _bank_arrays()
+    path = _write(tmp_path, psfs=psfs, depths=depths, focal_length_m=np.array([{"evil": 1}], dtype=object))
+    with pytest.raises(PSFBankError, match="pickle"):
+        load_psf_bank(path)
+
+
+def test_bad_metadata(tmp_path):
+    psfs, depths = _bank_arrays()
+    with pytest.raises(PSFBankError, match="scalar"):
+        load_psf_bank(_write(tmp_path, psfs=psfs, depths=depths, f_number=np.array([2.0, 4.0])))
+    with pytest.raises(PSFBankError, match="positive finite"):
+        load_psf_bank(_write(tmp_path, psfs=psfs, depths=depths, f_number=np.array(-2.0)))
+
+
+def test_bundled_default_bank_is_valid(default_bank):
+    assert default_bank.num_layers == 16
+    assert default_bank.kernel_size % 2 == 1
+    assert default_bank.depths[0] == pytest.approx(0.5) and default_bank.depths[-1] == pytest.approx(5.0)
+    np.testing.assert_allclose(default_bank.psfs.sum(axis=(2, 3)), 1.0, atol=1e-5)
+    assert set(default_bank.metadata) == {"focal_length_m", "f_number", "focus_distance_m", "pixel_pitch_m"}
