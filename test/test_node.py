@@ -423,3 +423,23 @@ def test_config_yaml_and_docs_match_the_declared_parameters(tmp_path):
 
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", (repo / "docs" / "ROS.md").read_text(), re.M))
     assert {p.name for p in PARAMS} <= documented
+
+
+def test_exception_in_a_transition_is_logged_and_recovered(harness):
+    # rclpy turns an exception in a transition callback into a silent ERROR; the node must log
+    # it, release everything in on_error and end up unconfigured, ready to configure again.
+    h = harness()
+    assert h.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    h.node._slot.open = boom
+    assert h.node.trigger_activate() == TransitionCallbackReturn.ERROR
+    assert h.state() == "unconfigured"
+    assert "activate failed: RuntimeError: boom" in h.node._stats.last_error
+    assert h.node._processor is None and h.node._pubs == {} and h.node._subs == []
+    del h.node._slot.open  # back to the class method
+    assert h.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert h.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    assert h.state() == "active"
