@@ -466,3 +466,22 @@ def test_out_of_memory_falls_back_to_tiles_or_reports(harness, scene):
     recon.reconstruct_tiled = lambda c: tiled_calls.append(c.shape) or original(c)
     depth_msg = h.roundtrip(capture, "rgb8", (5001, 0))
     assert depth_msg.width == W and tiled_calls and h.node._stats.failed == 1
+
+
+def test_dps_end_to_end_reports_its_steps(harness, scene):
+    # method dps with the bundled prior and 2 network evaluations: depth comes out, and ~/info
+    # and /diagnostics report the sampler and the exact step count.
+    pytest.importorskip("cadfd_ros.solvers.dps", reason="the diffusion sampler is not in this build")
+    capture, _ = scene
+    h = harness(method="dps", steps=2, seed=3)
+    h.start()
+    stamp = (6000, 0)
+    depth = depth_array(h.roundtrip(capture, "rgb8", stamp))
+    assert np.isfinite(depth).mean() > 0.5
+    if h.node._processor.info_type is not None:
+        info = h.out.wait_for("info", lambda m: (m.header.stamp.sec, m.header.stamp.nanosec) == stamp)
+        assert info.method == "dps" and info.steps == 2 and info.sampler
+        assert "dps" in info.stage_names and info.total_seconds > 0
+    statuses = h.diagnostics(lambda s: any(v.get("frames_processed") == "1" for v in s.values()))
+    rec = next(v for k, v in statuses.items() if k.endswith("reconstruction"))
+    assert rec["method"] == "dps" and rec["steps"] == "2"
