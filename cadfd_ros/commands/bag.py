@@ -176,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
                     if msg is not None and key in outputs:
                         writer.write(out_conn(key), timestamp, serialize_message(msg))
                 done += 1
+                if done % 25 == 0:  # long bags: show it is moving
+                    print(f"cadfd bag: {done} frames, {time.perf_counter() - start:.0f} s", file=sys.stderr)
                 if done == 1 and out.intrinsics_source != "camera_info":
                     print(f"cadfd bag: no camera_info topic; intrinsics from {out.intrinsics_source}", file=sys.stderr)
     elapsed = time.perf_counter() - start
