@@ -108,6 +108,9 @@ class Reconstructor:
         self.psf_bank = psf_bank
         self.config = config or ReconstructionConfig()
         self.device = resolve_device(self.config.device)
+        from cadfd_ros.solvers.classical import ClassicalSolver
+
+        self._classical = ClassicalSolver(psf_bank, device=self.device, noise_sigma=self.config.noise_sigma)
         self._dps = None
         if self.config.method == "dps":
             from cadfd_ros.solvers.dps import DiffusionPosteriorSampler  # noqa: F401 - fails early if absent
@@ -115,12 +118,9 @@ class Reconstructor:
             self._dps = DiffusionPosteriorSampler(psf_bank, self.config, self.device)
 
     def reconstruct(self, capture: np.ndarray) -> Reconstruction:
-        from cadfd_ros.solvers.classical import ClassicalSolver
-
         start = time.perf_counter()
         capture = check_capture(capture, self.psf_bank)
-        classical = ClassicalSolver(self.psf_bank, device=self.device, noise_sigma=self.config.noise_sigma)
-        result = classical.solve(capture)
+        result = self._classical.solve(capture)
         if self._dps is not None:
             result = self._dps.solve(capture, initial=result)
         if self.config.min_confidence > 0:
