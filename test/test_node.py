@@ -35,6 +35,17 @@ ENCODINGS = ("mono8", "mono16", "rgb8", "bgr8", "rgba8", "bgra8", "bayer_rggb8",
              "bayer_grbg8", "bayer_rggb16")
 
 
+@pytest.fixture(autouse=True)
+def _float32_default():
+    # The node runs with torch's default float32; a test module elsewhere in the session that
+    # sets torch.set_default_dtype(float64) at import must not change what is tested here.
+    torch = pytest.importorskip("torch")
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    yield
+    torch.set_default_dtype(previous)
+
+
 @pytest.fixture(scope="module")
 def context():
     ctx = rclpy.context.Context()
