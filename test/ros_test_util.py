@@ -74,6 +74,10 @@ def encode(capture: np.ndarray, encoding: str) -> tuple[bytes, int, int]:
         "bgr8": lambda: to8(rgb[:, :, ::-1]),
         "rgba8": lambda: to8(np.concatenate([rgb, alpha], axis=2)),
         "bgra8": lambda: to8(np.concatenate([rgb[:, :, ::-1], alpha], axis=2)),
+        "rgb16": lambda: to16(rgb),
+        "bgr16": lambda: to16(rgb[:, :, ::-1]),
+        "rgba16": lambda: to16(np.concatenate([rgb, alpha], axis=2)),
+        "bgra16": lambda: to16(np.concatenate([rgb[:, :, ::-1], alpha], axis=2)),
     }
     if encoding in arrays:
         array = np.ascontiguousarray(arrays[encoding]())
