@@ -56,6 +56,7 @@ class SamplerParams:
     data_steps: int = 1  # gradient data step: iterations per diffusion step
     data_step_size: float = 1.5  # gradient data step, in units of 1/L, L = ||A||^2 <= 1
     proximal_weight: float = 100.0  # lambda in rho_t = lambda sigma_y^2 / sigma_t^2 (DiffPIR)
+    final_proximal_weight: float | None = 200.0  # last data step, rho = this * sigma_y^2 (None: keep x0)
     depth_update: str = "evidence"
     depth_step: float = 0.5  # gradient depth update: max layers per step
     evidence_momentum: float = 0.8  # running average of the evidence volume over steps
@@ -240,6 +241,13 @@ class DiffusionPosteriorSampler:
                 rms = torch.sqrt(torch.mean((op(x0_lin, weights) - y) ** 2))
             trace.timesteps.append(int(t))
             trace.data_term.append(float(rms) / sigma_y)
+        if p.final_proximal_weight is not None:
+            # The last steps' rho_t is so large that x0 is the prior's estimate; one moderate data
+            # step regularised towards it (not towards smoothness) restores detail the prior lost.
+            with torch.no_grad():
+                spectra = spectra or self._capture_spectra(y)
+                rho = p.final_proximal_weight * sigma_y * sigma_y
+                x0_lin = self._prox_step(x0_lin, coord, spectra, sigma_y, 0.0, op, rho=rho).clamp(0, 1)
         if self.sampler == "dps" or evidence is None:
             with torch.no_grad():
                 _, _, confidence = self._depth_update(op.blur_layers(x0_lin), y, coord, None, guide, sigma_y)
@@ -293,10 +301,11 @@ class DiffusionPosteriorSampler:
                 "otf2": otf.real**2 + otf.imag**2, "pad": pad}
 
     def _prox_step(self, x0: torch.Tensor, coord: torch.Tensor, spectra: dict, sigma_y: float, sigma_t: float,
-                   op: LayeredBlur) -> torch.Tensor:
+                   op: LayeredBlur, rho: float | None = None) -> torch.Tensor:
         """argmin_x 1/2||y - h_k*x||^2 + rho/2||x - x0||^2 per layer, in closed form, blended by the
         soft weights: exact where depth is constant over a PSF footprint (DiffPIR's data step)."""
-        rho = self.params.proximal_weight * (sigma_y / max(sigma_t, 1e-4)) ** 2
+        if rho is None:
+            rho = self.params.proximal_weight * (sigma_y / max(sigma_t, 1e-4)) ** 2
         pad, half = int(spectra["pad"]), op.pad
         grid = spectra["y_pad"].clone()
         offset = pad - half
