@@ -9,7 +9,15 @@ from scipy.signal import convolve2d
 from cadfd_ros.forward import LayeredBlur, depth_to_layer_coord, layer_coord_to_depth, soft_layer_weights
 from cadfd_ros.forward.render import render_occlusion_aware
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """Exactness checks run in float64; restore the default so other modules are unaffected."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def _operator(bank, height=23, width=31, channels=1):

@@ -34,11 +34,35 @@ def constant_depth_method(bank: PSFBank) -> Method:
     return run
 
 
+def network_call_seconds(sampler, capture_shape: tuple[int, ...], repeats: int = 2) -> float:
+    """Time of one prior network evaluation on the sampler's input for this capture size."""
+    import torch
+
+    height, width = capture_shape[:2]
+    channels = 1 if len(capture_shape) == 2 else 3
+    op = sampler.operator(height, width, channels)
+    x = torch.zeros(1, channels, *op.padded_shape, device=sampler.device)
+    with torch.no_grad():
+        sampler.prior.predict_noise(x, 10)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            sampler.prior.predict_noise(x, 10)
+        if sampler.device.type == "cuda":
+            torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
+
+
 def solver_method(bank: PSFBank, config: ReconstructionConfig) -> Method:
     reconstructor = Reconstructor(bank, config)
 
     def run(scene: Scene) -> Reconstruction:
-        return reconstructor.reconstruct(scene.capture)
+        result = reconstructor.reconstruct(scene.capture)
+        if reconstructor._dps is not None:
+            # Speed against its floor: N network calls on the same input.
+            floor = result.steps * network_call_seconds(reconstructor._dps, scene.capture.shape)
+            result.timings["floor_ratio_total"] = result.timings["total"] / floor
+            result.timings["floor_ratio_sampler"] = result.timings["dps"] / floor
+        return result
 
     return run
 
@@ -48,6 +72,9 @@ def evaluate(result: Reconstruction, scene: Scene, bank: PSFBank, seconds: float
     textured = border & textured_mask(scene.sharp)
     step = float(np.abs(np.diff(bank.inverse_depths)).mean())
     out = {"seconds": seconds}
+    for key in ("floor_ratio_total", "floor_ratio_sampler"):
+        if key in result.timings:
+            out[key] = result.timings[key]
     for prefix, mask in (("all", border), ("tex", textured)):
         for key, value in depth_metrics(result.depth, scene.depth, mask, step).items():
             out[f"{prefix}_{key}"] = value
@@ -93,6 +120,8 @@ SUMMARY_COLUMNS = (
     ("aif_psnr", "AIF PSNR [dB]", "{:.2f}"),
     ("aif_ssim", "AIF SSIM", "{:.3f}"),
     ("seconds", "s/frame", "{:.2f}"),
+    ("floor_ratio_sampler", "sampler / (N x net)", "{:.2f}"),
+    ("floor_ratio_total", "total / (N x net)", "{:.2f}"),
 )
 
 

@@ -11,6 +11,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser("bench", help="depth and all-in-focus quality and speed on synthetic scenes")
     parser.add_argument("--psf-bank", type=Path, default=None, help="PSF bank .npz (default: bundled)")
+    parser.add_argument("--mask", type=Path, default=None,
+                        help="aperture pattern: bench a bank synthesised with the default camera from it")
     parser.add_argument("--methods", default="constant,classical",
                         help="comma list of: constant, classical, dps, dps:SAMPLER (default: constant,classical)")
     parser.add_argument("--photos", default=",".join(TEST_PHOTOS), help="scikit-image photo names")
@@ -34,7 +36,14 @@ def _run(args: argparse.Namespace) -> int:
         height, width = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
         raise CadfdError(f"--size must look like 240x320, got {args.size!r}") from None
-    bank = load_psf_bank(args.psf_bank or default_psf_bank_path())
+    if args.mask is not None:
+        from cadfd_ros.optics.masks import load_pattern
+        from cadfd_ros.optics.thin_lens import synthesize_psf_bank
+
+        bank = synthesize_psf_bank(load_pattern(args.mask))
+        bank = type(bank)(bank.psfs, bank.depths, bank.metadata, source=f"default camera + {args.mask}")
+    else:
+        bank = load_psf_bank(args.psf_bank or default_psf_bank_path())
     methods = {}
     for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
         if name == "constant":
