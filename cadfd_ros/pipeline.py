@@ -28,6 +28,8 @@ class ReconstructionConfig:
     prior: str = "default"
     noise_sigma: float | None = None  # None: estimated from the capture
     min_confidence: float = 0.0  # depth below this confidence becomes NaN
+    max_pixels: int = 2_000_000  # larger frames are solved in overlapping tiles (bounded memory)
+    tile_size: int = 512  # tile side when tiling
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -40,6 +42,8 @@ class ReconstructionConfig:
             raise CadfdError(f"time_budget_ms must be positive, got {self.time_budget_ms}")
         if self.noise_sigma is not None and not 0 < self.noise_sigma < 1:
             raise CadfdError(f"noise_sigma must be in (0, 1), got {self.noise_sigma}")
+        if self.max_pixels < 4096 or self.tile_size < 64:
+            raise CadfdError(f"max_pixels must be >= 4096 and tile_size >= 64, got {self.max_pixels}, {self.tile_size}")
         if not 0.0 <= self.min_confidence <= 1.0:
             raise CadfdError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
 
@@ -101,6 +105,28 @@ def check_capture(capture: np.ndarray, bank: PSFBank, name: str = "capture") -> 
     return capture
 
 
+def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, tile - overlap))
+    return starts + [length - tile]
+
+
+def _ramp(shape: tuple[int, int], overlap: int, top: bool, bottom: bool, left: bool, right: bool) -> np.ndarray:
+    """Blending weight of one tile: rises linearly across overlaps shared with a neighbour."""
+
+    def axis(n: int, start: bool, end: bool) -> np.ndarray:
+        w = np.ones(n)
+        ramp = (np.arange(overlap) + 0.5) / overlap
+        if start:
+            w[:overlap] = np.minimum(w[:overlap], ramp[: min(overlap, n)])
+        if end:
+            w[n - overlap :] = np.minimum(w[n - overlap :], ramp[::-1][: min(overlap, n)])
+        return w
+
+    return np.outer(axis(shape[0], top, bottom), axis(shape[1], left, right))
+
+
 class Reconstructor:
     """Holds the PSF bank (and, for dps, the prior) on a device; reconstructs frames."""
 
@@ -120,6 +146,11 @@ class Reconstructor:
     def reconstruct(self, capture: np.ndarray) -> Reconstruction:
         start = time.perf_counter()
         capture = check_capture(capture, self.psf_bank)
+        if capture.shape[0] * capture.shape[1] > self.config.max_pixels:
+            return self.reconstruct_tiled(capture)
+        return self._solve_whole(capture, start)
+
+    def _solve_whole(self, capture: np.ndarray, start: float) -> Reconstruction:
         result = self._classical.solve(capture)
         if self._dps is not None:
             result = self._dps.solve(capture, initial=result)
@@ -129,6 +160,57 @@ class Reconstructor:
             )
         result.timings["total"] = time.perf_counter() - start
         return result
+
+    def reconstruct_tiled(self, capture: np.ndarray, tile_size: int | None = None) -> Reconstruction:
+        """Solve overlapping tiles and blend them with linear ramps across the overlaps.
+
+        The overlap is two PSF widths, so every blended pixel is at least one PSF width from
+        the border of the tiles that contribute to it. Peak memory is that of one tile.
+        Depth is blended in inverse depth (linear in blur)."""
+        start = time.perf_counter()
+        capture = check_capture(capture, self.psf_bank)
+        height, width = capture.shape[:2]
+        overlap = 2 * self.psf_bank.kernel_size
+        tile = max(tile_size or self.config.tile_size, 2 * overlap + 8)
+        rows, cols = _tile_starts(height, tile, overlap), _tile_starts(width, tile, overlap)
+        inverse = np.zeros((height, width), np.float64)
+        inverse_weight = np.zeros((height, width), np.float64)
+        aif = np.zeros(capture.shape, np.float64)
+        confidence = np.zeros((height, width), np.float64)
+        weight_sum = np.zeros((height, width), np.float64)
+        timings: dict[str, float] = {}
+        residual_sq, parts = 0.0, None
+        for top in rows:
+            for left in cols:
+                window = (slice(top, min(top + tile, height)), slice(left, min(left + tile, width)))
+                part = self._solve_whole(capture[window], time.perf_counter())
+                ramp = _ramp(part.depth.shape, overlap, top > 0, top + tile < height, left > 0, left + tile < width)
+                valid = np.isfinite(part.depth)
+                inverse[window] += np.where(valid, ramp / np.where(valid, part.depth, 1.0), 0.0)
+                inverse_weight[window] += ramp * valid
+                aif[window] += (ramp[:, :, None] if capture.ndim == 3 else ramp) * part.all_in_focus
+                confidence[window] += ramp * part.confidence
+                weight_sum[window] += ramp
+                residual_sq += part.residual**2 * part.depth.size
+                for key, value in part.timings.items():
+                    timings[key] = timings.get(key, 0.0) + value
+                parts = part
+        with np.errstate(invalid="ignore", divide="ignore"):
+            depth = np.where(inverse_weight > 0, inverse_weight / inverse, np.nan)
+        aif /= weight_sum[:, :, None] if capture.ndim == 3 else weight_sum
+        timings["total"] = time.perf_counter() - start
+        timings["tiles"] = float(len(rows) * len(cols))
+        return Reconstruction(
+            depth=depth.astype(np.float32),
+            all_in_focus=aif.astype(np.float32),
+            confidence=(confidence / weight_sum).astype(np.float32),
+            method=parts.method,
+            sampler=parts.sampler,
+            steps=parts.steps,
+            timings=timings,
+            residual=float(np.sqrt(residual_sq / (height * width))),
+            noise_sigma=parts.noise_sigma,
+        )
 
     def warmup(self, height: int = 64, width: int = 64, channels: int = 1) -> None:
         """Run one small frame so first-frame latency (allocations, kernels) is paid up front."""
