@@ -427,7 +427,7 @@ def test_intrinsics_from_bank_when_no_camera_info(harness, scene, bank_path):
 
 def test_config_yaml_and_docs_match_the_declared_parameters(tmp_path):
     """config/cadfd.yaml loads through --params-file and holds exactly the declared defaults;
-    docs/ROS.md documents every parameter. Keeps code, config and docs from drifting apart."""
+    README.md documents every parameter. Keeps code, config and docs from drifting apart."""
     import re
     from pathlib import Path
 
@@ -452,7 +452,7 @@ def test_config_yaml_and_docs_match_the_declared_parameters(tmp_path):
     finally:
         rclpy.shutdown(context=ctx)
 
-    documented = set(re.findall(r"^\| `([a-z_]+)` \|", (repo / "docs" / "ROS.md").read_text(), re.M))
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", (repo / "README.md").read_text(), re.M))
     assert {p.name for p in PARAMS} <= documented
 
 
