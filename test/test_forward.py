@@ -88,3 +88,19 @@ def test_renderer_has_no_dark_seams_at_occlusions(small_bank):
         psf = small_bank.psfs[0 if index == 0 else -1, 0]
         plain += convolve2d(np.pad(alpha * image, small_bank.half_size, mode="edge"), psf, mode="valid")
     assert plain.min() < 0.55  # the seam the occlusion-aware model removes
+
+
+def test_fast_guided_filter_matches_full_resolution_on_smooth_input():
+    from cadfd_ros.solvers.filters import box_filter, fast_guided_filter, guided_filter
+
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
+    guide = (0.3 + 0.4 * xx + 0.2 * yy).view(1, 1, 64, 64)
+    source = torch.stack([xx * 2, yy - xx]).unsqueeze(0)
+    full = guided_filter(guide, source, 8, 1e-4)
+    fast = fast_guided_filter(guide, torch.nn.functional.interpolate(source, size=(16, 16), mode="area"), 2, 1e-4)
+    core = (..., slice(12, -12), slice(12, -12))
+    torch.testing.assert_close(fast[core], full[core], atol=0.03, rtol=0)
+    # the integral-image box filter equals a direct windowed mean
+    x = torch.rand(1, 2, 20, 23)
+    direct = torch.nn.functional.avg_pool2d(x, 7, stride=1, padding=3, count_include_pad=False)
+    torch.testing.assert_close(box_filter(x, 3), direct)

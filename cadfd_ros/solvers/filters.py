@@ -48,31 +48,32 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(x, g.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
 
-def guided_filter(guide: torch.Tensor, source: torch.Tensor, radius: int, eps: float) -> torch.Tensor:
-    """He et al. guided filter with a one-channel guide (B, 1, H, W) over every source channel."""
+def _guided_coefficients(guide: torch.Tensor, source: torch.Tensor, radius: int, eps: float
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Window-averaged local linear model source ~ a * guide + b (He et al. 2010)."""
     mean_i = box_filter(guide, radius)
     mean_p = box_filter(source, radius)
     cov_ip = box_filter(guide * source, radius) - mean_i * mean_p
     var_i = box_filter(guide * guide, radius) - mean_i * mean_i
     a = cov_ip / (var_i + eps)
     b = mean_p - a * mean_i
-    return box_filter(a, radius) * guide + box_filter(b, radius)
+    return box_filter(a, radius), box_filter(b, radius)
+
+
+def guided_filter(guide: torch.Tensor, source: torch.Tensor, radius: int, eps: float) -> torch.Tensor:
+    """He et al. guided filter with a one-channel guide (B, 1, H, W) over every source channel."""
+    a, b = _guided_coefficients(guide, source, radius, eps)
+    return a * guide + b
 
 
 def fast_guided_filter(guide: torch.Tensor, source_low: torch.Tensor, radius_low: int, eps: float) -> torch.Tensor:
     """He & Sun's fast guided filter: coefficients from a low-resolution source, applied to the
     full-resolution guide (B, 1, H, W), so edges stay sharp at full resolution."""
-    low = source_low.shape[-2:]
-    guide_low = F.interpolate(guide, size=low, mode="area")
-    mean_i = box_filter(guide_low, radius_low)
-    mean_p = box_filter(source_low, radius_low)
-    cov_ip = box_filter(guide_low * source_low, radius_low) - mean_i * mean_p
-    var_i = box_filter(guide_low * guide_low, radius_low) - mean_i * mean_i
-    a = cov_ip / (var_i + eps)
-    b = mean_p - a * mean_i
+    guide_low = F.interpolate(guide, size=source_low.shape[-2:], mode="area")
+    a, b = _guided_coefficients(guide_low, source_low, radius_low, eps)
     size = guide.shape[-2:]
-    a = F.interpolate(box_filter(a, radius_low), size=size, mode="bilinear", align_corners=False)
-    b = F.interpolate(box_filter(b, radius_low), size=size, mode="bilinear", align_corners=False)
+    a = F.interpolate(a, size=size, mode="bilinear", align_corners=False)
+    b = F.interpolate(b, size=size, mode="bilinear", align_corners=False)
     return a * guide + b
 
 
