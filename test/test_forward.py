@@ -104,3 +104,5 @@ def test_fast_guided_filter_matches_full_resolution_on_smooth_input():
     x = torch.rand(1, 2, 20, 23)
     direct = torch.nn.functional.avg_pool2d(x, 7, stride=1, padding=3, count_include_pad=False)
     torch.testing.assert_close(box_filter(x, 3), direct)
+    wide = torch.nn.functional.avg_pool2d(x, 15, stride=1, padding=7, count_include_pad=False)
+    torch.testing.assert_close(box_filter(x, 7), wide)

@@ -180,7 +180,8 @@ class ClassicalSolver:
             self._null_cache[key] = energy[0, :, margin:-margin, margin:-margin].mean(dim=(1, 2))
         return self._null_cache[key]
 
-    def depth_from_evidence(self, evidence: torch.Tensor, guide: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def depth_from_evidence(self, evidence: torch.Tensor, guide: torch.Tensor, with_confidence: bool = True
+                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Edge-aware smoothing of the cost volume, then sub-layer argmin and confidence."""
         p = self.params
         guide = guide / guide.amax().clamp(min=1e-6)
@@ -195,6 +196,8 @@ class ClassicalSolver:
         offset = torch.where(denom > 1e-12, 0.5 * (cm - cp) / denom, torch.zeros_like(denom)).clamp(-0.5, 0.5)
         interior = (best > 0) & (best < num_layers - 1)
         coord = best.to(cost.dtype) + torch.where(interior, offset, torch.zeros_like(offset))
+        if not with_confidence:
+            return coord[:, 0], None
         # Confidence: posterior mass within one layer of the optimum, rescaled from chance.
         prob = torch.softmax(-(cost - c0) / p.evidence_temperature, dim=1)
         k = torch.arange(num_layers, device=cost.device).view(1, -1, 1, 1)

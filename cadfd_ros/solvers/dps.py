@@ -60,6 +60,7 @@ class SamplerParams:
     depth_update: str = "evidence"
     depth_step: float = 0.5  # gradient depth update: max layers per step
     evidence_momentum: float = 0.8  # running average of the evidence volume over steps
+    depth_every: int = 2  # evidence accumulates every step; depth is re-regularised every N steps
     clip_x0: bool = True  # keep the Tweedie estimate in the image range
 
 
@@ -213,7 +214,7 @@ class DiffusionPosteriorSampler:
             t_next = timesteps[index + 1] if index + 1 < len(timesteps) else None
             a_t = abar[t]
             if self.sampler == "dps":
-                x_t, x0_lin, coord = self._dps_step(counter, x_t, t, t_next, y, coord, op, sigma_y, generator)
+                x_t, x0_lin, coord, rms = self._dps_step(counter, x_t, t, t_next, y, coord, op, sigma_y, generator)
             else:
                 with torch.no_grad():
                     eps = self._eps(counter, x_t, t)
@@ -222,8 +223,12 @@ class DiffusionPosteriorSampler:
                     if p.clip_x0:
                         x0_lin = x0_lin.clamp(0, 1)
                     blurred = op.blur_layers(x0_lin)  # (1, L, C, H, W), shared by both updates
-                    coord, evidence, confidence = self._depth_update(blurred, y, coord, evidence, guide, sigma_y)
+                    regularise = index % p.depth_every == 0 or t_next is None
+                    coord, evidence, _ = self._depth_update(blurred, y, coord, evidence, guide, sigma_y, False,
+                                                            regularise)
                     weights = soft_layer_weights(coord, num_layers)
+                    # data term of the Tweedie estimate, from the blurs already computed
+                    rms = torch.sqrt(torch.mean(((blurred * weights.unsqueeze(2)).sum(dim=1) - y) ** 2))
                     sigma_t = float((1 - a_t).sqrt() / a_t.sqrt()) / 2.0  # model space is 2x linear
                     if p.data_step == "prox":
                         x0_lin = self._prox_step(x0_lin, coord, spectra, sigma_y, sigma_t, op)
@@ -236,9 +241,6 @@ class DiffusionPosteriorSampler:
                         fresh = torch.randn(x_t.shape, generator=generator, device=self.device)
                         mixed = math.sqrt(1 - p.zeta) * eps_hat + math.sqrt(p.zeta) * fresh
                         x_t = a_n.sqrt() * x0_new + (1 - a_n).sqrt() * mixed
-            with torch.no_grad():
-                weights = soft_layer_weights(coord, num_layers)
-                rms = torch.sqrt(torch.mean((op(x0_lin, weights) - y) ** 2))
             trace.timesteps.append(int(t))
             trace.data_term.append(float(rms) / sigma_y)
         if p.final_proximal_weight is not None:
@@ -248,15 +250,15 @@ class DiffusionPosteriorSampler:
                 spectra = spectra or self._capture_spectra(y)
                 rho = p.final_proximal_weight * sigma_y * sigma_y
                 x0_lin = self._prox_step(x0_lin, coord, spectra, sigma_y, 0.0, op, rho=rho).clamp(0, 1)
-        if self.sampler == "dps" or evidence is None:
-            with torch.no_grad():
-                _, _, confidence = self._depth_update(op.blur_layers(x0_lin), y, coord, None, guide, sigma_y)
+        with torch.no_grad():  # confidence of the final estimate only: it is not needed per step
+            _, _, confidence = self._depth_update(op.blur_layers(x0_lin), y, coord, evidence, guide, sigma_y)
         trace.network_evaluations = counter.count
         return x0_lin.detach(), coord.detach(), confidence, trace
 
     # ------------------------------------------------------------------ updates
     def _depth_update(self, blurred: torch.Tensor, y: torch.Tensor, coord: torch.Tensor, evidence: torch.Tensor | None,
-                      guide: torch.Tensor, sigma_y: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      guide: torch.Tensor, sigma_y: float, with_confidence: bool = True, regularise: bool = True
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Layer evidence of the current sharp estimate, averaged over steps, then the classical
         edge-aware regularisation; or a gradient step on the coordinate."""
         p = self.params
@@ -268,7 +270,9 @@ class DiffusionPosteriorSampler:
         energy = energy / y.shape[1]
         if evidence is not None:
             energy = p.evidence_momentum * evidence + (1 - p.evidence_momentum) * energy
-        new_coord, confidence = self.classical.depth_from_evidence(energy, guide)
+        if not regularise:
+            return coord, energy, None
+        new_coord, confidence = self.classical.depth_from_evidence(energy, guide, with_confidence)
         if p.depth_update == "gradient":
             new_coord = self._depth_gradient_step(blurred, y, coord, sigma_y)
         return new_coord, energy, confidence
@@ -297,7 +301,8 @@ class DiffusionPosteriorSampler:
         y_pad = self.classical._reflect_pad(y, pad)
         grid = tuple(y_pad.shape[-2:])
         otf = self.classical._otfs(y.shape[1], grid)
-        return {"y_pad": y_pad, "y_hat": torch.fft.rfft2(y_pad[0]), "otf": otf,
+        # conj(H_k) Y is the same at every step: precompute it once per frame
+        return {"y_pad": y_pad, "hty": otf.conj() * torch.fft.rfft2(y_pad[0]).unsqueeze(0),
                 "otf2": otf.real**2 + otf.imag**2, "pad": pad}
 
     def _prox_step(self, x0: torch.Tensor, coord: torch.Tensor, spectra: dict, sigma_y: float, sigma_t: float,
@@ -313,17 +318,12 @@ class DiffusionPosteriorSampler:
         x0_hat = torch.fft.rfft2(grid[0])
         coord_pad = F.pad(coord.unsqueeze(1), (half,) * 4, mode="replicate")[:, 0]
         weights = soft_layer_weights(coord_pad, self.bank.num_layers)[0]
-        out = torch.zeros_like(x0[0])
+        active = torch.nonzero(weights.flatten(1).amax(dim=1) > 0).flatten()  # layers in use
         rows = slice(offset, offset + op.padded_shape[0])
         cols = slice(offset, offset + op.padded_shape[1])
-        otf, otf2, y_hat = spectra["otf"], spectra["otf2"], spectra["y_hat"]
-        shape = tuple(grid.shape[-2:])
-        for k in range(self.bank.num_layers):
-            w = weights[k]
-            if float(w.max()) <= 0:
-                continue
-            x_k = torch.fft.irfft2((otf[k].conj() * y_hat + rho * x0_hat) / (otf2[k] + rho), s=shape)
-            out += w * x_k[:, rows, cols]
+        spectrum = (spectra["hty"][active] + rho * x0_hat) / (spectra["otf2"][active] + rho)
+        layers = torch.fft.irfft2(spectrum, s=tuple(grid.shape[-2:]))[..., rows, cols]  # (A, C, Hp, Wp)
+        out = (layers * weights[active].unsqueeze(1)).sum(dim=0)
         return out.unsqueeze(0)
 
     def _data_step(self, x0: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, op: LayeredBlur,
@@ -355,6 +355,7 @@ class DiffusionPosteriorSampler:
             x0_lin = prior.from_model_space(x0)
             residual = y - op(x0_lin, soft_layer_weights(u, self.bank.num_layers))
             norm = torch.linalg.vector_norm(residual)
+            rms = norm.detach() / math.sqrt(residual.numel())
             grad_x, grad_u = torch.autograd.grad(norm, (x_t, u))
         with torch.no_grad():
             x0 = x0.detach().clamp(-1, 1) if self.params.clip_x0 else x0.detach()
@@ -373,7 +374,6 @@ class DiffusionPosteriorSampler:
             coord = (coord - (grad_u / scale).clamp(-1, 1) * self.params.depth_step * 0.5).clamp(
                 0, self.bank.num_layers - 1)
             x0_lin = prior.from_model_space(x0)
-        blurred = op.blur_layers(x0_lin)
-        coord, _, _ = self._depth_update(blurred, y, coord, None, luminance(y), sigma_y) if \
-            self.params.depth_update == "evidence" else (coord, None, None)
-        return x_next.detach(), x0_lin, coord
+        if self.params.depth_update == "evidence":
+            coord, _, _ = self._depth_update(op.blur_layers(x0_lin), y, coord, None, luminance(y), sigma_y, False)
+        return x_next.detach(), x0_lin, coord, rms
