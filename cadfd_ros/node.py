@@ -523,16 +523,13 @@ class CadfdNode(LifecycleNode):
 
     def _retry_after_oom(self, processor: FrameProcessor, msg: Image, info: CameraInfo | None,
                          exc: BaseException) -> FrameOutputs | None:
-        """CUDA OOM: free the cache and retry once in tiles when the solver supports it."""
+        """CUDA OOM: free the cache and retry once in tiles (bounded peak memory)."""
         self._release_cuda_cache()
-        if not hasattr(processor.reconstructor, "reconstruct_tiled"):
-            # Hook: once Reconstructor grows reconstruct_tiled(capture), OOM frames are retried.
-            self._failed_frame(f"reconstruction out of memory ({exc}); lower input_downscale or use device cpu")
-            return None
         try:
             return processor.process(msg, info, self._settings, tiled=True)
         except Exception as retry_exc:  # noqa: BLE001
-            self._failed_frame(f"tiled retry after out-of-memory failed: {retry_exc}")
+            self._failed_frame(f"reconstruction out of memory ({exc}); the tiled retry failed too ({retry_exc}); "
+                               "lower input_downscale or use device cpu")
             return None
 
     @staticmethod

@@ -486,13 +486,14 @@ def test_out_of_memory_falls_back_to_tiles_or_reports(harness, scene):
     def oom(_capture):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    # No tiled solver: the frame fails, is counted and reported, and the node goes on.
+    # Tiles run out of memory too: the frame fails, is counted and reported, and the node goes on.
     recon.reconstruct = oom
+    recon.reconstruct_tiled = oom
     h.send(capture, "rgb8", (5000, 0))
     statuses = h.diagnostics(lambda s: any(v.get("frames_failed") == "1" for v in s.values()), timeout=8.0)
     rec = next(v for k, v in statuses.items() if k.endswith("reconstruction"))
     assert rec["_level"] == 2 and "out of memory" in rec["_message"] and "input_downscale" in rec["_message"]
-    # With Reconstructor.reconstruct_tiled: the frame is retried in tiles and published.
+    # Tiles fit: the frame is retried with Reconstructor.reconstruct_tiled and published.
     tiled_calls = []
     recon.reconstruct_tiled = lambda c: tiled_calls.append(c.shape) or original(c)
     depth_msg = h.roundtrip(capture, "rgb8", (5001, 0))
