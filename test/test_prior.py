@@ -227,6 +227,29 @@ def test_resume_equals_uninterrupted_run(tmp_path, photo_dir):
     assert [r.split(",")[:2] for r in full_log] == [r.split(",")[:2] for r in half_log]  # same steps, same losses
 
 
+def test_init_from_continues_exported_weights_and_records_the_budget(tmp_path, photo_dir):
+    from safetensors.torch import load_file
+
+    Trainer(_cfg(tmp_path / "first", photo_dir, 2)).run()
+    exported = load_file(tmp_path / "first" / "unet" / "diffusion_pytorch_model.safetensors")
+    cfg = _cfg(tmp_path / "more", photo_dir, 3, seed=1)
+    cfg.init_from = str(tmp_path / "first")
+    tr = Trainer(cfg)
+    assert all(torch.equal(tr.model.state_dict()[k], v) and torch.equal(tr.ema.state_dict()[k], v) for k, v in exported.items())
+    tr.run()
+    info = json.loads((tmp_path / "more" / "TRAINING.json").read_text())
+    assert info["steps"] == 3 and info["total_steps"] == 5 and info["init"]["steps"] == 2
+    assert info["total_wall_time_s"] >= info["wall_time_s"]
+    wrong = _cfg(tmp_path / "wrong", photo_dir, 1)
+    wrong.channels, wrong.init_from = (8, 24), str(tmp_path / "first")
+    with pytest.raises(PriorError, match="--init-from .*do not fit"):
+        Trainer(wrong)
+    missing = _cfg(tmp_path / "missing", photo_dir, 1)
+    missing.init_from = str(tmp_path / "nowhere")
+    with pytest.raises(PriorError, match="--init-from .*nowhere"):
+        Trainer(missing)
+
+
 def test_training_batches_include_grey_and_mono_noise(tmp_path, photo_dir):
     cfg = _cfg(tmp_path / "g", photo_dir, 1)
     cfg.batch_size, cfg.grey_fraction, cfg.grey_noise_fraction = 64, 1.0, 1.0

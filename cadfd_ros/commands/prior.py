@@ -38,6 +38,8 @@ def register(subparsers: Any) -> None:
     t.add_argument("--out", required=True, metavar="DIR", help="output folder: checkpoint/, unet/, scheduler/, train_log.csv")
     t.add_argument("--steps", type=int, default=3000, help="total optimizer steps (default 3000)")
     t.add_argument("--resume", action="store_true", help="continue from --out/checkpoint")
+    t.add_argument("--init-from", metavar="DIR", default=None,
+                   help="start from an exported prior's weights (fresh optimizer and warm-up), e.g. to train the bundled one further")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--crop", type=int, default=64, help="crop size in px (multiple of the downsampling factor)")
@@ -104,7 +106,7 @@ def _train(args: argparse.Namespace) -> int:
         grey_fraction=args.grey_fraction, grey_noise_fraction=args.grey_noise_fraction,
         focus_fraction=args.focus_fraction, focus_sigma=tuple(args.focus_sigma), channels=tuple(args.channels),
         layers_per_block=args.layers_per_block, scales=tuple(args.scales), save_every=args.save_every,
-        threads=args.threads, max_minutes=args.max_minutes, progress=not args.no_progress)
+        threads=args.threads, init_from=args.init_from, max_minutes=args.max_minutes, progress=not args.no_progress)
     res = train(cfg, resume=args.resume)
     state = "finished" if res["finished"] else "stopped (resume with --resume)"
     print(f"prior training {state} at step {res['step']} ({res['wall_s']:.0f} s of compute, "

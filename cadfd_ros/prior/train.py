@@ -38,7 +38,7 @@ LOG_NAME = "train_log.csv"
 LOG_FIELDS = ("step", "loss", "lr", "wall_s", "crops_per_s")
 # Settings that change the training trajectory: a resume must keep them.
 FROZEN_ON_RESUME = ("seed", "batch_size", "crop", "lr", "warmup", "weight_decay", "ema_decay", "grad_clip", "grey_fraction",
-                    "grey_noise_fraction", "focus_fraction", "focus_sigma", "channels", "layers_per_block", "scales")
+                    "grey_noise_fraction", "focus_fraction", "focus_sigma", "channels", "layers_per_block", "scales", "init_from")
 
 
 @dataclass
@@ -64,6 +64,7 @@ class TrainConfig:
     save_every: int = 100
     log_every: int = 10
     threads: int = 1
+    init_from: str | None = None
     max_minutes: float | None = None
     progress: bool = True
 
@@ -191,6 +192,12 @@ class Trainer:
         else:
             with open(self.out / LOG_NAME, "w", newline="") as f:
                 csv.writer(f).writerow(LOG_FIELDS)
+        self.init = self._load_init(cfg.init_from) if cfg.init_from else None
+        if self.init is not None and state is None:
+            self.model.load_state_dict(self.init.pop("weights"))
+            self.ema.load_state_dict(self.model.state_dict())
+        elif self.init is not None:
+            self.init.pop("weights")
         self.resumed_from = self.step
 
         if pool is None:
@@ -200,6 +207,26 @@ class Trainer:
         else:
             self.data_files = sorted(set(s.split("@")[0] for s in pool.sources))
         self.pool = pool
+
+    def _load_init(self, spec: str) -> dict[str, Any]:
+        """Weights (and their training record) of an exported run to continue from with a fresh optimizer."""
+        from safetensors.torch import load_file
+
+        folder = Path(spec)
+        unet_dir = folder / "unet" if (folder / "unet").is_dir() else folder
+        weights_path = unet_dir / "diffusion_pytorch_model.safetensors"
+        if not weights_path.is_file():
+            raise PriorError(f"--init-from {spec}: no {weights_path.name} (expected an exported prior folder)")
+        weights = load_file(weights_path)
+        own = self.model.state_dict()
+        bad = sorted(set(own) ^ set(weights)) + [k for k in own if k in weights and own[k].shape != weights[k].shape]
+        if bad:
+            raise PriorError(f"--init-from {spec}: weights do not fit a UNet with --channels {self.cfg.channels} "
+                             f"--layers-per-block {self.cfg.layers_per_block} (first mismatch: {bad[0]})")
+        record = folder / "TRAINING.json"
+        prev = json.loads(record.read_text()) if record.is_file() else {}
+        return {"weights": weights, "from": str(spec), "steps": prev.get("total_steps", prev.get("steps")),
+                "wall_time_s": prev.get("total_wall_time_s", prev.get("wall_time_s"))}
 
     # ---------------------------------------------------------------- one step
     def _sample_t(self, b: int) -> torch.Tensor:
@@ -295,6 +322,10 @@ class Trainer:
             "data_files": self.data_files, "pool_entries": len(self.pool), "exported_at": _now(),
             "domain": "x_model = 2 * x_linear - 1, x_linear = sRGB EOTF(photo) in [0, 1]",
         }
+        if self.init is not None:  # a continued run: record the whole budget, not only this leg
+            info["init"] = self.init
+            info["total_steps"] = self.step + (self.init["steps"] or 0)
+            info["total_wall_time_s"] = round(self.wall_s + (self.init["wall_time_s"] or 0.0), 1)
         (self.out / "TRAINING.json").write_text(json.dumps(info, indent=1))
         return self.out
 
