@@ -6,9 +6,12 @@ a PSF, see ``LayeredBlur``) and a continuous layer coordinate u per pixel (conti
 depth over the bank's range), mapped to soft layer weights. Each step:
 
 1. Tweedie estimate x0 = E[x | x_t] from the prior (one network evaluation);
-2. depth update on x0: per-pixel layer evidence |y - h_k * x0|^2 / sigma^2 in local windows
-   (a running average over steps), regularised edge-aware exactly as the classical solver
-   does, or gradient steps on u through the soft weights;
+2. depth update on x0: per-pixel layer evidence in local windows (a running average over
+   steps), regularised edge-aware exactly as the classical solver does, or gradient steps on u
+   through the soft weights. The evidence is the Gaussian marginal likelihood of the capture
+   under layer k with x ~ N(x0, tau^2 I): the residual y - h_k * x0 whitened by
+   (tau^2 |H_k|^2 + sigma^2)^-1/2, plus the per-layer log-determinant. Without it (the plain
+   residual) a smooth x0 is best explained by the smallest PSF and depth drifts near;
 3. data consistency for the image through the blur-then-mask model;
 4. re-noise to the next timestep.
 
@@ -45,6 +48,7 @@ from cadfd_ros.solvers.filters import gaussian_blur, luminance
 SAMPLERS = ("diffpir", "dps")
 DEFAULT_SAMPLER = "diffpir"
 DEPTH_UPDATES = ("evidence", "gradient")
+EVIDENCE_MODELS = ("marginal", "residual")
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,8 @@ class SamplerParams:
     proximal_weight: float = 100.0  # lambda in rho_t = lambda sigma_y^2 / sigma_t^2 (DiffPIR)
     final_proximal_weight: float | None = 200.0  # last data step, rho = this * sigma_y^2 (None: keep x0)
     depth_update: str = "evidence"
+    evidence: str = "marginal"  # marginal (whitened residual + log-det) | residual (|y - h_k*x0|^2 / sigma^2)
+    evidence_prior_ratio: float = 15.0  # tau / sigma_y: uncertainty of x0 in the marginal evidence
     depth_step: float = 0.5  # gradient depth update: max layers per step
     evidence_momentum: float = 0.8  # running average of the evidence volume over steps
     depth_every: int = 2  # evidence accumulates every step; depth is re-regularised every N steps
@@ -107,6 +113,8 @@ class DiffusionPosteriorSampler:
             raise CadfdError(f"sampler must be one of auto, {', '.join(SAMPLERS)}; got {config.sampler!r}")
         if self.params.depth_update not in DEPTH_UPDATES:
             raise CadfdError(f"depth_update must be one of {', '.join(DEPTH_UPDATES)}")
+        if self.params.evidence not in EVIDENCE_MODELS:
+            raise CadfdError(f"evidence must be one of {', '.join(EVIDENCE_MODELS)}")
         self.sampler = sampler
         self.prior = prior if prior is not None else load_prior(config.prior, device=self.device)
         self.classical = ClassicalSolver(psf_bank, device=str(self.device))
@@ -209,12 +217,13 @@ class DiffusionPosteriorSampler:
         trace = SamplerTrace()
         confidence = torch.zeros_like(coord)
         x0_lin = x_init
-        spectra = self._capture_spectra(y) if self.sampler == "diffpir" and p.data_step == "prox" else None
+        spectra = self._capture_spectra(y)
         for index, t in enumerate(timesteps):
             t_next = timesteps[index + 1] if index + 1 < len(timesteps) else None
             a_t = abar[t]
             if self.sampler == "dps":
-                x_t, x0_lin, coord, rms = self._dps_step(counter, x_t, t, t_next, y, coord, op, sigma_y, generator)
+                x_t, x0_lin, coord, rms = self._dps_step(counter, x_t, t, t_next, y, coord, op, sigma_y, spectra,
+                                                         generator)
             else:
                 with torch.no_grad():
                     eps = self._eps(counter, x_t, t)
@@ -224,8 +233,8 @@ class DiffusionPosteriorSampler:
                         x0_lin = x0_lin.clamp(0, 1)
                     blurred = op.blur_layers(x0_lin)  # (1, L, C, H, W), shared by both updates
                     regularise = index % p.depth_every == 0 or t_next is None
-                    coord, evidence, _ = self._depth_update(blurred, y, coord, evidence, guide, sigma_y, False,
-                                                            regularise)
+                    coord, evidence, _ = self._depth_update(blurred, y, coord, evidence, guide, sigma_y, spectra,
+                                                            False, regularise)
                     weights = soft_layer_weights(coord, num_layers)
                     # data term of the Tweedie estimate, from the blurs already computed
                     rms = torch.sqrt(torch.mean(((blurred * weights.unsqueeze(2)).sum(dim=1) - y) ** 2))
@@ -247,24 +256,38 @@ class DiffusionPosteriorSampler:
             # The last steps' rho_t is so large that x0 is the prior's estimate; one moderate data
             # step regularised towards it (not towards smoothness) restores detail the prior lost.
             with torch.no_grad():
-                spectra = spectra or self._capture_spectra(y)
                 rho = p.final_proximal_weight * sigma_y * sigma_y
                 x0_lin = self._prox_step(x0_lin, coord, spectra, sigma_y, 0.0, op, rho=rho).clamp(0, 1)
         with torch.no_grad():  # confidence of the final estimate only: it is not needed per step
-            _, _, confidence = self._depth_update(op.blur_layers(x0_lin), y, coord, evidence, guide, sigma_y)
+            _, _, confidence = self._depth_update(op.blur_layers(x0_lin), y, coord, evidence, guide, sigma_y, spectra)
         trace.network_evaluations = counter.count
         return x0_lin.detach(), coord.detach(), confidence, trace
 
     # ------------------------------------------------------------------ updates
+    def _layer_error(self, blurred: torch.Tensor, y: torch.Tensor, sigma_y: float, spectra: dict) -> torch.Tensor:
+        """Per-pixel -2 log p(y | layer k, x0) up to a constant: (1, L, H, W)."""
+        residual = y.unsqueeze(1) - blurred  # (1, L, C, H, W)
+        if self.params.evidence == "residual":
+            return (residual**2).sum(dim=2) / (sigma_y * sigma_y)
+        # x ~ N(x0, tau^2) makes y | k ~ N(h_k*x0, tau^2 H_k H_k^T + sigma^2): whiten per frequency.
+        # With tau = ratio * sigma the filter and the log-det depend on the PSFs only.
+        pad = int(spectra["pad"])
+        height, width = y.shape[-2:]
+        padded = self.classical._reflect_pad(residual[0], pad)
+        grid = tuple(padded.shape[-2:])
+        whitened = torch.fft.irfft2(torch.fft.rfft2(padded) * spectra["whiten"], s=grid)
+        whitened = whitened[..., pad : pad + height, pad : pad + width]
+        return (whitened**2).sum(dim=1).unsqueeze(0) / (sigma_y * sigma_y) + spectra["log_det"].view(1, -1, 1, 1)
+
     def _depth_update(self, blurred: torch.Tensor, y: torch.Tensor, coord: torch.Tensor, evidence: torch.Tensor | None,
-                      guide: torch.Tensor, sigma_y: float, with_confidence: bool = True, regularise: bool = True
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                      guide: torch.Tensor, sigma_y: float, spectra: dict, with_confidence: bool = True,
+                      regularise: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Layer evidence of the current sharp estimate, averaged over steps, then the classical
         edge-aware regularisation; or a gradient step on the coordinate."""
         p = self.params
         cp = self.classical.params
         height, width = y.shape[-2:]
-        error = ((blurred - y.unsqueeze(1)) ** 2).sum(dim=2) / (sigma_y * sigma_y)  # (1, L, H, W)
+        error = self._layer_error(blurred, y, sigma_y, spectra)  # (1, L, H, W)
         low = (max(1, height // cp.evidence_stride), max(1, width // cp.evidence_stride))
         energy = gaussian_blur(F.interpolate(error, size=low, mode="area"), cp.window_sigma * low[0] / height)
         energy = energy / y.shape[1]
@@ -301,9 +324,12 @@ class DiffusionPosteriorSampler:
         y_pad = self.classical._reflect_pad(y, pad)
         grid = tuple(y_pad.shape[-2:])
         otf = self.classical._otfs(y.shape[1], grid)
+        otf2 = otf.real**2 + otf.imag**2
+        ratio = self.params.evidence_prior_ratio**2 * otf2
         # conj(H_k) Y is the same at every step: precompute it once per frame
-        return {"y_pad": y_pad, "hty": otf.conj() * torch.fft.rfft2(y_pad[0]).unsqueeze(0),
-                "otf2": otf.real**2 + otf.imag**2, "pad": pad}
+        return {"y_pad": y_pad, "hty": otf.conj() * torch.fft.rfft2(y_pad[0]).unsqueeze(0), "otf2": otf2, "pad": pad,
+                "whiten": torch.rsqrt(1 + ratio),  # marginal evidence (``_layer_error``)
+                "log_det": torch.log1p(ratio).mean(dim=(-2, -1)).sum(dim=1)}  # per pixel, summed over channels
 
     def _prox_step(self, x0: torch.Tensor, coord: torch.Tensor, spectra: dict, sigma_y: float, sigma_t: float,
                    op: LayeredBlur, rho: float | None = None) -> torch.Tensor:
@@ -341,7 +367,7 @@ class DiffusionPosteriorSampler:
         return x
 
     def _dps_step(self, counter: _CountingPrior, x_t: torch.Tensor, t: int, t_next: int | None, y: torch.Tensor,
-                  coord: torch.Tensor, op: LayeredBlur, sigma_y: float, generator: torch.Generator
+                  coord: torch.Tensor, op: LayeredBlur, sigma_y: float, spectra: dict, generator: torch.Generator
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Chung et al.: DDIM step from the Tweedie estimate minus zeta * grad ||y - A(x0(x_t))||."""
         prior = self.prior
@@ -375,5 +401,5 @@ class DiffusionPosteriorSampler:
                 0, self.bank.num_layers - 1)
             x0_lin = prior.from_model_space(x0)
         if self.params.depth_update == "evidence":
-            coord, _, _ = self._depth_update(op.blur_layers(x0_lin), y, coord, None, luminance(y), sigma_y, False)
+            coord, _, _ = self._depth_update(op.blur_layers(x0_lin), y, coord, None, luminance(y), sigma_y, spectra, False)
         return x_next.detach(), x0_lin, coord, rms
