@@ -182,3 +182,39 @@ def save_examples_figure(path: str | Path, examples, bank: PSFBank, max_scenes: 
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return Path(path)
+
+
+CURVE_PANELS = (("tex_abs_rel", "AbsRel, textured (lower is better)"),
+                ("tex_delta1", "δ<1.25, textured"), ("aif_psnr", "all-in-focus PSNR [dB]"))
+
+
+def save_steps_curve(path: str | Path, summary: dict[str, dict[str, float]], title: str = "") -> Path:
+    """Quality against network evaluations for every ``method@N`` row; other methods as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: dict[str, list[tuple[int, dict[str, float]]]] = {}
+    for name, metrics in summary.items():
+        if "@" in name:
+            method, steps = name.rsplit("@", 1)
+            curves.setdefault(method, []).append((int(steps), metrics))
+    fig, axes = plt.subplots(1, len(CURVE_PANELS), figsize=(4.2 * len(CURVE_PANELS), 3.4))
+    for ax, (key, label) in zip(axes, CURVE_PANELS):
+        for method, points in curves.items():
+            points.sort()
+            ax.plot([n for n, _ in points], [m[key] for _, m in points], "o-", label=method)
+        for i, (name, metrics) in enumerate((n, m) for n, m in summary.items() if "@" not in n):
+            ax.axhline(metrics[key], color=f"C{len(curves) + i}", linestyle="--", label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("network evaluations (--steps)")
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)

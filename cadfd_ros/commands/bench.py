@@ -19,6 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", default="240x320", help="HEIGHTxWIDTH of each scene")
     parser.add_argument("--noise", type=float, default=0.01, help="capture noise sigma (linear units)")
     parser.add_argument("--steps", type=int, default=20, help="network evaluations for dps methods")
+    parser.add_argument("--steps-curve", default=None, metavar="N1,N2,...",
+                        help="run every dps method at each of these step counts and plot quality against steps "
+                             "(steps_curve.png), with classical and constant as references")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--out-dir", type=Path, default=Path("out/bench"))
@@ -27,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from cadfd_ros.bench.runner import constant_depth_method, markdown_table, run_bench, save_examples_figure, \
-        solver_method, summarise
+        save_steps_curve, solver_method, summarise
     from cadfd_ros.errors import CadfdError
     from cadfd_ros.optics.psf_bank import default_psf_bank_path, load_psf_bank
     from cadfd_ros.pipeline import ReconstructionConfig
@@ -44,6 +47,14 @@ def _run(args: argparse.Namespace) -> int:
         bank = type(bank)(bank.psfs, bank.depths, bank.metadata, source=f"default camera + {args.mask}")
     else:
         bank = load_psf_bank(args.psf_bank or default_psf_bank_path())
+    curve_steps: list[int] = []
+    if args.steps_curve:
+        try:
+            curve_steps = sorted({int(v) for v in args.steps_curve.split(",") if v.strip()})
+        except ValueError:
+            raise CadfdError(f"--steps-curve must be a comma list of integers, got {args.steps_curve!r}") from None
+        if not curve_steps or not 1 <= curve_steps[0] <= curve_steps[-1] <= 1000:
+            raise CadfdError(f"--steps-curve: step counts must be in [1, 1000], got {args.steps_curve!r}")
     methods = {}
     for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
         if name == "constant":
@@ -52,9 +63,10 @@ def _run(args: argparse.Namespace) -> int:
             methods[name] = solver_method(bank, ReconstructionConfig(method="classical", device=args.device))
         elif name.startswith("dps"):
             sampler = name.split(":", 1)[1] if ":" in name else "auto"
-            config = ReconstructionConfig(method="dps", sampler=sampler, steps=args.steps, seed=args.seed,
-                                          device=args.device)
-            methods[name] = solver_method(bank, config)
+            for steps in curve_steps or [args.steps]:
+                config = ReconstructionConfig(method="dps", sampler=sampler, steps=steps, seed=args.seed,
+                                              device=args.device)
+                methods[f"{name}@{steps}" if curve_steps else name] = solver_method(bank, config)
         else:
             raise CadfdError(f"unknown method {name!r} in --methods")
     photos = tuple(p.strip() for p in args.photos.split(",") if p.strip())
@@ -66,6 +78,10 @@ def _run(args: argparse.Namespace) -> int:
     (args.out_dir / "bench.md").write_text(header + table + "\n")
     (args.out_dir / "bench.json").write_text(json.dumps(summarise(rows), indent=2) + "\n")
     save_examples_figure(args.out_dir / "examples.png", examples, bank)
+    written = "bench.md, bench.json, examples.png"
+    if curve_steps:
+        save_steps_curve(args.out_dir / "steps_curve.png", summarise(rows), header.split(";")[0])
+        written += ", steps_curve.png"
     print(header + table)
-    print(f"\nwrote {args.out_dir}/bench.md, bench.json, examples.png")
+    print(f"\nwrote {args.out_dir}/{written}")
     return 0
