@@ -192,12 +192,10 @@ class Trainer:
         else:
             with open(self.out / LOG_NAME, "w", newline="") as f:
                 csv.writer(f).writerow(LOG_FIELDS)
-        self.init = self._load_init(cfg.init_from) if cfg.init_from else None
-        if self.init is not None and state is None:
-            self.model.load_state_dict(self.init.pop("weights"))
+        self.init = self._init_record(cfg.init_from) if cfg.init_from else None
+        if self.init is not None and state is None:  # a resume already has its own weights
+            self.model.load_state_dict(self._init_weights(cfg.init_from))
             self.ema.load_state_dict(self.model.state_dict())
-        elif self.init is not None:
-            self.init.pop("weights")
         self.resumed_from = self.step
 
         if pool is None:
@@ -208,13 +206,16 @@ class Trainer:
             self.data_files = sorted(set(s.split("@")[0] for s in pool.sources))
         self.pool = pool
 
-    def _load_init(self, spec: str) -> dict[str, Any]:
-        """Weights (and their training record) of an exported run to continue from with a fresh optimizer."""
+    def _init_weights(self, spec: str) -> dict[str, torch.Tensor]:
+        """UNet weights of an exported run to continue from (with a fresh optimizer)."""
         from safetensors.torch import load_file
 
-        folder = Path(spec)
-        unet_dir = folder / "unet" if (folder / "unet").is_dir() else folder
-        weights_path = unet_dir / "diffusion_pytorch_model.safetensors"
+        from cadfd_ros.prior.model import _unet_dir
+
+        try:
+            weights_path = _unet_dir(Path(spec)) / "diffusion_pytorch_model.safetensors"
+        except PriorError as error:
+            raise PriorError(f"--init-from {spec}: {error}") from None
         if not weights_path.is_file():
             raise PriorError(f"--init-from {spec}: no {weights_path.name} (expected an exported prior folder)")
         weights = load_file(weights_path)
@@ -223,9 +224,14 @@ class Trainer:
         if bad:
             raise PriorError(f"--init-from {spec}: weights do not fit a UNet with --channels {self.cfg.channels} "
                              f"--layers-per-block {self.cfg.layers_per_block} (first mismatch: {bad[0]})")
-        record = folder / "TRAINING.json"
+        return weights
+
+    @staticmethod
+    def _init_record(spec: str) -> dict[str, Any]:
+        """The continued run's budget, from its TRAINING.json (absent: unknown)."""
+        record = Path(spec) / "TRAINING.json"
         prev = json.loads(record.read_text()) if record.is_file() else {}
-        return {"weights": weights, "from": str(spec), "steps": prev.get("total_steps", prev.get("steps")),
+        return {"from": str(spec), "steps": prev.get("total_steps", prev.get("steps")),
                 "wall_time_s": prev.get("total_wall_time_s", prev.get("wall_time_s"))}
 
     # ---------------------------------------------------------------- one step
