@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ from cadfd_ros.forward.layers import layer_coord_to_depth, soft_layer_weights
 from cadfd_ros.forward.operators import LayeredBlur
 from cadfd_ros.optics.psf_bank import PSFBank
 from cadfd_ros.pipeline import Reconstruction, ReconstructionConfig
-from cadfd_ros.solvers.classical import ClassicalSolver
+from cadfd_ros.solvers.classical import ClassicalParams, ClassicalSolver
 from cadfd_ros.solvers.filters import gaussian_blur, luminance
 
 SAMPLERS = ("diffpir", "dps")
@@ -54,18 +54,21 @@ EVIDENCE_MODELS = ("marginal", "residual")
 @dataclass(frozen=True)
 class SamplerParams:
     start: str = "classical"  # classical (SDEdit from the classical estimate) | noise
-    start_sigma: float = 0.2  # model-space noise level the classical start is noised to
+    start_sigma: float = 0.8  # model-space noise level the classical start is noised to
     zeta: float = 0.3  # diffpir: share of fresh noise when re-noising; dps: image step size
     data_step: str = "prox"  # diffpir: prox (exact per-layer Fourier solve) | gradient
     data_steps: int = 1  # gradient data step: iterations per diffusion step
     data_step_size: float = 1.5  # gradient data step, in units of 1/L, L = ||A||^2 <= 1
-    proximal_weight: float = 100.0  # lambda in rho_t = lambda sigma_y^2 / sigma_t^2 (DiffPIR)
-    final_proximal_weight: float | None = 200.0  # last data step, rho = this * sigma_y^2 (None: keep x0)
+    proximal_weight: float = 50.0  # lambda in rho_t = lambda sigma_y^2 / sigma_t^2 (DiffPIR)
+    final_proximal_weight: float | None = 100.0  # last data step, rho = this * sigma_y^2 (None: keep x0)
+    final_cg_iterations: int = 20  # refine the last data step on the exact layered model (0: per-layer prox only)
     depth_update: str = "evidence"
     evidence: str = "marginal"  # marginal (whitened residual + log-det) | residual (|y - h_k*x0|^2 / sigma^2)
     evidence_prior_ratio: float = 15.0  # tau / sigma_y: uncertainty of x0 in the marginal evidence
     depth_step: float = 0.5  # gradient depth update: max layers per step
-    evidence_momentum: float = 0.8  # running average of the evidence volume over steps
+    evidence_window_sigma: float = 6.0  # px; the sharper x0 affords a smaller window than the classical 10
+    evidence_guided_radius: int = 4  # px, edge-aware smoothing of the cost volume (classical: 8)
+    evidence_momentum: float = 0.5  # running average of the evidence volume over steps
     depth_every: int = 2  # evidence accumulates every step; depth is re-regularised every N steps
     clip_x0: bool = True  # keep the Tweedie estimate in the image range
 
@@ -118,6 +121,10 @@ class DiffusionPosteriorSampler:
         self.sampler = sampler
         self.prior = prior if prior is not None else load_prior(config.prior, device=self.device)
         self.classical = ClassicalSolver(psf_bank, device=str(self.device))
+        # the sampler's own depth regulariser: same algorithm, windows sized for the prior's x0
+        regulariser = replace(ClassicalParams(), window_sigma=self.params.evidence_window_sigma,
+                              guided_radius=self.params.evidence_guided_radius)
+        self.regulariser = ClassicalSolver(psf_bank, device=str(self.device), params=regulariser)
         self._operators: dict[tuple[int, int, int], LayeredBlur] = {}
         self.last_trace: SamplerTrace | None = None
         if self.device.type == "cpu":
@@ -257,7 +264,8 @@ class DiffusionPosteriorSampler:
             # step regularised towards it (not towards smoothness) restores detail the prior lost.
             with torch.no_grad():
                 rho = p.final_proximal_weight * sigma_y * sigma_y
-                x0_lin = self._prox_step(x0_lin, coord, spectra, sigma_y, 0.0, op, rho=rho).clamp(0, 1)
+                x_prox = self._prox_step(x0_lin, coord, spectra, sigma_y, 0.0, op, rho=rho)
+                x0_lin = self._exact_data_step(x_prox, x0_lin, y, coord, op, rho, p.final_cg_iterations).clamp(0, 1)
         with torch.no_grad():  # confidence of the final estimate only: it is not needed per step
             _, _, confidence = self._depth_update(op.blur_layers(x0_lin), y, coord, evidence, guide, sigma_y, spectra)
         trace.network_evaluations = counter.count
@@ -285,7 +293,7 @@ class DiffusionPosteriorSampler:
         """Layer evidence of the current sharp estimate, averaged over steps, then the classical
         edge-aware regularisation; or a gradient step on the coordinate."""
         p = self.params
-        cp = self.classical.params
+        cp = self.regulariser.params
         height, width = y.shape[-2:]
         error = self._layer_error(blurred, y, sigma_y, spectra)  # (1, L, H, W)
         low = (max(1, height // cp.evidence_stride), max(1, width // cp.evidence_stride))
@@ -295,7 +303,7 @@ class DiffusionPosteriorSampler:
             energy = p.evidence_momentum * evidence + (1 - p.evidence_momentum) * energy
         if not regularise:
             return coord, energy, None
-        new_coord, confidence = self.classical.depth_from_evidence(energy, guide, with_confidence)
+        new_coord, confidence = self.regulariser.depth_from_evidence(energy, guide, with_confidence)
         if p.depth_update == "gradient":
             new_coord = self._depth_gradient_step(blurred, y, coord, sigma_y)
         return new_coord, energy, confidence
@@ -314,7 +322,7 @@ class DiffusionPosteriorSampler:
         guide = luminance(y)
         from cadfd_ros.solvers.filters import guided_filter
 
-        cp = self.classical.params
+        cp = self.regulariser.params
         return guided_filter(guide / guide.amax().clamp(min=1e-6), u.unsqueeze(1), 4, cp.guided_eps)[:, 0].clamp(
             0, self.bank.num_layers - 1)
 
@@ -325,8 +333,8 @@ class DiffusionPosteriorSampler:
         grid = tuple(y_pad.shape[-2:])
         otf = self.classical._otfs(y.shape[1], grid)
         otf2 = otf.real**2 + otf.imag**2
-        ratio = self.params.evidence_prior_ratio**2 * otf2
         # conj(H_k) Y is the same at every step: precompute it once per frame
+        ratio = self.params.evidence_prior_ratio**2 * otf2
         return {"y_pad": y_pad, "hty": otf.conj() * torch.fft.rfft2(y_pad[0]).unsqueeze(0), "otf2": otf2, "pad": pad,
                 "whiten": torch.rsqrt(1 + ratio),  # marginal evidence (``_layer_error``)
                 "log_det": torch.log1p(ratio).mean(dim=(-2, -1)).sum(dim=1)}  # per pixel, summed over channels
@@ -351,6 +359,35 @@ class DiffusionPosteriorSampler:
         layers = torch.fft.irfft2(spectrum, s=tuple(grid.shape[-2:]))[..., rows, cols]  # (A, C, Hp, Wp)
         out = (layers * weights[active].unsqueeze(1)).sum(dim=0)
         return out.unsqueeze(0)
+
+    def _exact_data_step(self, x_start: torch.Tensor, x_ref: torch.Tensor, y: torch.Tensor, coord: torch.Tensor,
+                         op: LayeredBlur, rho: float, iterations: int) -> torch.Tensor:
+        """Conjugate gradients on (A^T A + rho I) x = A^T y + rho x_ref with A the layered model at
+        fixed weights, from the per-layer solution: exact where depth changes within a PSF
+        footprint (occlusion edges, slanted planes), where the per-layer blend is not."""
+        if iterations <= 0:
+            return x_start
+        weights = soft_layer_weights(coord, self.bank.num_layers)
+        active = torch.nonzero(weights.flatten(2).amax(dim=(0, 2)) > 0).flatten()
+        sub = LayeredBlur(op.psfs[active], op.height, op.width)  # only the layers in use
+        weights = weights[:, active]
+
+        def normal(v: torch.Tensor) -> torch.Tensor:
+            return sub.adjoint(sub(v, weights), weights) + rho * v
+
+        x = x_start
+        residual = sub.adjoint(y, weights) + rho * x_ref - normal(x)
+        direction = residual
+        power = (residual * residual).sum()
+        for _ in range(iterations):
+            mapped = normal(direction)
+            step = power / (direction * mapped).sum().clamp(min=1e-30)
+            x = x + step * direction
+            residual = residual - step * mapped
+            new_power = (residual * residual).sum()
+            direction = residual + (new_power / power.clamp(min=1e-30)) * direction
+            power = new_power
+        return x
 
     def _data_step(self, x0: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, op: LayeredBlur,
                    blurred: torch.Tensor, sigma_y: float, sigma_t: float) -> torch.Tensor:
