@@ -163,3 +163,15 @@ def test_exact_final_data_step_beats_the_per_layer_blend_at_a_depth_edge(default
     assert values[0] == pytest.approx(objective(x_prox))
     assert values[2] < values[1] < values[0]
     assert values[2] < 0.9 * values[0]
+
+
+def test_time_budget_picks_the_step_count(default_bank, prior, scene, classical):
+    solver = _sampler(default_bank, prior)
+    shape = scene.capture.shape
+    assert solver.steps_for_budget(shape, 1.0) == 1  # below one step: still one evaluation
+    assert solver.steps_for_budget(shape, 1e9) == 1000  # capped at the schedule's length
+    small, large = solver.steps_for_budget(shape, 2e3), solver.steps_for_budget(shape, 2e4)
+    assert 1 <= small < large <= 1000
+    budgeted = _sampler(default_bank, prior, time_budget_ms=500.0)
+    result = budgeted.solve(scene.capture, initial=classical)
+    assert result.steps == budgeted.last_trace.network_evaluations >= 1
