@@ -175,3 +175,18 @@ def test_time_budget_picks_the_step_count(default_bank, prior, scene, classical)
     budgeted = _sampler(default_bank, prior, time_budget_ms=500.0)
     result = budgeted.solve(scene.capture, initial=classical)
     assert result.steps == budgeted.last_trace.network_evaluations >= 1
+
+
+def test_confidence_is_low_where_the_scene_has_no_texture(default_bank, prior):
+    from cadfd_ros.bench.scenes import fit_photo, load_photo
+
+    photo = fit_photo(load_photo("brick"), 96, 128)
+    photo = (photo.mean(axis=-1) if photo.ndim == 3 else photo).copy()
+    photo[:, 64:] = 0.4  # the right half is a flat wall: defocus carries no depth there
+    scene = make_scene(photo, default_bank, 96, 128, noise_sigma=0.01, seed=0)
+    classical = Reconstructor(default_bank, ReconstructionConfig(device="cpu")).reconstruct(scene.capture)
+    sampled = _sampler(default_bank, prior, steps=4).solve(scene.capture, initial=classical)
+    for result in (classical, sampled):  # measured: classical 0.49 vs 0.21, sampler 0.90 vs 0.49
+        textured = float(result.confidence[16:-16, 16:48].mean())
+        flat = float(result.confidence[16:-16, 88:-16].mean())
+        assert flat < 0.6 * textured
