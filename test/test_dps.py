@@ -72,7 +72,11 @@ def test_data_term_decreases_from_a_noise_start(default_bank, prior, scene, clas
     solver = _sampler(default_bank, prior, steps=8)
     solver.params = SamplerParams(start="noise")
     solver.solve(scene.capture, initial=classical)
-    data = solver.last_trace.data_term
+    trace = solver.last_trace
+    data = trace.data_term
+    # measured at every depth update (steps 0, 4 and the last): first and last included
+    assert trace.data_timesteps == [trace.timesteps[i] for i in (0, 4, 7)]
+    assert len(data) == len(trace.data_timesteps)
     assert data[-1] < 0.5 * data[0]
     assert data[-1] < 5.0  # residual within a few noise sigmas of the capture
 

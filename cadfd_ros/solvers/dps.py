@@ -79,10 +79,13 @@ class SamplerParams:
 
 @dataclass
 class SamplerTrace:
-    """Per-step diagnostics: the data term must decrease, the network count must equal steps."""
+    """Sampling diagnostics: the data term must decrease, the network count must equal steps."""
 
-    timesteps: list[int] = field(default_factory=list)
-    data_term: list[float] = field(default_factory=list)  # RMS residual / sigma_y after the step
+    timesteps: list[int] = field(default_factory=list)  # one per network evaluation
+    # RMS residual / sigma_y of the Tweedie estimate, where measured: at every depth update
+    # (diffpir, whose blurs it reuses, so it costs nothing extra) or every step (dps)
+    data_timesteps: list[int] = field(default_factory=list)
+    data_term: list[float] = field(default_factory=list)
     network_evaluations: int = 0
 
 
@@ -235,6 +238,8 @@ class DiffusionPosteriorSampler:
             if self.sampler == "dps":
                 x_t, x0_lin, coord, rms = self._dps_step(counter, x_t, t, t_next, y, coord, op, sigma_y, spectra,
                                                          generator)
+                trace.data_timesteps.append(int(t))
+                trace.data_term.append(float(rms) / sigma_y)
             else:
                 with torch.no_grad():
                     eps = self._eps(counter, x_t, t)
@@ -242,13 +247,18 @@ class DiffusionPosteriorSampler:
                     x0_lin = prior.from_model_space(x0)
                     if p.clip_x0:
                         x0_lin = x0_lin.clamp(0, 1)
-                    blurred = op.blur_layers(x0_lin)  # (1, L, C, H, W), shared by both updates
-                    if index % p.depth_every == 0 or t_next is None:
+                    depth_step = index % p.depth_every == 0 or t_next is None
+                    blurred = None  # (1, L, C, H, W); the prox data step does not need it
+                    if depth_step or p.data_step != "prox":
+                        blurred = op.blur_layers(x0_lin)
+                    if depth_step:
                         coord, evidence, _ = self._depth_update(blurred, y, coord, evidence, guide, sigma_y, spectra,
                                                                 False)
                     weights = soft_layer_weights(coord, num_layers)
-                    # data term of the Tweedie estimate, from the blurs already computed
-                    rms = torch.sqrt(torch.mean(((blurred * weights.unsqueeze(2)).sum(dim=1) - y) ** 2))
+                    if depth_step:  # data term of the Tweedie estimate, from the blurs already computed
+                        rms = torch.sqrt(torch.mean(((blurred * weights.unsqueeze(2)).sum(dim=1) - y) ** 2))
+                        trace.data_timesteps.append(int(t))
+                        trace.data_term.append(float(rms) / sigma_y)
                     sigma_t = float((1 - a_t).sqrt() / a_t.sqrt()) / 2.0  # model space is 2x linear
                     if p.data_step == "prox":
                         x0_lin = self._prox_step(x0_lin, coord, spectra, sigma_y, sigma_t, op)
@@ -262,7 +272,6 @@ class DiffusionPosteriorSampler:
                         mixed = math.sqrt(1 - p.zeta) * eps_hat + math.sqrt(p.zeta) * fresh
                         x_t = a_n.sqrt() * x0_new + (1 - a_n).sqrt() * mixed
             trace.timesteps.append(int(t))
-            trace.data_term.append(float(rms) / sigma_y)
         if p.final_proximal_weight is not None:
             # The last steps' rho_t is so large that x0 is the prior's estimate; one moderate data
             # step regularised towards it (not towards smoothness) restores detail the prior lost.
