@@ -9,17 +9,18 @@ depth over the bank's range), mapped to soft layer weights. Each step:
 2. depth update on x0 (every ``depth_every`` steps and at the last): per-pixel layer evidence
    in local windows, regularised edge-aware by the classical solver's algorithm with smaller
    windows, or gradient steps on u through the soft weights. The evidence is the Gaussian
-   marginal likelihood of the capture under layer k with x ~ N(x0, tau^2 I): the residual y - h_k * x0 whitened by
-   (tau^2 |H_k|^2 + sigma^2)^-1/2, plus the per-layer log-determinant. Without it (the plain
-   residual) a smooth x0 is best explained by the smallest PSF and depth drifts near;
+   marginal likelihood of the capture under layer k with x ~ N(x0, tau^2 I): the residual
+   y - h_k * x0 whitened by (tau^2 |H_k|^2 + sigma^2)^-1/2, plus the per-layer log-determinant.
+   Without it (the plain residual) a smooth x0 is best explained by the smallest PSF and depth
+   drifts near;
 3. data consistency for the image through the blur-then-mask model;
 4. re-noise to the next timestep.
 
 Samplers:
 * ``diffpir`` (default, by benchmark): no backpropagation through the network; the data step
   solves for x with a proximal pull towards the prior's estimate, per layer in closed form in
-  the Fourier domain (Zhu et al., DiffPIR 2023), then x_{t-1} = sqrt(abar) x0' + sqrt(1-abar)(sqrt(1-zeta) eps_hat
-  + sqrt(zeta) eps).
+  the Fourier domain (Zhu et al., DiffPIR 2023), then
+  x_{t-1} = sqrt(abar) x0' + sqrt(1-abar)(sqrt(1-zeta) eps_hat + sqrt(zeta) eps).
 * ``dps``: Chung et al. (ICLR 2023); the image step is -zeta grad_{x_t} ||y - A(x0(x_t))|| through
   the network, and depth gets its own step on the same loss (BlindDPS-style).
 
@@ -254,16 +255,17 @@ class DiffusionPosteriorSampler:
                     if depth_step:
                         coord, evidence, _ = self._depth_update(blurred, y, coord, evidence, guide, sigma_y, spectra,
                                                                 False)
-                    weights = soft_layer_weights(coord, num_layers)
-                    if depth_step:  # data term of the Tweedie estimate, from the blurs already computed
-                        rms = torch.sqrt(torch.mean(((blurred * weights.unsqueeze(2)).sum(dim=1) - y) ** 2))
+                        # data term of the Tweedie estimate, from the blurs already computed
+                        weights = soft_layer_weights(coord, num_layers).unsqueeze(2)
+                        rms = torch.sqrt(torch.mean(((blurred * weights).sum(dim=1) - y) ** 2))
                         trace.data_timesteps.append(int(t))
                         trace.data_term.append(float(rms) / sigma_y)
                     sigma_t = float((1 - a_t).sqrt() / a_t.sqrt()) / 2.0  # model space is 2x linear
                     if p.data_step == "prox":
                         x0_lin = self._prox_step(x0_lin, coord, spectra, sigma_y, sigma_t, op)
                     else:
-                        x0_lin = self._data_step(x0_lin, y, weights, op, blurred, sigma_y, sigma_t)
+                        x0_lin = self._data_step(x0_lin, y, soft_layer_weights(coord, num_layers), op, blurred,
+                                                 sigma_y, sigma_t)
                     if t_next is not None:
                         a_n = abar[t_next]
                         x0_new = prior.to_model_space(x0_lin)
@@ -301,9 +303,9 @@ class DiffusionPosteriorSampler:
         return (whitened**2).sum(dim=1).unsqueeze(0) / (sigma_y * sigma_y) + spectra["log_det"].view(1, -1, 1, 1)
 
     def _depth_update(self, blurred: torch.Tensor, y: torch.Tensor, coord: torch.Tensor, evidence: torch.Tensor | None,
-                      guide: torch.Tensor, sigma_y: float, spectra: dict, with_confidence: bool = True,
-                      regularise: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Layer evidence of the current sharp estimate, averaged over steps, then the classical
+                      guide: torch.Tensor, sigma_y: float, spectra: dict, with_confidence: bool = True
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Layer evidence of the current sharp estimate, averaged over updates, then the classical
         edge-aware regularisation; or a gradient step on the coordinate."""
         p = self.params
         cp = self.regulariser.params
@@ -314,8 +316,6 @@ class DiffusionPosteriorSampler:
         energy = energy / y.shape[1]
         if evidence is not None:
             energy = p.evidence_momentum * evidence + (1 - p.evidence_momentum) * energy
-        if not regularise:
-            return coord, energy, None
         new_coord, confidence = self.regulariser.depth_from_evidence(energy, guide, with_confidence)
         if p.depth_update == "gradient":
             new_coord = self._depth_gradient_step(blurred, y, coord, sigma_y)
@@ -346,8 +346,8 @@ class DiffusionPosteriorSampler:
         grid = tuple(y_pad.shape[-2:])
         otf = self.classical._otfs(y.shape[1], grid)
         otf2 = otf.real**2 + otf.imag**2
-        # conj(H_k) Y is the same at every step: precompute it once per frame
         ratio = self.params.evidence_prior_ratio**2 * otf2
+        # conj(H_k) Y is the same at every step: precompute it once per frame
         return {"y_pad": y_pad, "hty": otf.conj() * torch.fft.rfft2(y_pad[0]).unsqueeze(0), "otf2": otf2, "pad": pad,
                 "whiten": torch.rsqrt(1 + ratio),  # marginal evidence (``_layer_error``)
                 "log_det": torch.log1p(ratio).mean(dim=(-2, -1)).sum(dim=1)}  # per pixel, summed over channels
