@@ -25,8 +25,8 @@ Samplers:
   the network, and depth gets its own step on the same loss (BlindDPS-style).
 
 After the last step one data step regularised towards the final estimate restores detail the
-prior smoothed away: the per-layer Fourier prox, refined by conjugate gradients on the exact
-layered model (the per-layer blend is inexact across depth edges).
+prior smoothed away: the per-layer Fourier prox, refined by preconditioned conjugate gradients
+on the exact layered model (the per-layer blend is inexact across depth edges).
 
 ``steps`` is the exact number of network evaluations, on a respaced schedule that starts
 from the classical estimate noised to ``start_sigma`` (SDEdit) or from pure noise.
@@ -66,7 +66,7 @@ class SamplerParams:
     data_step_size: float = 1.5  # gradient data step, in units of 1/L, L = ||A||^2 <= 1
     proximal_weight: float = 50.0  # lambda in rho_t = lambda sigma_y^2 / sigma_t^2 (DiffPIR)
     final_proximal_weight: float | None = 100.0  # last data step, rho = this * sigma_y^2 (None: keep x0)
-    final_cg_iterations: int = 20  # refine the last data step on the exact layered model (0: per-layer prox only)
+    final_cg_iterations: int = 8  # refine the last data step on the exact layered model (0: per-layer prox only)
     depth_update: str = "evidence"
     evidence: str = "marginal"  # marginal (whitened residual + log-det) | residual (|y - h_k*x0|^2 / sigma^2)
     evidence_prior_ratio: float = 15.0  # tau / sigma_y: uncertainty of x0 in the marginal evidence
@@ -166,8 +166,8 @@ class DiffusionPosteriorSampler:
             start = time.perf_counter()
             self._eps(_CountingPrior(self.prior), x, 10)
             per_call = time.perf_counter() - start
-        per_step = per_call * (3.0 if self.sampler == "dps" else 1.45)  # measured overheads (README)
-        fixed_ms = 1e3 * per_call * 4.5  # classical start and the final exact data step, measured
+        per_step = per_call * (3.0 if self.sampler == "dps" else 1.3)  # measured overheads (README)
+        fixed_ms = 1e3 * per_call * 3.0  # classical start and the final exact data step, measured
         return int(min(1000, max(1, (budget_ms - fixed_ms) / (1e3 * per_step))))
 
     # ------------------------------------------------------------------ main entry
@@ -375,30 +375,39 @@ class DiffusionPosteriorSampler:
 
     def _exact_data_step(self, x_start: torch.Tensor, x_ref: torch.Tensor, y: torch.Tensor, coord: torch.Tensor,
                          op: LayeredBlur, rho: float, iterations: int) -> torch.Tensor:
-        """Conjugate gradients on (A^T A + rho I) x = A^T y + rho x_ref with A the layered model at
-        fixed weights, from the per-layer solution: exact where depth changes within a PSF
-        footprint (occlusion edges, slanted planes), where the per-layer blend is not."""
+        """Preconditioned conjugate gradients on (A^T A + rho I) x = A^T y + rho x_ref with A the
+        layered model at fixed weights, from the per-layer solution: exact where depth changes
+        within a PSF footprint (occlusion edges, slanted planes), where the per-layer blend is not.
+        The preconditioner is the circulant sum_k mean(w_k) |H_k|^2 + rho: on the tuning scenes 8
+        iterations match 20 unpreconditioned ones (21.98 dB), where 10 of those give 21.79."""
         if iterations <= 0:
             return x_start
         weights = soft_layer_weights(coord, self.bank.num_layers)
         active = torch.nonzero(weights.flatten(2).amax(dim=(0, 2)) > 0).flatten()
         sub = LayeredBlur(op.psfs[active], op.height, op.width)  # only the layers in use
         weights = weights[:, active]
+        otf2 = sub.otf.real**2 + sub.otf.imag**2  # (A, C, Hp, Wf)
+        diagonal = (weights.mean(dim=(0, 2, 3)).view(-1, 1, 1, 1) * otf2).sum(dim=0) + rho
 
         def normal(v: torch.Tensor) -> torch.Tensor:
             return sub.adjoint(sub(v, weights), weights) + rho * v
 
+        def precondition(v: torch.Tensor) -> torch.Tensor:
+            return torch.fft.irfft2(torch.fft.rfft2(v) / diagonal, s=sub.padded_shape)
+
         x = x_start
         residual = sub.adjoint(y, weights) + rho * x_ref - normal(x)
-        direction = residual
-        power = (residual * residual).sum()
+        preconditioned = precondition(residual)
+        direction = preconditioned
+        power = (residual * preconditioned).sum()
         for _ in range(iterations):
             mapped = normal(direction)
             step = power / (direction * mapped).sum().clamp(min=1e-30)
             x = x + step * direction
             residual = residual - step * mapped
-            new_power = (residual * residual).sum()
-            direction = residual + (new_power / power.clamp(min=1e-30)) * direction
+            preconditioned = precondition(residual)
+            new_power = (residual * preconditioned).sum()
+            direction = preconditioned + (new_power / power.clamp(min=1e-30)) * direction
             power = new_power
         return x
 
