@@ -230,7 +230,7 @@ class DiffusionPosteriorSampler:
         evidence = None
         guide = luminance(y)
         trace = SamplerTrace()
-        confidence = torch.zeros_like(coord)
+        confidence = None
         x0_lin = x_init
         spectra = self._capture_spectra(y)
         for index, t in enumerate(timesteps):
@@ -253,8 +253,9 @@ class DiffusionPosteriorSampler:
                     if depth_step or p.data_step != "prox":
                         blurred = op.blur_layers(x0_lin)
                     if depth_step:
-                        coord, evidence, _ = self._depth_update(blurred, y, coord, evidence, guide, sigma_y, spectra,
-                                                                False)
+                        # confidence from the last update's evidence only: it is not needed per step
+                        coord, evidence, confidence = self._depth_update(blurred, y, coord, evidence, guide, sigma_y,
+                                                                         spectra, t_next is None)
                         # data term of the Tweedie estimate, from the blurs already computed
                         weights = soft_layer_weights(coord, num_layers).unsqueeze(2)
                         rms = torch.sqrt(torch.mean(((blurred * weights).sum(dim=1) - y) ** 2))
@@ -281,8 +282,10 @@ class DiffusionPosteriorSampler:
                 rho = p.final_proximal_weight * sigma_y * sigma_y
                 x_prox = self._prox_step(x0_lin, coord, spectra, sigma_y, 0.0, op, rho=rho)
                 x0_lin = self._exact_data_step(x_prox, x0_lin, y, coord, op, rho, p.final_cg_iterations).clamp(0, 1)
-        with torch.no_grad():  # confidence of the final estimate only: it is not needed per step
-            _, _, confidence = self._depth_update(op.blur_layers(x0_lin), y, coord, evidence, guide, sigma_y, spectra)
+        if confidence is None:  # the dps sampler: evidence of the final estimate
+            with torch.no_grad():
+                _, _, confidence = self._depth_update(op.blur_layers(x0_lin), y, coord, evidence, guide, sigma_y,
+                                                      spectra)
         trace.network_evaluations = counter.count
         return x0_lin.detach(), coord.detach(), confidence, trace
 
@@ -368,7 +371,8 @@ class DiffusionPosteriorSampler:
         active = torch.nonzero(weights.flatten(1).amax(dim=1) > 0).flatten()  # layers in use
         rows = slice(offset, offset + op.padded_shape[0])
         cols = slice(offset, offset + op.padded_shape[1])
-        spectrum = (spectra["hty"][active] + rho * x0_hat) / (spectra["otf2"][active] + rho)
+        spectrum = spectra["hty"][active].add_(x0_hat, alpha=rho)  # the gather copies: in place is safe
+        spectrum /= spectra["otf2"][active].add_(rho)
         layers = torch.fft.irfft2(spectrum, s=tuple(grid.shape[-2:]))[..., rows, cols]  # (A, C, Hp, Wp)
         out = (layers * weights[active].unsqueeze(1)).sum(dim=0)
         return out.unsqueeze(0)
