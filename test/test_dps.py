@@ -163,10 +163,14 @@ def test_exact_final_data_step_beats_the_per_layer_blend_at_a_depth_edge(default
     def objective(x):
         return float(0.5 * ((op(x, weights) - y) ** 2).sum() + 0.5 * rho * ((x - x_ref) ** 2).sum())
 
-    values = [objective(sampler._exact_data_step(x_prox, x_ref, y, coord, op, rho, n)) for n in (0, 5, 20)]
+    values = [objective(sampler._exact_data_step(x_prox, x_ref, y, coord, op, rho, n)[0]) for n in (0, 5, 20)]
     assert values[0] == pytest.approx(objective(x_prox))
     assert values[2] < values[1] < values[0]
     assert values[2] < 0.9 * values[0]
+    # the tolerance stops it early, and only where the residual has fallen that far
+    _, loose = sampler._exact_data_step(x_prox, x_ref, y, coord, op, rho, 100, tolerance=0.1)
+    _, tight = sampler._exact_data_step(x_prox, x_ref, y, coord, op, rho, 100, tolerance=0.001)
+    assert 1 <= loose < tight <= 100
 
 
 def test_time_budget_picks_the_step_count(default_bank, prior, scene, classical):

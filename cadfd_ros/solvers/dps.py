@@ -66,7 +66,8 @@ class SamplerParams:
     data_step_size: float = 1.5  # gradient data step, in units of 1/L, L = ||A||^2 <= 1
     proximal_weight: float = 50.0  # lambda in rho_t = lambda sigma_y^2 / sigma_t^2 (DiffPIR)
     final_proximal_weight: float | None = 100.0  # last data step, rho = this * sigma_y^2 (None: keep x0)
-    final_cg_iterations: int = 8  # refine the last data step on the exact layered model (0: per-layer prox only)
+    final_cg_iterations: int = 30  # refine the last data step on the exact layered model: at most this many (0: off)
+    final_cg_tolerance: float = 2e-2  # ... stopping once the preconditioned residual falls by this factor
     depth_update: str = "evidence"
     evidence: str = "marginal"  # marginal (whitened residual + log-det) | residual (|y - h_k*x0|^2 / sigma^2)
     evidence_prior_ratio: float = 15.0  # tau / sigma_y: uncertainty of x0 in the marginal evidence
@@ -88,6 +89,7 @@ class SamplerTrace:
     data_timesteps: list[int] = field(default_factory=list)
     data_term: list[float] = field(default_factory=list)
     network_evaluations: int = 0
+    final_cg_iterations: int = 0  # iterations the final exact data step took
 
 
 class _CountingPrior:
@@ -281,7 +283,9 @@ class DiffusionPosteriorSampler:
             with torch.no_grad():
                 rho = p.final_proximal_weight * sigma_y * sigma_y
                 x_prox = self._prox_step(x0_lin, coord, spectra, sigma_y, 0.0, op, rho=rho)
-                x0_lin = self._exact_data_step(x_prox, x0_lin, y, coord, op, rho, p.final_cg_iterations).clamp(0, 1)
+                x0_lin, trace.final_cg_iterations = self._exact_data_step(
+                    x_prox, x0_lin, y, coord, op, rho, p.final_cg_iterations, p.final_cg_tolerance)
+                x0_lin = x0_lin.clamp(0, 1)
         if confidence is None:  # the dps sampler: evidence of the final estimate
             with torch.no_grad():
                 _, _, confidence = self._depth_update(op.blur_layers(x0_lin), y, coord, evidence, guide, sigma_y,
@@ -378,14 +382,16 @@ class DiffusionPosteriorSampler:
         return out.unsqueeze(0)
 
     def _exact_data_step(self, x_start: torch.Tensor, x_ref: torch.Tensor, y: torch.Tensor, coord: torch.Tensor,
-                         op: LayeredBlur, rho: float, iterations: int) -> torch.Tensor:
+                         op: LayeredBlur, rho: float, iterations: int, tolerance: float = 0.0
+                         ) -> tuple[torch.Tensor, int]:
         """Preconditioned conjugate gradients on (A^T A + rho I) x = A^T y + rho x_ref with A the
         layered model at fixed weights, from the per-layer solution: exact where depth changes
         within a PSF footprint (occlusion edges, slanted planes), where the per-layer blend is not.
-        The preconditioner is the circulant sum_k mean(w_k) |H_k|^2 + rho: on the tuning scenes 8
-        iterations match 20 unpreconditioned ones (21.98 dB), where 10 of those give 21.79."""
+        The preconditioner is the circulant sum_k mean(w_k) |H_k|^2 + rho. On the tuning scenes the
+        image stops changing (to 0.02 dB) once the preconditioned residual has fallen 50-fold:
+        15-21 iterations at sigma 0.01 and 0.005, where 10 unpreconditioned ones lose 0.19 dB."""
         if iterations <= 0:
-            return x_start
+            return x_start, 0
         weights = soft_layer_weights(coord, self.bank.num_layers)
         active = torch.nonzero(weights.flatten(2).amax(dim=(0, 2)) > 0).flatten()
         sub = LayeredBlur(op.psfs[active], op.height, op.width)  # only the layers in use
@@ -404,7 +410,10 @@ class DiffusionPosteriorSampler:
         preconditioned = precondition(residual)
         direction = preconditioned
         power = (residual * preconditioned).sum()
-        for _ in range(iterations):
+        stop = float(power) * tolerance * tolerance
+        done = 0
+        while done < iterations and float(power) > stop:
+            done += 1
             mapped = normal(direction)
             step = power / (direction * mapped).sum().clamp(min=1e-30)
             x = x + step * direction
@@ -413,7 +422,7 @@ class DiffusionPosteriorSampler:
             new_power = (residual * preconditioned).sum()
             direction = preconditioned + (new_power / power.clamp(min=1e-30)) * direction
             power = new_power
-        return x
+        return x, done
 
     def _data_step(self, x0: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, op: LayeredBlur,
                    blurred: torch.Tensor, sigma_y: float, sigma_t: float) -> torch.Tensor:
