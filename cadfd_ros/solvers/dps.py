@@ -104,6 +104,11 @@ class _CountingPrior:
         return self.prior.predict_noise(x_t, t)
 
 
+def _layers_in_use(weights: torch.Tensor) -> torch.Tensor:
+    """Indices of the layers with any non-zero weight; weights (L, H, W)."""
+    return torch.nonzero(weights.flatten(1).amax(dim=1) > 0).flatten()
+
+
 def respaced_timesteps(start_t: int, steps: int) -> list[int]:
     """``steps`` distinct timesteps from start_t down to 0 (fewer only if start_t + 1 < steps)."""
     steps = min(steps, start_t + 1)
@@ -372,7 +377,7 @@ class DiffusionPosteriorSampler:
         x0_hat = torch.fft.rfft2(grid[0])
         coord_pad = F.pad(coord.unsqueeze(1), (half,) * 4, mode="replicate")[:, 0]
         weights = soft_layer_weights(coord_pad, self.bank.num_layers)[0]
-        active = torch.nonzero(weights.flatten(1).amax(dim=1) > 0).flatten()  # layers in use
+        active = _layers_in_use(weights)
         rows = slice(offset, offset + op.padded_shape[0])
         cols = slice(offset, offset + op.padded_shape[1])
         spectrum = spectra["hty"][active].add_(x0_hat, alpha=rho)  # the gather copies: in place is safe
@@ -393,7 +398,7 @@ class DiffusionPosteriorSampler:
         if iterations <= 0:
             return x_start, 0
         weights = soft_layer_weights(coord, self.bank.num_layers)
-        active = torch.nonzero(weights.flatten(2).amax(dim=(0, 2)) > 0).flatten()
+        active = _layers_in_use(weights[0])
         sub = LayeredBlur(op.psfs[active], op.height, op.width)  # only the layers in use
         weights = weights[:, active]
         otf2 = sub.otf.real**2 + sub.otf.imag**2  # (A, C, Hp, Wf)
