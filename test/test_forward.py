@@ -48,6 +48,19 @@ def test_adjoint_dot_product(small_bank, rng):
     assert float(lhs) == pytest.approx(float(rhs), rel=1e-10)
 
 
+def test_selected_layers_equal_the_full_operator_where_the_rest_weigh_nothing(small_bank, rng):
+    op = _operator(small_bank, channels=3)
+    layers = torch.tensor([1, 2, 3])
+    sub = op.select_layers(layers)
+    assert sub.num_layers == 3 and sub.otf.shape[0] == 3 and op.num_layers == small_bank.num_layers
+    x = torch.from_numpy(rng.random((1, 3, *op.padded_shape)))
+    y = torch.from_numpy(rng.random((1, 3, op.height, op.width)))
+    coord = torch.from_numpy(rng.uniform(1, 3, size=(1, op.height, op.width)))  # layers 1..3 only
+    weights = soft_layer_weights(coord, small_bank.num_layers)
+    torch.testing.assert_close(sub(x, weights[:, layers]), op(x, weights))
+    torch.testing.assert_close(sub.adjoint(y, weights[:, layers]), op.adjoint(y, weights))
+
+
 def test_forward_is_differentiable_in_depth(small_bank, rng):
     op = _operator(small_bank)
     x = torch.from_numpy(rng.random((1, 1, *op.padded_shape)))

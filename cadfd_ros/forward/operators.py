@@ -9,6 +9,8 @@ bottom-right H x W block equals the valid linear convolution exactly.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 
 
@@ -27,6 +29,13 @@ class LayeredBlur:
         kernel[..., :k, :k] = psfs
         self.otf = torch.fft.rfft2(kernel)  # (L, C, Hp, Wp//2+1)
         self.psfs = psfs
+
+    def select_layers(self, layers: torch.Tensor) -> "LayeredBlur":
+        """The operator restricted to some layers; shares their OTFs (no FFTs)."""
+        sub = copy.copy(self)
+        sub.otf, sub.psfs = self.otf[layers], self.psfs[layers]
+        sub.num_layers = int(sub.otf.shape[0])
+        return sub
 
     @property
     def device(self) -> torch.device:

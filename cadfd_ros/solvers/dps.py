@@ -399,7 +399,7 @@ class DiffusionPosteriorSampler:
             return x_start, 0
         weights = soft_layer_weights(coord, self.bank.num_layers)
         active = _layers_in_use(weights[0])
-        sub = LayeredBlur(op.psfs[active], op.height, op.width)  # only the layers in use
+        sub = op.select_layers(active)  # only the layers in use
         weights = weights[:, active]
         otf2 = sub.otf.real**2 + sub.otf.imag**2  # (A, C, Hp, Wf)
         diagonal = (weights.mean(dim=(0, 2, 3)).view(-1, 1, 1, 1) * otf2).sum(dim=0) + rho
