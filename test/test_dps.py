@@ -173,13 +173,18 @@ def test_exact_final_data_step_beats_the_per_layer_blend_at_a_depth_edge(default
     assert 1 <= loose < tight <= 100
 
 
-def test_time_budget_picks_the_step_count(default_bank, prior, scene, classical):
+def test_time_budget_picks_the_step_count(default_bank, prior, scene, classical, caplog):
     solver = _sampler(default_bank, prior)
     shape = scene.capture.shape
-    assert solver.steps_for_budget(shape, 1.0) == 1  # below one step: still one evaluation
+    with caplog.at_level("WARNING"):
+        assert solver.steps_for_budget(shape, 1.0) == 1  # below one step: still one evaluation, and a warning
+    assert "below one sampler step" in caplog.text
     assert solver.steps_for_budget(shape, 1e9) == 1000  # capped at the schedule's length
+    # the network is timed once per frame size, then the cached time is used
+    assert solver.network_seconds(shape) == solver.network_seconds(shape) > 0
     small, large = solver.steps_for_budget(shape, 2e3), solver.steps_for_budget(shape, 2e4)
     assert 1 <= small < large <= 1000
+    assert solver.steps_for_budget(shape, 2e4, spent_ms=1e4) < large  # time already spent counts
     budgeted = _sampler(default_bank, prior, time_budget_ms=500.0)
     result = budgeted.solve(scene.capture, initial=classical)
     assert result.steps == budgeted.last_trace.network_evaluations >= 1

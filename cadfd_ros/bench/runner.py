@@ -34,24 +34,6 @@ def constant_depth_method(bank: PSFBank) -> Method:
     return run
 
 
-def network_call_seconds(sampler, capture_shape: tuple[int, ...], repeats: int = 2) -> float:
-    """Time of one prior network evaluation on the sampler's input for this capture size."""
-    import torch
-
-    height, width = capture_shape[:2]
-    channels = 1 if len(capture_shape) == 2 else 3
-    op = sampler.operator(height, width, channels)
-    x = torch.zeros(1, channels, *op.padded_shape, device=sampler.device)
-    with torch.no_grad():
-        sampler.prior.predict_noise(x, 10)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            sampler.prior.predict_noise(x, 10)
-        if sampler.device.type == "cuda":
-            torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats
-
-
 def solver_method(bank: PSFBank, config: ReconstructionConfig) -> Method:
     reconstructor = Reconstructor(bank, config)
 
@@ -59,7 +41,7 @@ def solver_method(bank: PSFBank, config: ReconstructionConfig) -> Method:
         result = reconstructor.reconstruct(scene.capture)
         if reconstructor._dps is not None:
             # Speed against its floor: N network calls on the same input.
-            floor = result.steps * network_call_seconds(reconstructor._dps, scene.capture.shape)
+            floor = result.steps * reconstructor._dps.network_seconds(scene.capture.shape, repeats=2, cached=False)
             result.timings["floor_ratio_total"] = result.timings["total"] / floor
             result.timings["floor_ratio_sampler"] = result.timings["dps"] / floor
         return result

@@ -33,6 +33,7 @@ from the classical estimate noised to ``start_sigma`` (SDEdit) or from pure nois
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -49,6 +50,8 @@ from cadfd_ros.optics.psf_bank import PSFBank
 from cadfd_ros.pipeline import Reconstruction, ReconstructionConfig
 from cadfd_ros.solvers.classical import ClassicalParams, ClassicalSolver
 from cadfd_ros.solvers.filters import gaussian_blur, luminance
+
+_log = logging.getLogger(__name__)
 
 SAMPLERS = ("diffpir", "dps")
 DEFAULT_SAMPLER = "diffpir"
@@ -141,6 +144,7 @@ class DiffusionPosteriorSampler:
                               guided_radius=self.params.evidence_guided_radius)
         self.regulariser = ClassicalSolver(psf_bank, device=str(self.device), params=regulariser)
         self._operators: dict[tuple[int, int, int], LayeredBlur] = {}
+        self._network_seconds: dict[tuple[int, int, int], float] = {}
         self.last_trace: SamplerTrace | None = None
         if self.device.type == "cpu":
             torch.set_num_threads(os.cpu_count() or 1)
@@ -162,31 +166,53 @@ class DiffusionPosteriorSampler:
         with self._autocast():
             return counter.predict_noise(x_t, t).float()
 
-    def steps_for_budget(self, capture_shape: tuple[int, ...], budget_ms: float) -> int:
-        """Largest step count whose estimated time fits the budget (one timed network call)."""
+    def network_seconds(self, capture_shape: tuple[int, ...], repeats: int = 1, cached: bool = True) -> float:
+        """Time of one prior network call on this capture size (after a warm-up call); cached per
+        size, so a stream of frames pays for the measurement once."""
         height, width = capture_shape[:2]
         channels = 1 if len(capture_shape) == 2 else 3
+        key = (height, width, channels)
+        if cached and key in self._network_seconds:
+            return self._network_seconds[key]
         op = self.operator(height, width, channels)
         x = torch.zeros(1, channels, *op.padded_shape, device=self.device)
         with torch.no_grad():
             self._eps(_CountingPrior(self.prior), x, 10)  # warm-up
             start = time.perf_counter()
-            self._eps(_CountingPrior(self.prior), x, 10)
-            per_call = time.perf_counter() - start
-        per_step = per_call * (3.0 if self.sampler == "dps" else 1.3)  # measured overheads (README)
-        fixed_ms = 1e3 * per_call * 3.5  # classical start and the final exact data step, measured
-        return int(min(1000, max(1, (budget_ms - fixed_ms) / (1e3 * per_step))))
+            for _ in range(repeats):
+                self._eps(_CountingPrior(self.prior), x, 10)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+        self._network_seconds[key] = (time.perf_counter() - start) / repeats
+        return self._network_seconds[key]
+
+    def steps_for_budget(self, capture_shape: tuple[int, ...], budget_ms: float, spent_ms: float = 0.0) -> int:
+        """Largest step count whose estimated time fits what is left of the budget after
+        ``spent_ms`` (the classical start, the timing call); at least one, with a warning."""
+        per_call_ms = 1e3 * self.network_seconds(capture_shape)
+        per_step_ms = per_call_ms * (3.0 if self.sampler == "dps" else 1.3)  # measured overheads (README)
+        final_ms = per_call_ms * 2.5  # the final exact data step, measured at 320x240 and 600x400 RGB
+        steps = int((budget_ms - spent_ms - final_ms) // per_step_ms)
+        if steps < 1:
+            _log.warning("time budget %.0f ms is below one sampler step at %s (about %.0f ms spent, %.0f ms for one "
+                         "step and the final data step): running 1 step", budget_ms, "x".join(map(str, capture_shape)),
+                         spent_ms, per_step_ms + final_ms)
+        return min(1000, max(1, steps))
 
     # ------------------------------------------------------------------ main entry
     def solve(self, capture: np.ndarray, initial: Reconstruction | None = None) -> Reconstruction:
+        entered = time.perf_counter()
         timings: dict[str, float] = dict(initial.timings) if initial is not None else {}
         if initial is None:
             initial = self.classical.solve(capture)
             timings.update(initial.timings)
+            entered = time.perf_counter()  # the classical time is counted from its timings
         sigma_y = float(self.config.noise_sigma or initial.noise_sigma)
         steps = self.config.steps
         if self.config.time_budget_ms is not None:
-            steps = self.steps_for_budget(capture.shape, self.config.time_budget_ms)
+            self.network_seconds(capture.shape)  # timed once per frame size: spent from this budget too
+            spent_ms = 1e3 * (sum(initial.timings.values()) + time.perf_counter() - entered)
+            steps = self.steps_for_budget(capture.shape, self.config.time_budget_ms, spent_ms)
         start = time.perf_counter()
         image = torch.from_numpy(capture if capture.ndim == 3 else capture[:, :, None]).permute(2, 0, 1)
         y = image[None].to(self.device, torch.float32)
