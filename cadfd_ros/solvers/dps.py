@@ -178,6 +178,8 @@ class DiffusionPosteriorSampler:
         x = torch.zeros(1, channels, *op.padded_shape, device=self.device)
         with torch.no_grad():
             self._eps(_CountingPrior(self.prior), x, 10)  # warm-up
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
             start = time.perf_counter()
             for _ in range(repeats):
                 self._eps(_CountingPrior(self.prior), x, 10)
