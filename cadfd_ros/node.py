@@ -123,6 +123,9 @@ class _Stats:
     last_fail_mono: float = -1e9
     last_warning: str = ""
     last_error: str = ""
+    last_note: str = ""  # the solver's latest per-frame warning (an unmet time budget)
+    last_note_mono: float = -1e9
+    last_steps: int = 0  # network evaluations of the latest frame (a time budget picks them)
     intrinsics: str = "unknown"
 
 
@@ -586,6 +589,9 @@ class CadfdNode(LifecycleNode):
         with self._stats.lock:
             self._stats.processed += 1
             self._stats.intrinsics = out.intrinsics_source
+            self._stats.last_steps = out.reconstruction.steps
+            if out.reconstruction.notes:
+                self._stats.last_note, self._stats.last_note_mono = out.reconstruction.notes[-1], time.monotonic()
             self._stats.processing_s.append(time.monotonic() - received)
             if stamp.nanoseconds > 0:  # stamp -> depth publish; meaningless for unstamped input
                 self._stats.latency_s.append((now - stamp).nanoseconds * 1e-9)
@@ -607,9 +613,12 @@ class CadfdNode(LifecycleNode):
             recent_bad, recent_fail = now - s.last_bad_mono < WARN_WINDOW_S, now - s.last_fail_mono < WARN_WINDOW_S
             silent = now - s.last_input_mono > NO_INPUT_WARN_S
             last_warning, last_error, intrinsics = s.last_warning, s.last_error, s.intrinsics
+            recent_note = s.last_note if now - s.last_note_mono < WARN_WINDOW_S else ""
+            last_steps = s.last_steps
         processor = self._processor
         device = processor.reconstructor.device if processor else str(self.get_parameter("device").value)
         steps = processor.reconstructor.config.steps if processor else int(self.get_parameter("steps").value)
+        steps = last_steps or steps  # what the latest frame ran: a time budget chooses it
         method = processor.reconstructor.config.method if processor else str(self.get_parameter("method").value)
 
         def kv(**pairs: Any) -> list[KeyValue]:
@@ -635,6 +644,8 @@ class CadfdNode(LifecycleNode):
         elif state != "active":
             level = DiagnosticStatus.ERROR if last_error and state == "unconfigured" else DiagnosticStatus.WARN
             rec.level, rec.message = level, (last_error or f"lifecycle state {state}: not producing depth")
+        elif recent_note:
+            rec.level, rec.message = DiagnosticStatus.WARN, recent_note
         else:
             rec.level, rec.message = DiagnosticStatus.OK, f"publishing {out_rate:.1f} Hz"
         rec.values = kv(

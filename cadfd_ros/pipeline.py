@@ -64,6 +64,7 @@ class Reconstruction:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     residual: float = float("nan")  # RMS of capture - forward(all_in_focus, depth)
     noise_sigma: float = float("nan")
+    notes: list[str] = field(default_factory=list)  # this frame's solver warnings (an unmet time budget)
 
     @property
     def valid_fraction(self) -> float:
@@ -179,6 +180,7 @@ class Reconstructor:
         confidence = np.zeros((height, width), np.float64)
         weight_sum = np.zeros((height, width), np.float64)
         timings: dict[str, float] = {}
+        notes: list[str] = []
         residual_sq, parts = 0.0, None
         for top in rows:
             for left in cols:
@@ -194,6 +196,7 @@ class Reconstructor:
                 residual_sq += part.residual**2 * part.depth.size
                 for key, value in part.timings.items():
                     timings[key] = timings.get(key, 0.0) + value
+                notes.extend(note for note in part.notes if note not in notes)
                 parts = part
         with np.errstate(invalid="ignore", divide="ignore"):
             depth = np.where(inverse_weight > 0, inverse_weight / inverse, np.nan)
@@ -210,6 +213,7 @@ class Reconstructor:
             timings=timings,
             residual=float(np.sqrt(residual_sq / (height * width))),
             noise_sigma=parts.noise_sigma,
+            notes=notes,
         )
 
     def warmup(self, height: int = 64, width: int = 64, channels: int = 1) -> None:

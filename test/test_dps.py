@@ -188,6 +188,9 @@ def test_time_budget_picks_the_step_count(default_bank, prior, scene, classical,
     budgeted = _sampler(default_bank, prior, time_budget_ms=500.0)
     result = budgeted.solve(scene.capture, initial=classical)
     assert result.steps == budgeted.last_trace.network_evaluations >= 1
+    # a budget that cannot hold one step: one step, and the frame says so
+    hopeless = _sampler(default_bank, prior, time_budget_ms=1.0).solve(scene.capture, initial=classical)
+    assert hopeless.steps == 1 and len(hopeless.notes) == 1 and "time budget 1 ms" in hopeless.notes[0]
 
 
 def test_confidence_is_low_where_the_scene_has_no_texture(default_bank, prior):

@@ -517,3 +517,16 @@ def test_dps_end_to_end_reports_its_steps(harness, scene):
     statuses = h.diagnostics(lambda s: any(v.get("frames_processed") == "1" for v in s.values()))
     rec = next(v for k, v in statuses.items() if k.endswith("reconstruction"))
     assert rec["method"] == "dps" and rec["steps"] == "2"
+
+
+def test_unmet_time_budget_warns_in_diagnostics(harness, scene):
+    # A budget no step fits: the frame still comes out (one step), and /diagnostics says why it is late.
+    pytest.importorskip("cadfd_ros.solvers.dps", reason="the diffusion sampler is not in this build")
+    capture, _ = scene
+    h = harness(method="dps", time_budget_ms=1.0)
+    h.start()
+    depth = depth_array(h.roundtrip(capture, "rgb8", (7000, 0)))
+    assert np.isfinite(depth).mean() > 0.5
+    statuses = h.diagnostics(lambda s: any(v.get("frames_processed") == "1" for v in s.values()))
+    rec = next(v for k, v in statuses.items() if k.endswith("reconstruction"))
+    assert rec["_level"] == 1 and "time budget 1 ms" in rec["_message"] and rec["steps"] == "1"

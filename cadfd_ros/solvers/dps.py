@@ -191,15 +191,23 @@ class DiffusionPosteriorSampler:
     def steps_for_budget(self, capture_shape: tuple[int, ...], budget_ms: float, spent_ms: float = 0.0) -> int:
         """Largest step count whose estimated time fits what is left of the budget after
         ``spent_ms`` (the classical start, the timing call); at least one, with a warning."""
+        steps, warning = self._budget_plan(capture_shape, budget_ms, spent_ms)
+        if warning:
+            _log.warning(warning)
+        return steps
+
+    def _budget_plan(self, capture_shape: tuple[int, ...], budget_ms: float, spent_ms: float
+                     ) -> tuple[int, str | None]:
         per_call_ms = 1e3 * self.network_seconds(capture_shape)
         per_step_ms = per_call_ms * (3.0 if self.sampler == "dps" else 1.3)  # measured overheads (README)
         final_ms = per_call_ms * 2.5  # the final exact data step, measured at 320x240 and 600x400 RGB
         steps = int((budget_ms - spent_ms - final_ms) // per_step_ms)
+        warning = None
         if steps < 1:
-            _log.warning("time budget %.0f ms is below one sampler step at %s (about %.0f ms spent, %.0f ms for one "
-                         "step and the final data step): running 1 step", budget_ms, "x".join(map(str, capture_shape)),
-                         spent_ms, per_step_ms + final_ms)
-        return min(1000, max(1, steps))
+            warning = (f"time budget {budget_ms:.0f} ms is below one sampler step at "
+                       f"{'x'.join(map(str, capture_shape))} (about {spent_ms:.0f} ms spent, "
+                       f"{per_step_ms + final_ms:.0f} ms for one step and the final data step): running 1 step")
+        return min(1000, max(1, steps)), warning
 
     # ------------------------------------------------------------------ main entry
     def solve(self, capture: np.ndarray, initial: Reconstruction | None = None) -> Reconstruction:
@@ -210,11 +218,14 @@ class DiffusionPosteriorSampler:
             timings.update(initial.timings)
             entered = time.perf_counter()  # the classical time is counted from its timings
         sigma_y = float(self.config.noise_sigma or initial.noise_sigma)
-        steps = self.config.steps
+        steps, notes = self.config.steps, []
         if self.config.time_budget_ms is not None:
             self.network_seconds(capture.shape)  # timed once per frame size: spent from this budget too
             spent_ms = 1e3 * (sum(initial.timings.values()) + time.perf_counter() - entered)
-            steps = self.steps_for_budget(capture.shape, self.config.time_budget_ms, spent_ms)
+            steps, budget_warning = self._budget_plan(capture.shape, self.config.time_budget_ms, spent_ms)
+            if budget_warning:
+                _log.warning(budget_warning)
+                notes.append(budget_warning)
         start = time.perf_counter()
         image = torch.from_numpy(capture if capture.ndim == 3 else capture[:, :, None]).permute(2, 0, 1)
         y = image[None].to(self.device, torch.float32)
@@ -238,6 +249,7 @@ class DiffusionPosteriorSampler:
             timings=timings,
             residual=residual,
             noise_sigma=sigma_y,
+            notes=notes,
         )
 
     def sample(self, y: torch.Tensor, x_init: torch.Tensor, coord_init: torch.Tensor, sigma_y: float, steps: int
