@@ -176,21 +176,22 @@ def test_exact_final_data_step_beats_the_per_layer_blend_at_a_depth_edge(default
 def test_time_budget_picks_the_step_count(default_bank, prior, scene, classical, caplog):
     solver = _sampler(default_bank, prior)
     shape = scene.capture.shape
-    with caplog.at_level("WARNING"):
-        assert solver.steps_for_budget(shape, 1.0) == 1  # below one step: still one evaluation, and a warning
-    assert "below one sampler step" in caplog.text
-    assert solver.steps_for_budget(shape, 1e9) == 1000  # capped at the schedule's length
+    steps, warning = solver.steps_for_budget(shape, 1.0)
+    assert steps == 1 and "below one sampler step" in warning  # still one evaluation, and a warning
+    assert solver.steps_for_budget(shape, 1e9) == (1000, None)  # capped at the schedule's length
     # the network is timed once per frame size, then the cached time is used
     assert solver.network_seconds(shape) == solver.network_seconds(shape) > 0
-    small, large = solver.steps_for_budget(shape, 2e3), solver.steps_for_budget(shape, 2e4)
+    (small, _), (large, _) = solver.steps_for_budget(shape, 2e3), solver.steps_for_budget(shape, 2e4)
     assert 1 <= small < large <= 1000
-    assert solver.steps_for_budget(shape, 2e4, spent_ms=1e4) < large  # time already spent counts
+    assert solver.steps_for_budget(shape, 2e4, spent_ms=1e4)[0] < large  # time already spent counts
     budgeted = _sampler(default_bank, prior, time_budget_ms=500.0)
     result = budgeted.solve(scene.capture, initial=classical)
     assert result.steps == budgeted.last_trace.network_evaluations >= 1
     # a budget that cannot hold one step: one step, and the frame says so
-    hopeless = _sampler(default_bank, prior, time_budget_ms=1.0).solve(scene.capture, initial=classical)
+    with caplog.at_level("WARNING"):
+        hopeless = _sampler(default_bank, prior, time_budget_ms=1.0).solve(scene.capture, initial=classical)
     assert hopeless.steps == 1 and len(hopeless.notes) == 1 and "time budget 1 ms" in hopeless.notes[0]
+    assert "below one sampler step" in caplog.text  # logged as well
 
 
 def test_confidence_is_low_where_the_scene_has_no_texture(default_bank, prior):

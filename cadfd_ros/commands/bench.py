@@ -76,11 +76,12 @@ def _run(args: argparse.Namespace) -> int:
     header = (f"Scenes: {', '.join(photos)} at {width}x{height}, noise sigma {args.noise}, bank {bank.source}; "
               f"textured = sharp-image gradient energy > 0.02; border band of {bank.half_size} px excluded.\n\n")
     (args.out_dir / "bench.md").write_text(header + table + "\n")
-    (args.out_dir / "bench.json").write_text(json.dumps(summarise(rows), indent=2) + "\n")
+    summary = summarise(rows)
+    (args.out_dir / "bench.json").write_text(json.dumps(summary, indent=2) + "\n")
     save_examples_figure(args.out_dir / "examples.png", examples, bank)
     written = "bench.md, bench.json, examples.png"
     if curve_steps:
-        save_steps_curve(args.out_dir / "steps_curve.png", summarise(rows), header.split(";")[0])
+        save_steps_curve(args.out_dir / "steps_curve.png", summary, header.split(";")[0])
         written += ", steps_curve.png"
     print(header + table)
     print(f"\nwrote {args.out_dir}/{written}")

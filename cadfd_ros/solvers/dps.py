@@ -188,16 +188,10 @@ class DiffusionPosteriorSampler:
         self._network_seconds[key] = (time.perf_counter() - start) / repeats
         return self._network_seconds[key]
 
-    def steps_for_budget(self, capture_shape: tuple[int, ...], budget_ms: float, spent_ms: float = 0.0) -> int:
+    def steps_for_budget(self, capture_shape: tuple[int, ...], budget_ms: float, spent_ms: float = 0.0
+                         ) -> tuple[int, str | None]:
         """Largest step count whose estimated time fits what is left of the budget after
-        ``spent_ms`` (the classical start, the timing call); at least one, with a warning."""
-        steps, warning = self._budget_plan(capture_shape, budget_ms, spent_ms)
-        if warning:
-            _log.warning(warning)
-        return steps
-
-    def _budget_plan(self, capture_shape: tuple[int, ...], budget_ms: float, spent_ms: float
-                     ) -> tuple[int, str | None]:
+        ``spent_ms`` (the classical start, the timing call); at least one, with a warning then."""
         per_call_ms = 1e3 * self.network_seconds(capture_shape)
         per_step_ms = per_call_ms * (3.0 if self.sampler == "dps" else 1.3)  # measured overheads (README)
         final_ms = per_call_ms * 2.5  # the final exact data step, measured at 320x240 and 600x400 RGB
@@ -222,7 +216,7 @@ class DiffusionPosteriorSampler:
         if self.config.time_budget_ms is not None:
             self.network_seconds(capture.shape)  # timed once per frame size: spent from this budget too
             spent_ms = 1e3 * (sum(initial.timings.values()) + time.perf_counter() - entered)
-            steps, budget_warning = self._budget_plan(capture.shape, self.config.time_budget_ms, spent_ms)
+            steps, budget_warning = self.steps_for_budget(capture.shape, self.config.time_budget_ms, spent_ms)
             if budget_warning:
                 _log.warning(budget_warning)
                 notes.append(budget_warning)
