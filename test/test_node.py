@@ -4,9 +4,12 @@ each solve takes a fraction of a second."""
 from __future__ import annotations
 
 import math
+import os
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -454,6 +457,20 @@ def test_config_yaml_and_docs_match_the_declared_parameters(tmp_path):
 
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", (repo / "README.md").read_text(), re.M))
     assert {p.name for p in PARAMS} <= documented
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="thread priorities need os.setpriority (Linux)")
+def test_solver_thread_runs_at_lower_priority(harness, scene):
+    # The worker lowers its own priority before its first solve; torch's CPU threads inherit it.
+    def niceness(thread_id: int) -> int:
+        return int(Path(f"/proc/self/task/{thread_id}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+    h = harness(worker_niceness=7)
+    h.start()
+    h.roundtrip(scene[0], "rgb8", (8000, 0))
+    worker = next(t for t in threading.enumerate() if t.name == "cadfd_worker")
+    assert niceness(worker.native_id) == niceness(threading.get_native_id()) + 7
+    assert sys.getswitchinterval() <= 0.001  # executor threads get the GIL back within 1 ms
 
 
 def test_exception_in_a_transition_is_logged_and_recovered(harness):

@@ -1,5 +1,5 @@
 """cadfd_node as a separate process over real DDS: lifecycle services, outputs, and a 30 Hz stream
-against a ~1 Hz solver (memory must stay bounded, stale frames must be dropped and counted)."""
+against a slower solver (memory must stay bounded, stale frames must be dropped and counted)."""
 from __future__ import annotations
 
 import os
@@ -163,7 +163,8 @@ def node_process(tmp_path):
 
 
 def test_node_process_lifecycle_outputs_and_30hz_stream(node_process):
-    """VGA frames binned 4x (input_downscale=4) by the node: large messages, a solve of ~1-2 s."""
+    """VGA frames binned 4x (input_downscale=4) by the node: large messages, and solves of 0.1-0.5 s
+    while a 30 Hz stream arrives."""
     proc, client = node_process
     height, width, down = 480, 640, 4
     # Rendered at half size with the bundled bank and doubled: a textured coded capture, cheaply.
@@ -236,14 +237,14 @@ def test_node_process_lifecycle_outputs_and_30hz_stream(node_process):
     before_diag = client.latest_diagnostics()
     rss_before, peak_solving = rss_kib(proc.pid), sampler.reset()
 
-    # 30 Hz for 4 s of VGA bgra8 (1.2 MB each, 147 MB in all) against a 1-2 s solver: memory must
+    # 30 Hz for 4 s of VGA bgra8 (1.2 MB each, 147 MB in all) against a slower solver: memory must
     # stay flat, stale frames must be dropped and counted, and the newest frame is the one solved.
-    sent, period, t0, samples = 0, 1 / 30, time.monotonic(), []
+    sent, period, t0, samples, responsive = 0, 1 / 30, time.monotonic(), [], []
     while time.monotonic() - t0 < STREAM_S:
         sent += 1
         last = send("bgra8")
-        if sent == 45:  # mid-stream, the solver busy: services must still answer promptly
-            responsive = client.responsiveness()
+        if sent % 40 == 25:  # mid-stream, the solver busy: services must still answer promptly
+            responsive.append(client.responsiveness())
         if sent % 30 == 0:
             samples.append(round(rss_kib(proc.pid) / 1024, 1))
         time.sleep(max(0.0, t0 + sent * period - time.monotonic()))
@@ -260,11 +261,12 @@ def test_node_process_lifecycle_outputs_and_30hz_stream(node_process):
           f"{rss_before / 1024:.1f} MiB, after {rss_after / 1024:.1f} MiB; peak while solving single frames "
           f"{peak_solving / 1024:.1f} MiB, during the stream {peak / 1024:.1f} MiB; stamp->publish latency "
           f"mean {diag['latency_mean_ms']} ms, max {diag['latency_max_ms']} ms (last 100 frames)")
-    # Best-effort DDS may lose large samples under CPU load before the node sees them (that loss
-    # shows as frames_lost where the middleware reports it); what arrives must be accounted for.
+    # What arrives must be accounted for: processed or dropped.
     print(f"mid-stream service round trips: {responsive}")
-    assert all(seconds < 1.0 for seconds in responsive.values()), responsive
-    assert frames_in >= 0.4 * sent, f"node received {frames_in} of {sent} frames"
+    assert responsive and all(seconds < 1.0 for probe in responsive for seconds in probe.values()), responsive
+    # Reliable QoS: what the executor does not take in time is lost in the keep-last queue. With the
+    # worker niced and a 1 ms GIL switch interval the node took 95-100% (without: 26-54%).
+    assert frames_in >= 0.7 * sent, f"node received {frames_in} of {sent} frames"
     assert processed + dropped == frames_in, (processed, dropped, frames_in)
     assert processed >= 1 and dropped >= frames_in // 2, f"{dropped} of {frames_in} dropped at 30 Hz"
     # Every frame kept would be +147 MB; a solve's own working memory is in both peaks.
