@@ -26,3 +26,37 @@ def test_steps_curve_runs_each_sampler_at_each_step_count(tmp_path):
 def test_steps_curve_rejects_bad_counts(tmp_path, capsys):
     assert cli_main(["bench", "--steps-curve", "0,5", "--out-dir", str(tmp_path)]) == 2
     assert "--steps-curve" in capsys.readouterr().err
+
+
+def test_paired_leads_mean_standard_error_and_wins():
+    from cadfd_ros.bench.runner import BenchRow, markdown_table, paired_leads
+
+    classical = {"a": (0.5, 20.0), "b": (0.7, 25.0), "c": (0.6, 22.0)}
+    dps = {"a": (0.7, 21.0), "b": (0.6, 27.0), "c": (0.9, 25.0)}  # δ leads +0.2, -0.1, +0.3
+    rows = [BenchRow(method, scene, {"tex_delta1": d, "aif_psnr": p})
+            for method, table in (("classical", classical), ("dps", dps)) for scene, (d, p) in table.items()]
+    lead = paired_leads(rows)["dps"]
+    assert lead["scenes"] == 3 and lead["wins_tex_delta1"] == 2 and lead["wins_aif_psnr"] == 3
+    assert lead["lead_tex_delta1"] == pytest.approx(0.4 / 3)
+    assert lead["lead_tex_delta1_se"] == pytest.approx(0.2081666 / 3**0.5, rel=1e-5)  # sample std of the leads
+    assert lead["lead_aif_psnr"] == pytest.approx(2.0)
+    assert "classical" not in paired_leads(rows)
+    assert "| dps | 3 | +0.133 ± 0.120 | 2 | +2.00 ± 0.58 | 3 |" in markdown_table(rows)
+
+
+def test_repeats_render_each_photo_with_new_depth_maps():
+    import numpy as np
+
+    from cadfd_ros.bench.runner import constant_depth_method, run_bench
+    from cadfd_ros.optics.psf_bank import default_psf_bank_path, load_psf_bank
+
+    bank = load_psf_bank(default_psf_bank_path())
+    rows, examples = run_bench(bank, {"constant": constant_depth_method(bank)}, ("brick", "coins"), 48, 64, 0.01,
+                               progress=False, repeats=2)
+    assert [row.scene for row in rows] == ["brick#0", "coins#0", "brick#1", "coins#1"]
+    depths = [scene.depth for scene, _ in examples]
+    assert not np.allclose(depths[0], depths[2]) and not np.allclose(depths[1], depths[3])
+    single, first = run_bench(bank, {"constant": constant_depth_method(bank)}, ("brick", "coins"), 48, 64, 0.01,
+                              progress=False)
+    assert [row.scene for row in single] == ["brick", "coins"]  # one repeat: the scenes as before
+    np.testing.assert_array_equal(first[1][0].depth, depths[1])

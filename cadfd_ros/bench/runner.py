@@ -73,12 +73,17 @@ def run_bench(
     noise_sigma: float,
     seed: int = 0,
     progress: bool = True,
+    repeats: int = 1,
 ) -> tuple[list[BenchRow], list[tuple[Scene, dict[str, Reconstruction]]]]:
+    """Every method on every photo; ``repeats`` > 1 renders each photo again with new depth maps and
+    noise (scene ``photo#r``, seed ``seed + r * len(photos) + i``), for leads with a usable error bar."""
     from tqdm import tqdm
 
     rows: list[BenchRow] = []
     examples = []
-    scenes = [make_scene(photo, bank, height, width, noise_sigma, seed=seed + i) for i, photo in enumerate(photos)]
+    scenes = [make_scene(photo, bank, height, width, noise_sigma, seed=seed + r * len(photos) + i,
+                         name=f"{photo}#{r}" if repeats > 1 else None)
+              for r in range(repeats) for i, photo in enumerate(photos)]
     for scene in tqdm(scenes, desc="scenes", disable=not progress):
         outputs = {}
         for name, method in methods.items():
@@ -116,12 +121,43 @@ def summarise(rows: list[BenchRow]) -> dict[str, dict[str, float]]:
     return summary
 
 
+LEAD_METRICS = (("tex_delta1", "δ<1.25 tex", "{:+.3f}"), ("aif_psnr", "AIF PSNR [dB]", "{:+.2f}"))
+
+
+def paired_leads(rows: list[BenchRow], reference: str = "classical") -> dict[str, dict[str, float]]:
+    """Per method, the mean per-scene difference to ``reference`` of each lead metric, its standard
+    error (scenes differ far more than methods do, so only paired differences are comparable) and
+    the number of scenes the method wins."""
+    base = {row.scene: row.metrics for row in rows if row.method == reference}
+    leads: dict[str, dict[str, float]] = {}
+    for name in dict.fromkeys(row.method for row in rows if row.method != reference):
+        paired = [(row.metrics, base[row.scene]) for row in rows if row.method == name and row.scene in base]
+        if not paired:
+            continue
+        out = {"scenes": float(len(paired))}
+        for key, _, _ in LEAD_METRICS:
+            diff = np.array([m[key] - b[key] for m, b in paired])
+            out[f"lead_{key}"] = float(diff.mean())
+            out[f"lead_{key}_se"] = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else float("nan")
+            out[f"wins_{key}"] = float((diff > 0).sum())
+        leads[name] = out
+    return leads
+
+
 def markdown_table(rows: list[BenchRow], per_scene: bool = False) -> str:
     header = "| method | " + " | ".join(title for _, title, _ in SUMMARY_COLUMNS) + " |"
     lines = [header, "|" + "---|" * (len(SUMMARY_COLUMNS) + 1)]
     for name, metrics in summarise(rows).items():
         cells = [fmt.format(metrics.get(key, float("nan"))) for key, _, fmt in SUMMARY_COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    leads = paired_leads(rows)
+    if leads:  # paired per scene: method minus classical
+        lines += ["", "| method − classical | scenes | " + " | ".join(
+            f"{title} ± s.e. | wins" for _, title, _ in LEAD_METRICS) + " |", "|---|---|" + "---|---|" * len(LEAD_METRICS)]
+        for name, lead in leads.items():
+            cells = [f"{fmt.format(lead[f'lead_{key}'])} ± {fmt.format(lead[f'lead_{key}_se'])[1:]} | "
+                     f"{lead[f'wins_{key}']:.0f}" for key, _, fmt in LEAD_METRICS]
+            lines.append(f"| {name} | {lead['scenes']:.0f} | " + " | ".join(cells) + " |")
     if per_scene:
         lines += ["", "| method | scene | δ<1.25 tex | AbsRel tex | AIF PSNR |", "|---|---|---|---|---|"]
         for row in rows:
