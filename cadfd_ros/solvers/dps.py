@@ -67,7 +67,9 @@ class SamplerParams:
     data_step: str = "prox"  # diffpir: prox (exact per-layer Fourier solve) | gradient
     data_steps: int = 1  # gradient data step: iterations per diffusion step
     data_step_size: float = 1.5  # gradient data step, in units of 1/L, L = ||A||^2 <= 1
-    proximal_weight: float = 50.0  # lambda in rho_t = lambda sigma_y^2 / sigma_t^2 (DiffPIR)
+    # rho_t = this / sigma_t^2, not DiffPIR's lambda sigma_y^2 / sigma_t^2: the best lambda fell with the
+    # capture noise (tuning scenes: 200 at 0.005, 50 at 0.01, 12.5 at 0.02), i.e. lambda sigma_y^2 ~ const
+    proximal_strength: float = 5e-3
     final_proximal_weight: float | None = 100.0  # last data step, rho = this * sigma_y^2 (None: keep x0)
     final_cg_iterations: int = 30  # refine the last data step on the exact layered model: at most this many (0: off)
     final_cg_tolerance: float = 2e-2  # ... stopping once the preconditioned residual falls by this factor
@@ -403,7 +405,7 @@ class DiffusionPosteriorSampler:
         """argmin_x 1/2||y - h_k*x||^2 + rho/2||x - x0||^2 per layer, in closed form, blended by the
         soft weights: exact where depth is constant over a PSF footprint (DiffPIR's data step)."""
         if rho is None:
-            rho = self.params.proximal_weight * (sigma_y / max(sigma_t, 1e-4)) ** 2
+            rho = self.params.proximal_strength / max(sigma_t, 1e-4) ** 2
         pad, half = int(spectra["pad"]), op.pad
         grid = spectra["y_pad"].clone()
         offset = pad - half
@@ -467,7 +469,7 @@ class DiffusionPosteriorSampler:
                    blurred: torch.Tensor, sigma_y: float, sigma_t: float) -> torch.Tensor:
         """Gradient steps on 1/2||y - A x||^2 + rho/2 ||x - x0||^2, starting at x0 (||A|| <= 1)."""
         p = self.params
-        rho = p.proximal_weight * (sigma_y / max(sigma_t, 1e-4)) ** 2 * 4.0  # model-space sigma_t = 2x linear
+        rho = p.proximal_strength / max(sigma_t, 1e-4) ** 2 * 4.0  # model-space sigma_t = 2x linear
         x = x0
         forward = (blurred * weights.unsqueeze(2)).sum(dim=1)
         for step in range(p.data_steps):
