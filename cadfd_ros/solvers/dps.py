@@ -469,7 +469,7 @@ class DiffusionPosteriorSampler:
                    blurred: torch.Tensor, sigma_y: float, sigma_t: float) -> torch.Tensor:
         """Gradient steps on 1/2||y - A x||^2 + rho/2 ||x - x0||^2, starting at x0 (||A|| <= 1)."""
         p = self.params
-        rho = p.proximal_strength / max(sigma_t, 1e-4) ** 2 * 4.0  # model-space sigma_t = 2x linear
+        rho = p.proximal_strength / max(sigma_t, 1e-4) ** 2  # sigma_t is already in linear units, as in the prox
         x = x0
         forward = (blurred * weights.unsqueeze(2)).sum(dim=1)
         for step in range(p.data_steps):
