@@ -158,7 +158,7 @@ def test_exact_final_data_step_beats_the_per_layer_blend_at_a_depth_edge(default
     x_ref = op.pad_image(y)  # a blurry reference, as a weak prior estimate would be
     rho = 100 * 0.01**2
     spectra = sampler._capture_spectra(y)
-    x_prox = sampler._prox_step(x_ref, coord, spectra, 0.01, 0.0, op, rho=rho)
+    x_prox = sampler._prox_step(x_ref, coord, spectra, op, rho)
 
     def objective(x):
         return float(0.5 * ((op(x, weights) - y) ** 2).sum() + 0.5 * rho * ((x - x_ref) ** 2).sum())

@@ -305,11 +305,11 @@ class DiffusionPosteriorSampler:
                         trace.data_timesteps.append(int(t))
                         trace.data_term.append(float(rms) / sigma_y)
                     sigma_t = float((1 - a_t).sqrt() / a_t.sqrt()) / 2.0  # model space is 2x linear
+                    rho_t = p.proximal_strength / max(sigma_t, 1e-4) ** 2
                     if p.data_step == "prox":
-                        x0_lin = self._prox_step(x0_lin, coord, spectra, sigma_y, sigma_t, op)
+                        x0_lin = self._prox_step(x0_lin, coord, spectra, op, rho_t)
                     else:
-                        x0_lin = self._data_step(x0_lin, y, soft_layer_weights(coord, num_layers), op, blurred,
-                                                 sigma_y, sigma_t)
+                        x0_lin = self._data_step(x0_lin, y, soft_layer_weights(coord, num_layers), op, blurred, rho_t)
                     if t_next is not None:
                         a_n = abar[t_next]
                         x0_new = prior.to_model_space(x0_lin)
@@ -323,7 +323,7 @@ class DiffusionPosteriorSampler:
             # step regularised towards it (not towards smoothness) restores detail the prior lost.
             with torch.no_grad():
                 rho = p.final_proximal_weight * sigma_y * sigma_y
-                x_prox = self._prox_step(x0_lin, coord, spectra, sigma_y, 0.0, op, rho=rho)
+                x_prox = self._prox_step(x0_lin, coord, spectra, op, rho)
                 x0_lin, trace.final_cg_iterations = self._exact_data_step(
                     x_prox, x0_lin, y, coord, op, rho, p.final_cg_iterations, p.final_cg_tolerance)
                 x0_lin = x0_lin.clamp(0, 1)
@@ -400,12 +400,10 @@ class DiffusionPosteriorSampler:
                 "whiten": torch.rsqrt(1 + ratio),  # marginal evidence (``_layer_error``)
                 "log_det": torch.log1p(ratio).mean(dim=(-2, -1)).sum(dim=1)}  # per pixel, summed over channels
 
-    def _prox_step(self, x0: torch.Tensor, coord: torch.Tensor, spectra: dict, sigma_y: float, sigma_t: float,
-                   op: LayeredBlur, rho: float | None = None) -> torch.Tensor:
+    def _prox_step(self, x0: torch.Tensor, coord: torch.Tensor, spectra: dict, op: LayeredBlur, rho: float
+                   ) -> torch.Tensor:
         """argmin_x 1/2||y - h_k*x||^2 + rho/2||x - x0||^2 per layer, in closed form, blended by the
         soft weights: exact where depth is constant over a PSF footprint (DiffPIR's data step)."""
-        if rho is None:
-            rho = self.params.proximal_strength / max(sigma_t, 1e-4) ** 2
         pad, half = int(spectra["pad"]), op.pad
         grid = spectra["y_pad"].clone()
         offset = pad - half
@@ -466,10 +464,9 @@ class DiffusionPosteriorSampler:
         return x, done
 
     def _data_step(self, x0: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, op: LayeredBlur,
-                   blurred: torch.Tensor, sigma_y: float, sigma_t: float) -> torch.Tensor:
+                   blurred: torch.Tensor, rho: float) -> torch.Tensor:
         """Gradient steps on 1/2||y - A x||^2 + rho/2 ||x - x0||^2, starting at x0 (||A|| <= 1)."""
         p = self.params
-        rho = p.proximal_strength / max(sigma_t, 1e-4) ** 2  # sigma_t is already in linear units, as in the prox
         x = x0
         forward = (blurred * weights.unsqueeze(2)).sum(dim=1)
         for step in range(p.data_steps):
@@ -481,7 +478,7 @@ class DiffusionPosteriorSampler:
 
     def _dps_step(self, counter: _CountingPrior, x_t: torch.Tensor, t: int, t_next: int | None, y: torch.Tensor,
                   coord: torch.Tensor, op: LayeredBlur, sigma_y: float, spectra: dict, generator: torch.Generator
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Chung et al.: DDIM step from the Tweedie estimate minus zeta * grad ||y - A(x0(x_t))||."""
         prior = self.prior
         abar = prior.alphas_cumprod
@@ -514,5 +511,6 @@ class DiffusionPosteriorSampler:
                 0, self.bank.num_layers - 1)
             x0_lin = prior.from_model_space(x0)
         if self.params.depth_update == "evidence":
-            coord, _, _ = self._depth_update(op.blur_layers(x0_lin), y, coord, None, luminance(y), sigma_y, spectra, False)
+            coord, _, _ = self._depth_update(op.blur_layers(x0_lin), y, coord, None, luminance(y), sigma_y, spectra,
+                                             False)
         return x_next.detach(), x0_lin, coord, rms
