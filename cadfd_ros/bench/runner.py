@@ -152,10 +152,10 @@ def markdown_table(rows: list[BenchRow], per_scene: bool = False) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     leads = paired_leads(rows)
     if leads:  # paired per scene: method minus classical
-        lines += ["", "| method − classical | scenes | " + " | ".join(
-            f"{title} ± s.e. | wins" for _, title, _ in LEAD_METRICS) + " |", "|---|---|" + "---|---|" * len(LEAD_METRICS)]
+        titles = " | ".join(f"{title} ± s.e. | wins" for _, title, _ in LEAD_METRICS)
+        lines += ["", f"| method − classical | scenes | {titles} |", "|---|---|" + "---|---|" * len(LEAD_METRICS)]
         for name, lead in leads.items():
-            cells = [f"{fmt.format(lead[f'lead_{key}'])} ± {fmt.format(lead[f'lead_{key}_se'])[1:]} | "
+            cells = [f"{fmt.format(lead[f'lead_{key}'])} ± {fmt.replace('+', '').format(lead[f'lead_{key}_se'])} | "
                      f"{lead[f'wins_{key}']:.0f}" for key, _, fmt in LEAD_METRICS]
             lines.append(f"| {name} | {lead['scenes']:.0f} | " + " | ".join(cells) + " |")
     if per_scene:
