@@ -1,0 +1,142 @@
+"""One parameter schema for the node, the CLI and the solver configs (no ROS imports).
+
+Every user-facing option is declared once here. ``cadfd_ros.ros.parameters`` builds the node's
+declarations and descriptors from it, ``add_cli_arguments`` the flags of ``cadfd reconstruct``,
+``bag``, ``bench`` and ``demo``, and ``ReconstructionConfig.from_values`` the solver config. ROS
+parameters cannot be None, so "not set" is 0 (``zero_is_unset``) everywhere, CLI included.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from cadfd_ros.errors import CadfdError
+
+METHODS = ("classical", "dps")
+SAMPLERS = ("auto", "diffpir", "dps")  # auto: the benchmarked default (diffpir)
+DEVICES = ("auto", "cpu", "cuda")
+DEPTH_ENCODINGS = ("32FC1", "16UC1")
+
+SOLVER = "solver"  # read by ReconstructionConfig; applied on configure
+INPUT = "input"  # read by the frame processor (and the PSF bank it loads); applied on configure
+NODE = "node"  # node only
+OUTPUT = "output"  # OutputSettings; may change between frames
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    default: Any
+    description: str
+    scope: str
+    choices: tuple[str, ...] = ()
+    value_range: tuple[float, float] | None = None  # inclusive
+    zero_is_unset: bool = False  # 0 means "not set" (None in the solver config)
+    read_only: bool = False
+    cli: bool = True  # offered as a flag by the commands that take this scope
+
+    @property
+    def configure_time(self) -> bool:
+        """Applied on configure: changing it on a configured node needs cleanup + configure."""
+        return self.scope in (SOLVER, INPUT, NODE) and not self.read_only
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def check(self, value: Any) -> Any:
+        """``value`` if valid for this parameter, else a CadfdError naming the parameter."""
+        kind = type(self.default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise CadfdError(f"{self.name} must be a {kind.__name__}, got {value!r}")
+        if self.choices and value not in self.choices:
+            raise CadfdError(f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}")
+        if self.value_range is not None:
+            lo, hi = self.value_range
+            if not (lo <= value <= hi) and not (self.zero_is_unset and value == 0):
+                raise CadfdError(f"{self.name} must be in [{lo:g}, {hi:g}], got {value!r}")
+        return value
+
+    def to_config(self, value: Any) -> Any:
+        """Checked value as a config field: 0 -> None where 0 means unset."""
+        value = self.check(value)
+        return None if self.zero_is_unset and value == 0 else value
+
+
+# Why configure-time rather than read_only: read_only parameters can never change after start-up,
+# so a bad psf_bank could only be fixed by restarting the process; configure-time ones are
+# refused while configured and accepted while unconfigured, which is what a lifecycle needs.
+PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("psf_bank", "", "PSF bank .npz path; empty = the bundled config/default_psf_bank.npz", INPUT),
+    ParamSpec("prior", "default", "diffusion prior: 'default' (bundled) or a checkpoint folder (method dps only)",
+              SOLVER),
+    ParamSpec("method", "classical", "reconstruction method", SOLVER, choices=METHODS),
+    ParamSpec("sampler", "auto", "diffusion sampler for method dps ('auto' picks the default, diffpir)", SOLVER,
+              choices=SAMPLERS),
+    ParamSpec("steps", 20, "prior network evaluations per frame (method dps)", SOLVER, value_range=(1, 1000)),
+    ParamSpec("time_budget_ms", 0.0, "per-frame solver time budget in ms, picks the steps (method dps); 0 = no budget",
+              SOLVER, value_range=(1.0, 600000.0), zero_is_unset=True),
+    ParamSpec("seed", 0, "random seed of the sampler (reproducible output)", SOLVER, value_range=(0, 2**31 - 1)),
+    ParamSpec("device", "auto", "compute device: auto picks cuda when torch sees one", SOLVER, choices=DEVICES),
+    ParamSpec("noise_sigma", 0.0, "capture noise std in [0,1] intensity; 0 = estimate per frame", SOLVER,
+              value_range=(1e-4, 0.5), zero_is_unset=True),
+    ParamSpec("min_confidence", 0.0, "depth with lower solver confidence becomes invalid", SOLVER,
+              value_range=(0.0, 1.0)),
+    ParamSpec("max_pixels", 2_000_000, "frames with more pixels are solved in overlapping tiles (bounded memory)",
+              SOLVER, value_range=(4096, 2**31 - 1)),
+    ParamSpec("tile_size", 512, "tile side in pixels when tiling", SOLVER, value_range=(64, 65536)),
+    ParamSpec("input_downscale", 1, "bin the input by this factor before solving (PSFs follow)", INPUT,
+              value_range=(1, 8)),
+    ParamSpec("worker_niceness", 10, "nice increment of the solver thread (Linux), so callbacks and services keep "
+              "the CPU first; 0 = same priority", NODE, value_range=(0, 19)),
+    ParamSpec("depth_encoding", "32FC1", "depth/image encoding: 32FC1 metres (NaN invalid) or 16UC1 mm (0 invalid)",
+              OUTPUT, choices=DEPTH_ENCODINGS),
+    ParamSpec("min_depth", 0.0, "depth below this (m) is published as invalid", OUTPUT, value_range=(0.0, 1000.0)),
+    ParamSpec("max_depth", 0.0, "depth above this (m) is published as invalid; 0 = no limit", OUTPUT,
+              value_range=(0.0, 1000.0)),
+    ParamSpec("publish_aif", True, "publish aif/image and aif/camera_info", OUTPUT),
+    ParamSpec("publish_points", True, "publish the organised point cloud on points", OUTPUT),
+    ParamSpec("points_colored", False, "add an rgb field (from the all-in-focus image) to points", OUTPUT),
+    ParamSpec("publish_confidence", True, "publish confidence/image (32FC1 in [0,1])", OUTPUT),
+    ParamSpec("output_frame_id", "", "frame_id of every output; empty = the input image's frame_id", OUTPUT),
+    ParamSpec("autostart", False, "configure and activate at start-up (without a lifecycle manager)", NODE,
+              read_only=True, cli=False),
+)
+PARAM_BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMS}
+
+
+def defaults(scopes: Iterable[str]) -> dict[str, Any]:
+    scopes = set(scopes)
+    return {p.name: p.default for p in PARAMS if p.scope in scopes}
+
+
+def scope_values(values: Mapping[str, Any], scope: str) -> dict[str, Any]:
+    """The checked values of one scope as config fields (defaults where ``values`` lacks one)."""
+    return {p.name: p.to_config(values.get(p.name, p.default)) for p in PARAMS if p.scope == scope}
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser, scopes: Iterable[str], skip: Iterable[str] = ()) -> None:
+    """Flags for every parameter of ``scopes`` (``--noise-sigma`` for noise_sigma), same defaults
+    as the node; booleans that default to true become ``--no-<name>``."""
+    skip = set(skip)
+    for p in PARAMS:
+        if p.scope not in set(scopes) or not p.cli or p.name in skip:
+            continue
+        help_text = p.description.replace("%", "%%")
+        if isinstance(p.default, bool):
+            if p.default:
+                parser.add_argument("--no-" + p.name.replace("_", "-"), dest=p.name, action="store_false",
+                                    help=f"do not {help_text}")
+            else:
+                parser.add_argument(p.flag, dest=p.name, action="store_true", help=help_text)
+            continue
+        parser.add_argument(p.flag, dest=p.name, type=type(p.default), default=p.default,
+                            choices=p.choices or None, help=f"{help_text} (default: {p.default!r})")
+
+
+def values_from_args(args: argparse.Namespace, scopes: Iterable[str]) -> dict[str, Any]:
+    """The parameters of ``scopes`` that ``args`` carries (flags added by ``add_cli_arguments``)."""
+    return {p.name: getattr(args, p.name) for p in PARAMS if p.scope in set(scopes) and hasattr(args, p.name)}
