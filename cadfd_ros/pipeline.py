@@ -1,18 +1,23 @@
 """One frame in, depth + all-in-focus + confidence out: the API the CLI and the ROS node share.
 
-Images here are float32 linear intensity in [0, 1], H x W (mono) or H x W x 3 (RGB).
+The pipeline composes the solvers the way a diffusers pipeline composes a model and a scheduler:
+the classical solver gives the estimate (and, for method dps, the sampler's ``SolverStart``); the
+sampler refines it. Large frames go through in overlapping tiles. Images here are float32 linear
+intensity in [0, 1], H x W (mono) or H x W x 3 (RGB).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from cadfd_ros.errors import CadfdError, InputImageError
 from cadfd_ros.optics.psf_bank import PSFBank
+from cadfd_ros.params import PARAM_BY_NAME, SOLVER, scope_values
+from cadfd_ros.result import Reconstruction
 
-METHODS = ("classical", "dps")
+__all__ = ["Reconstruction", "ReconstructionConfig", "Reconstructor", "check_capture", "resolve_device"]
 
 
 @dataclass(frozen=True)
@@ -32,47 +37,27 @@ class ReconstructionConfig:
     tile_size: int = 512  # tile side when tiling
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise CadfdError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if not 1 <= int(self.steps) <= 1000:
-            raise CadfdError(f"steps must be in [1, 1000], got {self.steps}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise CadfdError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if self.time_budget_ms is not None and self.time_budget_ms <= 0:
-            raise CadfdError(f"time_budget_ms must be positive, got {self.time_budget_ms}")
-        if self.noise_sigma is not None and not 0 < self.noise_sigma < 1:
-            raise CadfdError(f"noise_sigma must be in (0, 1), got {self.noise_sigma}")
-        if self.max_pixels < 4096 or self.tile_size < 64:
-            raise CadfdError(f"max_pixels must be >= 4096 and tile_size >= 64, got {self.max_pixels}, {self.tile_size}")
-        if not 0.0 <= self.min_confidence <= 1.0:
-            raise CadfdError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
+        for name in ("method", "sampler", "steps", "time_budget_ms", "seed", "device", "noise_sigma",
+                     "min_confidence", "max_pixels", "tile_size"):
+            value = getattr(self, name)
+            spec = PARAM_BY_NAME[name]
+            if value is None and spec.zero_is_unset:
+                continue
+            spec.check(value)
+
+    @classmethod
+    def from_values(cls, values: dict) -> "ReconstructionConfig":
+        """The config from parameter values (node parameters or CLI flags; 0 = unset where documented)."""
+        return cls(**scope_values(values, SOLVER))
 
     def with_overrides(self, **kwargs: object) -> "ReconstructionConfig":
         return replace(self, **kwargs)
 
+    def sampler_config(self) -> "SamplerConfig":  # noqa: F821 - imported lazily (torch)
+        from cadfd_ros.solvers.dps import SamplerConfig
 
-@dataclass
-class Reconstruction:
-    """Solver outputs at the capture's size."""
-
-    depth: np.ndarray  # float32 H x W, metres, NaN where invalid
-    all_in_focus: np.ndarray  # float32 H x W or H x W x 3, linear
-    confidence: np.ndarray  # float32 H x W in [0, 1]
-    method: str
-    sampler: str = ""
-    steps: int = 0
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
-    residual: float = float("nan")  # RMS of capture - forward(all_in_focus, depth)
-    noise_sigma: float = float("nan")
-    notes: list[str] = field(default_factory=list)  # this frame's solver warnings (an unmet time budget)
-
-    @property
-    def valid_fraction(self) -> float:
-        return float(np.isfinite(self.depth).mean())
-
-    def depth_range(self) -> tuple[float, float]:
-        valid = self.depth[np.isfinite(self.depth)]
-        return (float(valid.min()), float(valid.max())) if valid.size else (float("nan"), float("nan"))
+        return SamplerConfig(sampler=self.sampler, steps=self.steps, time_budget_ms=self.time_budget_ms,
+                             seed=self.seed, noise_sigma=self.noise_sigma, prior=self.prior)
 
 
 def resolve_device(device: str) -> str:
@@ -132,17 +117,18 @@ class Reconstructor:
     """Holds the PSF bank (and, for dps, the prior) on a device; reconstructs frames."""
 
     def __init__(self, psf_bank: PSFBank, config: ReconstructionConfig | None = None) -> None:
+        from cadfd_ros.solvers.classical import ClassicalSolver
+
         self.psf_bank = psf_bank
         self.config = config or ReconstructionConfig()
         self.device = resolve_device(self.config.device)
-        from cadfd_ros.solvers.classical import ClassicalSolver
-
-        self._classical = ClassicalSolver(psf_bank, device=self.device, noise_sigma=self.config.noise_sigma)
-        self._dps = None
+        self.classical = ClassicalSolver(psf_bank, device=self.device, noise_sigma=self.config.noise_sigma)
+        self.sampler = None  # the DiffusionPosteriorSampler for method dps
         if self.config.method == "dps":
-            from cadfd_ros.solvers.dps import DiffusionPosteriorSampler  # noqa: F401 - fails early if absent
+            from cadfd_ros.solvers.dps import DiffusionPosteriorSampler
 
-            self._dps = DiffusionPosteriorSampler(psf_bank, self.config, self.device)
+            self.sampler = DiffusionPosteriorSampler(psf_bank, self.config.sampler_config(), self.device,
+                                                     start_solver=self.classical)
 
     def reconstruct(self, capture: np.ndarray) -> Reconstruction:
         start = time.perf_counter()
@@ -152,9 +138,9 @@ class Reconstructor:
         return self._solve_whole(capture, start)
 
     def _solve_whole(self, capture: np.ndarray, start: float) -> Reconstruction:
-        result = self._classical.solve(capture)
-        if self._dps is not None:
-            result = self._dps.solve(capture, initial=result)
+        result, solver_start = self.classical.estimate(capture)
+        if self.sampler is not None:
+            result = self.sampler.solve(capture, solver_start)
         if self.config.min_confidence > 0:
             result.depth = np.where(result.confidence >= self.config.min_confidence, result.depth, np.nan).astype(
                 np.float32
@@ -224,7 +210,7 @@ class Reconstructor:
 
     def release(self) -> None:
         """Drop cached tensors, including GPU memory."""
-        self._dps = None
+        self.sampler = None
         if self.device == "cuda":
             import torch
 

@@ -11,7 +11,8 @@ import numpy as np
 from cadfd_ros.bench.metrics import depth_metrics, evaluation_mask, image_metrics, textured_mask
 from cadfd_ros.bench.scenes import Scene, make_scene
 from cadfd_ros.optics.psf_bank import PSFBank
-from cadfd_ros.pipeline import Reconstruction, ReconstructionConfig, Reconstructor
+from cadfd_ros.pipeline import ReconstructionConfig, Reconstructor
+from cadfd_ros.result import Reconstruction
 
 Method = Callable[[Scene], Reconstruction]
 
@@ -39,9 +40,9 @@ def solver_method(bank: PSFBank, config: ReconstructionConfig) -> Method:
 
     def run(scene: Scene) -> Reconstruction:
         result = reconstructor.reconstruct(scene.capture)
-        if reconstructor._dps is not None:
+        if reconstructor.sampler is not None:
             # Speed against its floor: N network calls on the same input.
-            floor = result.steps * reconstructor._dps.network_seconds(scene.capture.shape, repeats=2, cached=False)
+            floor = result.steps * reconstructor.sampler.network_seconds(scene.capture.shape, repeats=2, cached=False)
             result.timings["floor_ratio_total"] = result.timings["total"] / floor
             result.timings["floor_ratio_sampler"] = result.timings["dps"] / floor
         return result

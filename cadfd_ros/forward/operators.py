@@ -1,23 +1,49 @@
-"""The solver's forward model as an operator object (forward and adjoint), deepinv style.
+"""The solvers' one physics operator, deepinv style: forward, adjoint, normal operator and proximal solves.
 
-    y = sum_k w_k * (h_k conv x)
+    y = A(x; w) = sum_k w_k * (h_k conv x)
 
 x is the all-in-focus image padded by p = k//2 on every side, because a capture pixel near the
 border sees scene content from outside the frame; the convolution is 'valid', so y has the
 capture's size H x W. Convolutions are circular FFT products at the padded size, whose
 bottom-right H x W block equals the valid linear convolution exactly.
+
+The closed-form solves (per-layer deconvolution, the per-layer proximal step) work on a second
+grid, the *capture grid*: the capture reflect-padded by k (plus FFT-friendly extra at the bottom
+and right) with 'same' OTFs, the PSF centre at the origin. Both grids and their OTFs belong to
+this object, so every solver sees the same convention.
 """
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from functools import cached_property
 
 import torch
+import torch.nn.functional as F
+
+from cadfd_ros.forward.layers import soft_layer_weights
+
+
+def layers_in_use(weights: torch.Tensor) -> torch.Tensor:
+    """Indices of the layers with any non-zero weight; weights (L, H, W)."""
+    return torch.nonzero(weights.flatten(1).amax(dim=1) > 0).flatten()
+
+
+@dataclass(frozen=True)
+class CaptureSpectra:
+    """Per-frame spectra on the capture grid; conj(H_k) Y is the same at every sampler step."""
+
+    padded: torch.Tensor  # (1, C, Hs, Ws) the capture, reflect-padded
+    adjoint: torch.Tensor  # (L, C, Hs, Wf) conj(H_k) Y
+    otf_power: torch.Tensor  # (L, C, Hs, Wf) |H_k|^2
 
 
 class LayeredBlur:
     """Blur-then-mask operator for one frame size; differentiable in x and in the weights."""
 
     def __init__(self, psfs: torch.Tensor, height: int, width: int) -> None:
+        from scipy.fft import next_fast_len
+
         if psfs.ndim != 4 or psfs.shape[-1] != psfs.shape[-2] or psfs.shape[-1] % 2 == 0:
             raise ValueError(f"psfs must be (L, C, k, k) with odd k, got {tuple(psfs.shape)}")
         self.num_layers, self.channels, k, _ = psfs.shape
@@ -25,22 +51,45 @@ class LayeredBlur:
         self.pad = k // 2
         self.height, self.width = height, width
         self.padded_shape = (height + 2 * self.pad, width + 2 * self.pad)
-        kernel = torch.zeros(self.num_layers, self.channels, *self.padded_shape, dtype=psfs.dtype, device=psfs.device)
-        kernel[..., :k, :k] = psfs
-        self.otf = torch.fft.rfft2(kernel)  # (L, C, Hp, Wp//2+1)
+        self.capture_pad = k
+        self.capture_grid = (next_fast_len(height + 2 * k, real=True), next_fast_len(width + 2 * k, real=True))
         self.psfs = psfs
+
+    # ------------------------------------------------------------------ OTFs (computed on first use)
+    @cached_property
+    def otf(self) -> torch.Tensor:
+        """(L, C, Hp, Wp//2+1) OTFs for the 'valid' model on the padded grid."""
+        k = self.kernel_size
+        kernel = torch.zeros(self.num_layers, self.channels, *self.padded_shape, dtype=self.psfs.dtype,
+                             device=self.psfs.device)
+        kernel[..., :k, :k] = self.psfs
+        return torch.fft.rfft2(kernel)
+
+    @cached_property
+    def capture_otf(self) -> torch.Tensor:
+        """(L, C, Hs, Wf) OTFs on the capture grid, PSF centre at the origin ('same' convolution)."""
+        k = self.kernel_size
+        kernel = torch.zeros(self.num_layers, self.channels, *self.capture_grid, dtype=self.psfs.dtype,
+                             device=self.psfs.device)
+        kernel[..., :k, :k] = self.psfs
+        kernel = torch.roll(kernel, shifts=(-(k // 2), -(k // 2)), dims=(-2, -1))
+        return torch.fft.rfft2(kernel)
 
     def select_layers(self, layers: torch.Tensor) -> "LayeredBlur":
         """The operator restricted to some layers; shares their OTFs (no FFTs)."""
-        sub = copy.copy(self)
-        sub.otf, sub.psfs = self.otf[layers], self.psfs[layers]
+        sub = copy.copy(self)  # a shallow copy: the cached OTFs are replaced, not shared
+        sub.otf = self.otf[layers]
+        if "capture_otf" in self.__dict__:
+            sub.capture_otf = self.capture_otf[layers]
+        sub.psfs = self.psfs[layers]
         sub.num_layers = int(sub.otf.shape[0])
         return sub
 
     @property
     def device(self) -> torch.device:
-        return self.otf.device
+        return self.psfs.device
 
+    # ------------------------------------------------------------------ the model (deepinv surface)
     def _crop(self, full: torch.Tensor) -> torch.Tensor:
         k1 = self.kernel_size - 1
         return full[..., k1 : k1 + self.height, k1 : k1 + self.width]
@@ -58,24 +107,111 @@ class LayeredBlur:
         blurred = torch.fft.irfft2(spectrum * self.otf, s=self.padded_shape)
         return self._crop(blurred)
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def A(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x (B, C, Hp, Wp), weights (B, L, H, W) -> capture (B, C, H, W)."""
         return (self.blur_layers(x) * weights.unsqueeze(2)).sum(dim=1)
 
-    __call__ = forward
+    __call__ = A
 
-    def adjoint(self, y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def A_adjoint(self, y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Adjoint in x for fixed weights: (B, C, H, W) -> (B, C, Hp, Wp)."""
         masked = self._embed(y.unsqueeze(1) * weights.unsqueeze(2))  # (B, L, C, Hp, Wp)
         spectrum = torch.fft.rfft2(masked) * self.otf.conj()
         return torch.fft.irfft2(spectrum.sum(dim=1), s=self.padded_shape)
 
+    def A_adjoint_A(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The normal operator A^T A x at fixed weights."""
+        return self.A_adjoint(self.A(x, weights), weights)
+
+    # ------------------------------------------------------------------ grids
     def pad_image(self, image: torch.Tensor) -> torch.Tensor:
         """Capture-sized image -> padded size by edge replication (a starting guess for x)."""
         p = self.pad
-        return torch.nn.functional.pad(image, (p, p, p, p), mode="replicate")
+        return F.pad(image, (p, p, p, p), mode="replicate")
 
     def crop_image(self, x: torch.Tensor) -> torch.Tensor:
         """Padded x -> the capture's field of view."""
         p = self.pad
         return x[..., p : p + self.height, p : p + self.width]
+
+    def pad_capture(self, image: torch.Tensor) -> torch.Tensor:
+        """Capture-sized (..., H, W) -> the capture grid by reflection (extra at the bottom/right)."""
+        k = self.capture_pad
+        extra_h = self.capture_grid[0] - self.height - 2 * k
+        extra_w = self.capture_grid[1] - self.width - 2 * k
+        return F.pad(image, (k, k + extra_w, k, k + extra_h), mode="reflect")
+
+    def crop_capture(self, grid: torch.Tensor) -> torch.Tensor:
+        """Capture grid -> the capture's field of view."""
+        k = self.capture_pad
+        return grid[..., k : k + self.height, k : k + self.width]
+
+    def capture_spectra(self, y: torch.Tensor) -> CaptureSpectra:
+        """The per-frame spectra of capture y (1, C, H, W) that the proximal solve reuses."""
+        padded = self.pad_capture(y)
+        otf = self.capture_otf
+        return CaptureSpectra(padded=padded, adjoint=otf.conj() * torch.fft.rfft2(padded[0]).unsqueeze(0),
+                              otf_power=otf.real**2 + otf.imag**2)
+
+    # ------------------------------------------------------------------ proximal solves
+    def prox_l2(self, x_ref: torch.Tensor, layer_coord: torch.Tensor, rho: float, spectra: CaptureSpectra
+                ) -> torch.Tensor:
+        """argmin_x 1/2||y - h_k*x||^2 + rho/2||x - x_ref||^2 per layer, in closed form on the capture
+        grid, blended by the soft weights: exact where depth is constant over a PSF footprint
+        (DiffPIR's data step). x_ref and the result are on the padded grid."""
+        half = self.pad
+        grid = spectra.padded.clone()
+        offset = self.capture_pad - half
+        rows = slice(offset, offset + self.padded_shape[0])
+        cols = slice(offset, offset + self.padded_shape[1])
+        grid[..., rows, cols] = x_ref
+        x_ref_hat = torch.fft.rfft2(grid[0])
+        coord_pad = F.pad(layer_coord.unsqueeze(1), (half,) * 4, mode="replicate")[:, 0]
+        weights = soft_layer_weights(coord_pad, self.num_layers)[0]
+        active = layers_in_use(weights)
+        spectrum = spectra.adjoint[active].add_(x_ref_hat, alpha=rho)  # the gather copies: in place is safe
+        spectrum /= spectra.otf_power[active].add_(rho)
+        layers = torch.fft.irfft2(spectrum, s=tuple(grid.shape[-2:]))[..., rows, cols]  # (A, C, Hp, Wp)
+        out = (layers * weights[active].unsqueeze(1)).sum(dim=0)
+        return out.unsqueeze(0)
+
+    def least_squares(self, y: torch.Tensor, layer_coord: torch.Tensor, x_ref: torch.Tensor, rho: float,
+                      x_start: torch.Tensor, iterations: int, tolerance: float = 0.0) -> tuple[torch.Tensor, int]:
+        """Preconditioned conjugate gradients on (A^T A + rho I) x = A^T y + rho x_ref at the soft
+        weights of ``layer_coord``, from ``x_start``: exact where depth changes within a PSF footprint
+        (occlusion edges, slanted planes), where ``prox_l2``'s per-layer blend is not. The
+        preconditioner is the circulant sum_k mean(w_k) |H_k|^2 + rho. Stops after ``iterations`` or
+        once the preconditioned residual has fallen by ``tolerance``; returns x and the iterations run."""
+        if iterations <= 0:
+            return x_start, 0
+        weights = soft_layer_weights(layer_coord, self.num_layers)
+        active = layers_in_use(weights[0])
+        sub = self.select_layers(active)  # only the layers in use
+        weights = weights[:, active]
+        otf2 = sub.otf.real**2 + sub.otf.imag**2  # (A, C, Hp, Wf)
+        diagonal = (weights.mean(dim=(0, 2, 3)).view(-1, 1, 1, 1) * otf2).sum(dim=0) + rho
+
+        def normal(v: torch.Tensor) -> torch.Tensor:
+            return sub.A_adjoint_A(v, weights) + rho * v
+
+        def precondition(v: torch.Tensor) -> torch.Tensor:
+            return torch.fft.irfft2(torch.fft.rfft2(v) / diagonal, s=sub.padded_shape)
+
+        x = x_start
+        residual = sub.A_adjoint(y, weights) + rho * x_ref - normal(x)
+        preconditioned = precondition(residual)
+        direction = preconditioned
+        power = (residual * preconditioned).sum()
+        stop = float(power) * tolerance * tolerance
+        done = 0
+        while done < iterations and float(power) > stop:
+            done += 1
+            mapped = normal(direction)
+            step = power / (direction * mapped).sum().clamp(min=1e-30)
+            x = x + step * direction
+            residual = residual - step * mapped
+            preconditioned = precondition(residual)
+            new_power = (residual * preconditioned).sum()
+            direction = preconditioned + (new_power / power.clamp(min=1e-30)) * direction
+            power = new_power
+        return x, done

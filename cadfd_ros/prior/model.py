@@ -182,7 +182,10 @@ class DiffusionPrior:
 
     def tweedie(self, x_t: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
         """Posterior-mean estimate x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), model space."""
-        eps = self.predict_noise(x_t, t)
+        return self.tweedie_from_noise(x_t, self.predict_noise(x_t, t), t)
+
+    def tweedie_from_noise(self, x_t: torch.Tensor, eps: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """:meth:`tweedie` from a noise prediction already made (a sampler that needs eps as well)."""
         a = self.alphas_cumprod[self._timesteps(t, x_t.shape[0])].view(-1, 1, 1, 1)
         return (x_t.to(self.device, torch.float32) - (1 - a).sqrt() * eps) / a.sqrt()
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from cadfd_ros.forward.layers import layer_coord_to_depth, soft_layer_weights
 from cadfd_ros.forward.operators import LayeredBlur
 from cadfd_ros.optics.psf_bank import PSFBank
-from cadfd_ros.pipeline import Reconstruction
+from cadfd_ros.result import Reconstruction, SolverStart
 from cadfd_ros.solvers.filters import fast_guided_filter, gaussian_blur, luminance
 from cadfd_ros.solvers.noise import estimate_noise_sigma
 
@@ -65,6 +65,34 @@ def _shrink(v: torch.Tensor, lam: float, alpha: float, iterations: int = 3) -> t
     return torch.where(magnitude > tau, torch.sign(v) * w.clamp(min=0), torch.zeros_like(v))
 
 
+def depth_from_evidence(evidence: torch.Tensor, guide: torch.Tensor, params: ClassicalParams,
+                    with_confidence: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Edge-aware smoothing of the cost volume, then sub-layer argmin and confidence."""
+    p = params
+    guide = guide / guide.amax().clamp(min=1e-6)
+    cost = fast_guided_filter(guide, evidence, max(1, round(p.guided_radius * evidence.shape[-2] / guide.shape[-2])),
+                              p.guided_eps)
+    num_layers = cost.shape[1]
+    best = cost.argmin(dim=1, keepdim=True)
+    lo = (best - 1).clamp(0, num_layers - 1)
+    hi = (best + 1).clamp(0, num_layers - 1)
+    c0, cm, cp = cost.gather(1, best), cost.gather(1, lo), cost.gather(1, hi)
+    denom = cm - 2 * c0 + cp
+    offset = torch.where(denom > 1e-12, 0.5 * (cm - cp) / denom, torch.zeros_like(denom)).clamp(-0.5, 0.5)
+    interior = (best > 0) & (best < num_layers - 1)
+    coord = best.to(cost.dtype) + torch.where(interior, offset, torch.zeros_like(offset))
+    if not with_confidence:
+        return coord[:, 0], None
+    # Confidence: posterior mass within one layer of the optimum, rescaled from chance.
+    prob = torch.softmax(-(cost - c0) / p.evidence_temperature, dim=1)
+    k = torch.arange(num_layers, device=cost.device).view(1, -1, 1, 1)
+    near = ((k - best).abs() <= 1).to(cost.dtype)
+    mass = (prob * near).sum(dim=1, keepdim=True)
+    chance = near.sum(dim=1, keepdim=True) / num_layers
+    confidence = ((mass - chance) / (1 - chance)).clamp(0, 1)
+    return coord[:, 0], confidence[:, 0]
+
+
 class ClassicalSolver:
     """Depth, all-in-focus image and confidence from one capture, in about a second at VGA."""
 
@@ -80,25 +108,17 @@ class ClassicalSolver:
         self.noise_sigma = noise_sigma
         self.params = params or ClassicalParams()
         self._null_cache: dict[float, torch.Tensor] = {}
+        self._operators: dict[tuple[int, int, int], LayeredBlur] = {}
 
-    @staticmethod
-    def _reflect_pad(image: torch.Tensor, pad: int) -> torch.Tensor:
-        """Reflect-pad by ``pad``, plus extra at the bottom/right up to FFT-friendly sizes."""
-        from scipy.fft import next_fast_len
-
-        height, width = image.shape[-2:]
-        extra_h = next_fast_len(height + 2 * pad, real=True) - height - 2 * pad
-        extra_w = next_fast_len(width + 2 * pad, real=True) - width - 2 * pad
-        return F.pad(image, (pad, pad + extra_w, pad, pad + extra_h), mode="reflect")
-
-    def _otfs(self, channels: int, shape: tuple[int, int]) -> torch.Tensor:
-        """(L, C, Hf, Wf) OTFs with the PSF centre at the origin (for 'same' deconvolution)."""
-        psfs = torch.from_numpy(self.bank.psfs_for_channels(channels)).to(self.device)
-        k = psfs.shape[-1]
-        kernel = torch.zeros(*psfs.shape[:2], *shape, device=self.device)
-        kernel[..., :k, :k] = psfs
-        kernel = torch.roll(kernel, shifts=(-(k // 2), -(k // 2)), dims=(-2, -1))
-        return torch.fft.rfft2(kernel)
+    def operator(self, height: int, width: int, channels: int) -> LayeredBlur:
+        """The bank's operator for one frame size, cached (a few sizes: bounded memory)."""
+        key = (height, width, channels)
+        if key not in self._operators:
+            if len(self._operators) >= 4:
+                self._operators.pop(next(iter(self._operators)))
+            psfs = torch.from_numpy(self.bank.psfs_for_channels(channels)).to(self.device)
+            self._operators[key] = LayeredBlur(psfs, height, width)
+        return self._operators[key]
 
     def deconvolve_layers(self, capture: torch.Tensor, sigma: float, layers: range | None = None
                           ) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -110,10 +130,11 @@ class ClassicalSolver:
         the padding used.
         """
         p = self.params
-        pad = self.bank.kernel_size
-        y_pad = self._reflect_pad(capture, pad)[0]  # (C, Hp, Wp)
-        shape = tuple(y_pad.shape[-2:])
-        otf = self._otfs(capture.shape[1], shape)  # (L, C, Hf, Wf)
+        op = self.operator(*capture.shape[-2:], capture.shape[1])
+        pad = op.capture_pad
+        y_pad = op.pad_capture(capture)[0]  # (C, Hp, Wp)
+        shape = op.capture_grid
+        otf = op.capture_otf  # (L, C, Hf, Wf)
         if layers is not None:
             otf = otf[list(layers)]
         otf2 = otf.real**2 + otf.imag**2
@@ -152,8 +173,8 @@ class ClassicalSolver:
         y = luminance(capture)
         x, y_pad, pad = self.deconvolve_layers(y, sigma)
         height, width = y.shape[-2:]
-        otf = self._otfs(1, tuple(y_pad.shape[-2:]))
-        reblur = torch.fft.irfft2(torch.fft.rfft2(x) * otf, s=tuple(y_pad.shape[-2:]))
+        op = self.operator(height, width, 1)
+        reblur = torch.fft.irfft2(torch.fft.rfft2(x) * op.capture_otf, s=op.capture_grid)
         data = (reblur - y_pad.unsqueeze(0)) ** 2 / (sigma * sigma)
         crop = (slice(None), 0, slice(pad, pad + height), slice(pad, pad + width))
         # The window is wide, so the energy is smooth: aggregate it at 1/stride resolution.
@@ -180,33 +201,6 @@ class ClassicalSolver:
             self._null_cache[key] = energy[0, :, margin:-margin, margin:-margin].mean(dim=(1, 2))
         return self._null_cache[key]
 
-    def depth_from_evidence(self, evidence: torch.Tensor, guide: torch.Tensor, with_confidence: bool = True
-                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Edge-aware smoothing of the cost volume, then sub-layer argmin and confidence."""
-        p = self.params
-        guide = guide / guide.amax().clamp(min=1e-6)
-        cost = fast_guided_filter(guide, evidence, max(1, round(p.guided_radius * evidence.shape[-2] / guide.shape[-2])),
-                                  p.guided_eps)
-        num_layers = cost.shape[1]
-        best = cost.argmin(dim=1, keepdim=True)
-        lo = (best - 1).clamp(0, num_layers - 1)
-        hi = (best + 1).clamp(0, num_layers - 1)
-        c0, cm, cp = cost.gather(1, best), cost.gather(1, lo), cost.gather(1, hi)
-        denom = cm - 2 * c0 + cp
-        offset = torch.where(denom > 1e-12, 0.5 * (cm - cp) / denom, torch.zeros_like(denom)).clamp(-0.5, 0.5)
-        interior = (best > 0) & (best < num_layers - 1)
-        coord = best.to(cost.dtype) + torch.where(interior, offset, torch.zeros_like(offset))
-        if not with_confidence:
-            return coord[:, 0], None
-        # Confidence: posterior mass within one layer of the optimum, rescaled from chance.
-        prob = torch.softmax(-(cost - c0) / p.evidence_temperature, dim=1)
-        k = torch.arange(num_layers, device=cost.device).view(1, -1, 1, 1)
-        near = ((k - best).abs() <= 1).to(cost.dtype)
-        mass = (prob * near).sum(dim=1, keepdim=True)
-        chance = near.sum(dim=1, keepdim=True) / num_layers
-        confidence = ((mass - chance) / (1 - chance)).clamp(0, 1)
-        return coord[:, 0], confidence[:, 0]
-
     def all_in_focus(
         self, capture: torch.Tensor, coord: torch.Tensor, sigma: float, pad_out: int
     ) -> torch.Tensor:
@@ -214,11 +208,12 @@ class ClassicalSolver:
 
         Returns the image on the frame padded by ``pad_out`` (the solver operator's x)."""
         channels = capture.shape[1]
-        pad = self.bank.kernel_size
         height, width = capture.shape[-2:]
-        y_pad = self._reflect_pad(capture, pad)
-        shape = tuple(y_pad.shape[-2:])
-        otf = self._otfs(channels, shape)  # (L, C, Hf, Wf)
+        op = self.operator(height, width, channels)
+        pad = op.capture_pad
+        y_pad = op.pad_capture(capture)
+        shape = op.capture_grid
+        otf = op.capture_otf  # (L, C, Hf, Wf)
         spectrum = torch.fft.rfft2(y_pad[0])  # (C, Hf, Wf)
         reg = sigma**2 * (_gradient_power(shape, capture.dtype, self.device) + 1e-4)
         reg = reg / (self.params.aif_prior_scale * self.params.prior_grad_std**2)
@@ -234,8 +229,13 @@ class ClassicalSolver:
             out += w * x_k[:, crop[0], crop[1]]
         return out.unsqueeze(0)
 
+    def solve(self, capture: np.ndarray, start: SolverStart | None = None) -> Reconstruction:
+        """The classical estimate; it starts from nothing, so ``start`` is not used."""
+        return self.estimate(capture)[0]
+
     @torch.no_grad()
-    def solve(self, capture: np.ndarray) -> Reconstruction:
+    def estimate(self, capture: np.ndarray) -> tuple[Reconstruction, SolverStart]:
+        """The reconstruction, and the same estimate in solver variables to start a refining solver."""
         timings: dict[str, float] = {}
         start = time.perf_counter()
         sigma = self.noise_sigma if self.noise_sigma is not None else estimate_noise_sigma(capture)
@@ -248,14 +248,12 @@ class ClassicalSolver:
         timings["evidence"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        coord, confidence = self.depth_from_evidence(evidence, luminance(image))
+        coord, confidence = depth_from_evidence(evidence, luminance(image), self.params)
         depth = layer_coord_to_depth(coord.double(), torch.from_numpy(self.bank.depths).double().to(self.device))
         timings["regularise"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        operator = LayeredBlur(
-            torch.from_numpy(self.bank.psfs_for_channels(image.shape[1])).to(self.device), *image.shape[-2:]
-        )
+        operator = self.operator(*image.shape[-2:], image.shape[1])
         x = self.all_in_focus(image, coord, sigma, operator.pad)
         weights = soft_layer_weights(coord, self.bank.num_layers)
         residual = torch.sqrt(torch.mean((operator(x, weights) - image) ** 2)).item()
@@ -271,7 +269,5 @@ class ClassicalSolver:
             residual=residual,
             noise_sigma=sigma,
         )
-        # Kept for the diffusion sampler's start (not part of the public outputs).
-        result.layer_coord = coord.cpu()  # type: ignore[attr-defined]
-        result.padded_aif = x.cpu()  # type: ignore[attr-defined]
-        return result
+        return result, SolverStart(layer_coord=coord.cpu(), padded_image=x.cpu(), noise_sigma=sigma,
+                                   timings=dict(timings))
