@@ -16,6 +16,8 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from cadfd_ros.params import INPUT, OUTPUT, SOLVER, add_cli_arguments
+
     p = subparsers.add_parser(
         "bag",
         help="reconstruct every frame of a rosbag2 (mcap or sqlite3) and write a bag with the outputs added",
@@ -32,22 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="prefix of the output topics (default: the image topic's namespace, like a node "
                         "running in the camera's namespace)")
     p.add_argument("--storage", choices=("mcap", "sqlite3"), help="output storage (default: same as input)")
-    p.add_argument("--psf-bank", default="", help="PSF bank .npz (default: bundled)")
-    p.add_argument("--method", default="classical", choices=("classical", "dps"))
-    p.add_argument("--sampler", default="auto")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--prior", default="default")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--input-downscale", type=int, default=1)
-    p.add_argument("--depth-encoding", default="32FC1", choices=("32FC1", "16UC1"))
-    p.add_argument("--min-depth", type=float, default=0.0)
-    p.add_argument("--max-depth", type=float, default=0.0, help="0 = no limit")
-    p.add_argument("--no-aif", action="store_true", help="do not write aif/image")
-    p.add_argument("--no-points", action="store_true", help="do not write points")
-    p.add_argument("--no-confidence", action="store_true", help="do not write confidence/image")
-    p.add_argument("--points-colored", action="store_true")
-    p.add_argument("--output-frame-id", default="")
+    # the node's solver, input and output parameters, same names and defaults (cadfd_ros.params)
+    add_cli_arguments(p, (INPUT, SOLVER, OUTPUT))
     p.add_argument("--max-frames", type=int, default=0, help="stop reconstructing after N frames (0 = all)")
     p.set_defaults(func=run)
 
@@ -78,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     from cadfd_ros.errors import CadfdError, InputImageError
     from cadfd_ros.optics.psf_bank import default_psf_bank_path, load_psf_bank
+    from cadfd_ros.params import INPUT, OUTPUT, SOLVER, scope_values, values_from_args
     from cadfd_ros.pipeline import ReconstructionConfig, Reconstructor
     from cadfd_ros.ros.processing import FrameProcessor, OutputSettings, downscale_psf_bank
 
@@ -85,15 +74,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"output {args.output} already exists; choose a new folder")
     if not args.input.exists():
         raise FileNotFoundError(f"input bag {args.input} not found")
-    settings = OutputSettings(
-        depth_encoding=args.depth_encoding, min_depth=args.min_depth, max_depth=args.max_depth,
-        publish_aif=not args.no_aif, publish_points=not args.no_points, points_colored=args.points_colored,
-        publish_confidence=not args.no_confidence, output_frame_id=args.output_frame_id,
-    )
-    bank = downscale_psf_bank(load_psf_bank(args.psf_bank or default_psf_bank_path()), args.input_downscale)
-    config = ReconstructionConfig(method=args.method, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                                  device=args.device, prior=args.prior)
-    processor = FrameProcessor(Reconstructor(bank, config), args.input_downscale)
+    values = values_from_args(args, (INPUT, SOLVER, OUTPUT))
+    inputs = scope_values(values, INPUT)
+    settings = OutputSettings(**scope_values(values, OUTPUT))
+    bank = downscale_psf_bank(load_psf_bank(inputs["psf_bank"] or default_psf_bank_path()), inputs["input_downscale"])
+    config = ReconstructionConfig.from_values(values)
+    processor = FrameProcessor(Reconstructor(bank, config), inputs["input_downscale"])
 
     typestore = get_typestore(Stores.ROS2_KILTED)
     info_type_name = "cadfd_ros_interfaces/msg/ReconstructionInfo"

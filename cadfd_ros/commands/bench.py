@@ -8,6 +8,7 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from cadfd_ros.bench.scenes import TEST_PHOTOS
+    from cadfd_ros.params import SOLVER, add_cli_arguments
 
     parser = subparsers.add_parser("bench", help="depth and all-in-focus quality and speed on synthetic scenes")
     parser.add_argument("--psf-bank", type=Path, default=None, help="PSF bank .npz (default: bundled)")
@@ -17,17 +18,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="comma list of: constant, classical, dps, dps:SAMPLER (default: constant,classical)")
     parser.add_argument("--photos", default=",".join(TEST_PHOTOS), help="scikit-image photo names")
     parser.add_argument("--size", default="240x320", help="HEIGHTxWIDTH of each scene")
-    parser.add_argument("--noise", type=float, default=0.01, help="capture noise sigma (linear units)")
-    parser.add_argument("--steps", type=int, default=20, help="network evaluations for dps methods")
+    parser.add_argument("--noise", type=float, default=0.01, help="capture noise sigma of the scenes (linear units)")
     parser.add_argument("--steps-curve", default=None, metavar="N1,N2,...",
                         help="run every dps method at each of these step counts and plot quality against steps "
                              "(steps_curve.png), with classical and constant as references")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=1,
                         help="render every photo this many times with new depth maps and noise: more scenes, "
                              "a smaller standard error on the leads over classical")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--out-dir", type=Path, default=Path("out/bench"))
+    # the solver flags of cadfd reconstruct (the seed also draws the scenes); --methods picks method and sampler
+    add_cli_arguments(parser, (SOLVER,), skip=("method", "sampler"))
     parser.set_defaults(func=_run)
 
 
@@ -36,7 +36,7 @@ def _run(args: argparse.Namespace) -> int:
         paired_leads, save_steps_curve, solver_method, summarise
     from cadfd_ros.errors import CadfdError
     from cadfd_ros.optics.psf_bank import default_psf_bank_path, load_psf_bank
-    from cadfd_ros.pipeline import ReconstructionConfig
+    from cadfd_ros.commands.reconstruct import config_from_args
 
     try:
         height, width = (int(v) for v in args.size.lower().split("x"))
@@ -63,12 +63,11 @@ def _run(args: argparse.Namespace) -> int:
         if name == "constant":
             methods[name] = constant_depth_method(bank)
         elif name == "classical":
-            methods[name] = solver_method(bank, ReconstructionConfig(method="classical", device=args.device))
+            methods[name] = solver_method(bank, config_from_args(args, method="classical"))
         elif name.startswith("dps"):
             sampler = name.split(":", 1)[1] if ":" in name else "auto"
             for steps in curve_steps or [args.steps]:
-                config = ReconstructionConfig(method="dps", sampler=sampler, steps=steps, seed=args.seed,
-                                              device=args.device)
+                config = config_from_args(args, method="dps", sampler=sampler, steps=steps)
                 methods[f"{name}@{steps}" if curve_steps else name] = solver_method(bank, config)
         else:
             raise CadfdError(f"unknown method {name!r} in --methods")

@@ -2,6 +2,7 @@
 
 CLI contract (stable): cadfd reconstruct CAPTURE --psf-bank BANK --out-dir DIR
     [--method classical|dps] [--steps N] [--seed S] [--device auto|cpu|cuda]
+The solver flags are the node's solver parameters (``cadfd_ros.params``), same names and defaults.
 """
 from __future__ import annotations
 
@@ -10,16 +11,10 @@ from pathlib import Path
 
 
 def add_solver_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--psf-bank", type=Path, default=None, help="PSF bank .npz (default: bundled)")
-    parser.add_argument("--method", choices=("classical", "dps"), default="classical")
-    parser.add_argument("--sampler", default="auto", help="diffusion sampler variant (dps only)")
-    parser.add_argument("--steps", type=int, default=20, help="network evaluations, 1-1000 (dps only)")
-    parser.add_argument("--time-budget-ms", type=float, default=None, help="pick --steps to fit (dps only)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--prior", default="default", help="'default' or a local diffusers checkpoint folder")
-    parser.add_argument("--noise-sigma", type=float, default=None, help="capture noise (default: estimated)")
-    parser.add_argument("--min-confidence", type=float, default=0.0, help="depth below this confidence -> NaN")
+    """``--psf-bank`` and every solver flag, generated from the parameter schema (``cadfd_ros.params``)."""
+    from cadfd_ros.params import INPUT, SOLVER, add_cli_arguments
+
+    add_cli_arguments(parser, (INPUT, SOLVER), skip=("input_downscale",))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,14 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run)
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace, **overrides: object):
+    """The solver config from the generated flags (``overrides`` win)."""
+    from cadfd_ros.params import SOLVER, values_from_args
     from cadfd_ros.pipeline import ReconstructionConfig
 
-    return ReconstructionConfig(
-        method=args.method, sampler=args.sampler, steps=args.steps, time_budget_ms=args.time_budget_ms,
-        seed=args.seed, device=args.device, prior=args.prior, noise_sigma=args.noise_sigma,
-        min_confidence=args.min_confidence,
-    )
+    return ReconstructionConfig.from_values({**values_from_args(args, (SOLVER,)), **overrides})
 
 
 def intrinsics_for(bank, width: int, height: int, args: argparse.Namespace) -> tuple[float, float, float, float]:

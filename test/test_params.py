@@ -1,0 +1,64 @@
+"""The one parameter schema: the CLI flags and the solver config are generated from it."""
+from __future__ import annotations
+
+import pytest
+
+from cadfd_ros.cli import build_parser
+from cadfd_ros.errors import CadfdError
+from cadfd_ros.params import OUTPUT, PARAM_BY_NAME, PARAMS, SOLVER, scope_values
+from cadfd_ros.pipeline import ReconstructionConfig
+
+
+def _parse(argv: list[str]):
+    return build_parser().parse_args(argv)
+
+
+@pytest.mark.parametrize("argv, skipped", [
+    (["reconstruct", "cap.png", "--out-dir", "o"], set()),
+    (["demo"], set()),
+    (["bag", "in", "out"], set()),
+    (["bench"], {"method", "sampler"}),  # --methods names method and sampler
+])
+def test_every_solver_parameter_is_a_flag_with_the_schema_default(argv, skipped):
+    args = _parse(argv)
+    for spec in PARAMS:
+        if spec.scope == SOLVER and spec.name not in skipped:
+            assert getattr(args, spec.name) == spec.default, spec.name
+
+
+def test_bag_takes_the_output_parameters_too():
+    args = _parse(["bag", "in", "out", "--no-publish-aif", "--points-colored", "--depth-encoding", "16UC1"])
+    values = scope_values(vars(args), OUTPUT)
+    assert values["publish_aif"] is False and values["points_colored"] is True and values["depth_encoding"] == "16UC1"
+    assert values["publish_points"] is True  # untouched flags keep the node's defaults
+
+
+def test_flags_reach_the_config_and_zero_means_unset():
+    from cadfd_ros.commands.reconstruct import config_from_args
+
+    args = _parse(["reconstruct", "c.png", "--out-dir", "o", "--method", "dps", "--steps", "7",
+                   "--noise-sigma", "0.02", "--time-budget-ms", "0"])
+    config = config_from_args(args)
+    assert (config.method, config.steps, config.noise_sigma, config.time_budget_ms) == ("dps", 7, 0.02, None)
+    assert config.sampler_config().noise_sigma == 0.02 and config.sampler_config().steps == 7
+    assert ReconstructionConfig.from_values({}) == ReconstructionConfig()
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("noise_sigma", 0.7, r"noise_sigma must be in \[0.0001, 0.5\]"),
+    ("method", "magic", "method must be one of classical, dps"),
+    ("steps", 0, r"steps must be in \[1, 1000\]"),
+    ("steps", 2.5, "steps must be a int"),
+    ("sampler", "ddim", "sampler must be one of auto, diffpir, dps"),
+])
+def test_bad_values_name_the_parameter(name, value, message):
+    with pytest.raises(CadfdError, match=message):
+        PARAM_BY_NAME[name].check(value)
+    with pytest.raises(CadfdError, match=message):  # the config refuses the same values
+        ReconstructionConfig.from_values({name: value})
+
+
+def test_cli_rejects_a_bad_choice_before_running(capsys):
+    with pytest.raises(SystemExit):
+        _parse(["reconstruct", "c.png", "--out-dir", "o", "--device", "tpu"])
+    assert "invalid choice: 'tpu'" in capsys.readouterr().err
