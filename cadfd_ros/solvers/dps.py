@@ -297,7 +297,8 @@ def diffpir_step(ctx: FrameContext, state: SamplerState, scheduler: PosteriorSch
         weights = soft_layer_weights(coord, op.num_layers).unsqueeze(2)
         rms = torch.sqrt(torch.mean(((blurred * weights).sum(dim=1) - y) ** 2))
         data_term = float(rms) / ctx.noise_sigma
-    rho_t = p.proximal_strength / max(scheduler.linear_sigma(t), 1e-4) ** 2
+    sigma_t = prior.sigma_for_timestep(t) / 2.0  # linear units: the model space is 2x linear
+    rho_t = p.proximal_strength / max(sigma_t, 1e-4) ** 2
     if p.data_step == "prox":
         x0 = op.prox_l2(x0, coord, rho_t, ctx.spectra)
     else:

@@ -72,8 +72,3 @@ class PosteriorScheduler:
         direction = (1 - a_n - sigma**2).clamp(min=0).sqrt() * eps
         fresh = torch.randn(x0.shape, generator=generator, device=x0.device)
         return SchedulerOutput(a_n.sqrt() * x0 + direction + sigma * fresh, x0)
-
-    def linear_sigma(self, t: int) -> float:
-        """Noise std of x_t / sqrt(abar_t) in linear intensity (the model space is 2x linear)."""
-        a = self.alphas_cumprod[t]
-        return float((1 - a).sqrt() / a.sqrt()) / 2.0
