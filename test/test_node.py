@@ -436,7 +436,8 @@ def test_config_yaml_and_docs_match_the_declared_parameters(tmp_path):
 
     import yaml
 
-    from cadfd_ros.node import PARAMS, CadfdNode
+    from cadfd_ros.node import CadfdNode
+    from cadfd_ros.params import PARAMS
 
     repo = Path(__file__).resolve().parents[1]
     yaml_file = repo / "config" / "cadfd.yaml"

@@ -13,9 +13,8 @@ import numpy as np
 
 from cadfd_ros.errors import CadfdError, InputImageError
 from cadfd_ros.optics.psf_bank import PSFBank
+from cadfd_ros.params import DEPTH_ENCODINGS
 from cadfd_ros.pipeline import Reconstruction, Reconstructor
-
-DEPTH_ENCODINGS = ("32FC1", "16UC1")
 
 
 @dataclass(frozen=True)
