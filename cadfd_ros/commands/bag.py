@@ -65,21 +65,16 @@ def run(args: argparse.Namespace) -> int:
     from sensor_msgs.msg import CameraInfo, Image
 
     from cadfd_ros.errors import CadfdError, InputImageError
-    from cadfd_ros.optics.psf_bank import default_psf_bank_path, load_psf_bank
-    from cadfd_ros.params import INPUT, OUTPUT, SOLVER, scope_values, values_from_args
-    from cadfd_ros.pipeline import ReconstructionConfig, Reconstructor
-    from cadfd_ros.ros.processing import FrameProcessor, OutputSettings, downscale_psf_bank
+    from cadfd_ros.params import INPUT, OUTPUT, SOLVER, values_from_args
+    from cadfd_ros.ros.parameters import build_processor, output_settings
 
     if args.output.exists():
         raise ValueError(f"output {args.output} already exists; choose a new folder")
     if not args.input.exists():
         raise FileNotFoundError(f"input bag {args.input} not found")
     values = values_from_args(args, (INPUT, SOLVER, OUTPUT))
-    inputs = scope_values(values, INPUT)
-    settings = OutputSettings(**scope_values(values, OUTPUT))
-    bank = downscale_psf_bank(load_psf_bank(inputs["psf_bank"] or default_psf_bank_path()), inputs["input_downscale"])
-    config = ReconstructionConfig.from_values(values)
-    processor = FrameProcessor(Reconstructor(bank, config), inputs["input_downscale"])
+    settings = output_settings(values)
+    processor = build_processor(values)  # the node's own construction: same bank, downscale and config
 
     typestore = get_typestore(Stores.ROS2_KILTED)
     info_type_name = "cadfd_ros_interfaces/msg/ReconstructionInfo"

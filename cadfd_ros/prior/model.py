@@ -211,7 +211,8 @@ class DiffusionPrior:
                 f"T={self.num_train_timesteps}, device={self.device})")
 
 
-def _unet_dir(folder: Path) -> Path:
+def find_unet_dir(folder: Path) -> Path:
+    """The UNet folder of a prior: ``unet/`` of a pipeline folder, or the folder itself."""
     if (folder / "unet" / "config.json").is_file():
         return folder / "unet"
     if (folder / "config.json").is_file():
@@ -232,7 +233,7 @@ def load_prior(spec: str | os.PathLike = "default", device: str | torch.device =
     folder = default_prior_path() if str(spec) == "default" else Path(spec).expanduser()
     if not folder.is_dir():
         raise PriorError(f"prior {spec}: folder does not exist")
-    unet_dir = _unet_dir(folder)
+    unet_dir = find_unet_dir(folder)
     try:
         cfg = json.loads((unet_dir / "config.json").read_text())
     except (OSError, ValueError) as exc:

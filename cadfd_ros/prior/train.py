@@ -210,10 +210,10 @@ class Trainer:
         """UNet weights of an exported run to continue from (with a fresh optimizer)."""
         from safetensors.torch import load_file
 
-        from cadfd_ros.prior.model import _unet_dir
+        from cadfd_ros.prior.model import find_unet_dir
 
         try:
-            weights_path = _unet_dir(Path(spec)) / "diffusion_pytorch_model.safetensors"
+            weights_path = find_unet_dir(Path(spec)) / "diffusion_pytorch_model.safetensors"
         except PriorError as error:
             raise PriorError(f"--init-from {spec}: {error}") from None
         if not weights_path.is_file():
