@@ -28,10 +28,19 @@ class Scene:
 
 
 def load_photo(name: str) -> np.ndarray:
-    """A scikit-image sample photo as linear float32 (RGB or mono)."""
-    import skimage.data
+    """A bundled sample photo as linear float32 (RGB or mono): a scikit-image name, or
+    ``sklearn:NAME`` for scikit-learn's sample images (china, flower; CC-BY-2.0)."""
+    if name.startswith("sklearn:"):
+        from sklearn.datasets import load_sample_image
 
-    image = getattr(skimage.data, name)()
+        image = load_sample_image(name.split(":", 1)[1] + ".jpg")
+    else:
+        import skimage.data
+
+        try:
+            image = getattr(skimage.data, name)()
+        except AttributeError:
+            raise ValueError(f"photo {name!r}: not a scikit-image sample (skimage.data) name") from None
     image = image.astype(np.float32) / (255.0 if image.dtype == np.uint8 else float(np.iinfo(image.dtype).max))
     if image.ndim == 3 and image.shape[2] == 4:
         image = image[:, :, :3]

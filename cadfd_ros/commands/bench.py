@@ -25,6 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--repeats", type=int, default=1,
                         help="render every photo this many times with new depth maps and noise: more scenes, "
                              "a smaller standard error on the leads over classical")
+    parser.add_argument("--cameras", nargs="?", const="default", default=None, metavar="FILE",
+                        help="camera-matrix bench: every camera of FILE (default: config/cameras.toml), per camera, "
+                             "with ceilings; --photos is then a split of that file (tuning or heldout)")
+    parser.add_argument("--only", default=None, metavar="NAME,...", help="with --cameras: only these cameras")
     parser.add_argument("--out-dir", type=Path, default=Path("out/bench"))
     # the solver flags of cadfd reconstruct (the seed also draws the scenes); --methods picks method and sampler
     add_cli_arguments(parser, (SOLVER,), skip=("method", "sampler"))
@@ -32,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.cameras is not None:
+        return _run_cameras(args)
     from cadfd_ros.bench.runner import constant_depth_method, markdown_table, run_bench, save_examples_figure, \
         paired_leads, save_steps_curve, solver_method, summarise
     from cadfd_ros.errors import CadfdError
@@ -92,4 +98,45 @@ def _run(args: argparse.Namespace) -> int:
         written += ", steps_curve.png"
     print(header + table)
     print(f"\nwrote {args.out_dir}/{written}")
+    return 0
+
+
+def _run_cameras(args: argparse.Namespace) -> int:
+    from cadfd_ros.bench import camera_matrix as cm
+    from cadfd_ros.bench.scenes import TEST_PHOTOS
+    from cadfd_ros.errors import CadfdError
+    from cadfd_ros.pipeline import resolve_device
+
+    path = cm.default_cameras_path() if args.cameras == "default" else Path(args.cameras)
+    cameras, split = cm.load_cameras(path)
+    if args.only:
+        wanted = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = set(wanted) - {c.name for c in cameras}
+        if unknown:
+            raise CadfdError(f"--only: no camera named {', '.join(sorted(unknown))} in {path}")
+        cameras = [c for c in cameras if c.name in wanted]
+    splits = {"tuning": split.tuning, "heldout": split.heldout}
+    if args.photos == ",".join(TEST_PHOTOS):  # the flag's default: the held-out split
+        args.photos = "heldout"
+    if args.photos in splits:
+        photos = splits[args.photos]
+    else:  # a subset of one split, named photo by photo
+        photos = tuple(p.strip() for p in args.photos.split(",") if p.strip())
+        owner = {name for name, members in splits.items() if set(photos) <= set(members)}
+        if not owner:
+            raise CadfdError(f"--photos with --cameras: tuning, heldout, or photos of one split of {path}; "
+                             f"got {args.photos!r}")
+        args.photos = f"{owner.pop()} subset"
+    device = resolve_device(args.device)
+    results = [cm.run_camera(camera, photos, steps=args.steps, seed=args.seed, repeats=args.repeats, device=device)
+               for camera in cameras]
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    header = (f"Camera matrix {path.name}, {args.photos} photos ({', '.join(photos)}) x {args.repeats} depth map(s), "
+              f"seed {args.seed}, DFD-DPS {args.steps} steps; textured pixels, border band of half a PSF excluded.\n\n")
+    text = header + cm.camera_table(results) + "\n\n" + cm.lead_table(results) + "\n"
+    (args.out_dir / "camera_matrix.md").write_text(text)
+    (args.out_dir / "camera_matrix.json").write_text(json.dumps(cm.results_json(results), indent=2) + "\n")
+    figure = cm.save_worst_camera_figure(args.out_dir / "worst_camera.png", results)
+    print(text)
+    print(f"wrote {args.out_dir}/camera_matrix.md, camera_matrix.json" + (f", {figure.name}" if figure else ""))
     return 0

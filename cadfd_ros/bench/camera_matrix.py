@@ -1,0 +1,416 @@
+"""``cadfd bench --cameras``: every method on many camera designs, per camera, with ceilings.
+
+Each camera of ``config/cameras.toml`` (lens, mask, layers, sensor, noise, frame size) is rendered
+into a PSF bank; scenes are photos of one split (tuning or held-out, written down in that file) over
+procedural depth, rendered by the occlusion-aware model, noised and quantised to the sensor's bits.
+
+Rows per camera: constant depth (with the capture as its image), classical, DFD-DPS, and two
+ceilings that attribute each loss:
+* ``depth ceiling``: depth read from the *true* sharp image by local re-blur evidence in 7x7
+  windows (what the evidence could give with a perfect image; a reference, not a bound);
+* ``AIF ceiling``: our sampler's all-in-focus image given the *true* depth (what the prior and the
+  data step could give with perfect depth).
+"""
+from __future__ import annotations
+
+import math
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cadfd_ros.bench.metrics import depth_metrics, evaluation_mask, image_metrics, textured_mask
+from cadfd_ros.bench.scenes import Scene, make_scene
+from cadfd_ros.errors import CadfdError
+from cadfd_ros.optics.psf_bank import PSFBank
+
+CEILING_WINDOW = 7  # px, the depth ceiling's evidence window
+DECILES = 10
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    name: str
+    channels: int
+    bits: int
+    noise: float
+    size: tuple[int, int]  # height, width
+    bank: str = ""  # "bundled" for the shipped bank; empty: synthesise from the fields below
+    mask: str = "designed"
+    focal_length_mm: float = 12.0
+    f_number: float = 4.0
+    focus_m: float = 0.23
+    pitch_um: float = 7.5
+    near_m: float = 0.5
+    far_m: float = 5.0
+    layers: int = 16
+    note: str = ""
+
+    def psf_bank(self) -> PSFBank:
+        from cadfd_ros.optics.psf_bank import default_psf_bank_path, load_psf_bank
+
+        if self.bank == "bundled":
+            return load_psf_bank(default_psf_bank_path())
+        if self.bank:
+            return load_psf_bank(self.bank)
+        from cadfd_ros.optics.thin_lens import ThinLens, synthesize_psf_bank
+
+        lens = ThinLens(self.focal_length_mm * 1e-3, self.f_number, self.focus_m, self.pitch_um * 1e-6)
+        bank = synthesize_psf_bank(mask_pattern(self.mask), lens, self.near_m, self.far_m, self.layers)
+        return PSFBank(bank.psfs, bank.depths, bank.metadata, source=f"camera {self.name}")
+
+    def blur_range_px(self) -> tuple[float, float]:
+        """Signed blur diameters at the near and far ends of the range (negative: in front of focus)."""
+        from cadfd_ros.optics.thin_lens import circle_of_confusion_px
+
+        bank = self.psf_bank()
+        meta = bank.metadata
+        if not {"focal_length_m", "f_number", "focus_distance_m", "pixel_pitch_m"} <= set(meta):
+            return float("nan"), float("nan")
+        c = circle_of_confusion_px(bank.depths[[0, -1]], meta["focal_length_m"], meta["f_number"],
+                                   meta["focus_distance_m"], meta["pixel_pitch_m"])
+        return float(c[0]), float(c[1])
+
+
+def mask_pattern(spec: str) -> np.ndarray:
+    """An aperture pattern by name: designed, alt, circle or random:N:SEED."""
+    from cadfd_ros.optics.masks import circular_pattern, load_pattern
+    from cadfd_ros.resources import DATA_DIR, config_dir
+
+    if spec == "designed":
+        return load_pattern(config_dir() / "default_mask.png")
+    if spec == "alt":
+        return load_pattern(DATA_DIR / "alt_mask.png")
+    if spec == "circle":
+        return circular_pattern()
+    if spec.startswith("random:"):
+        try:
+            _, cells, seed = spec.split(":")
+            cells, seed = int(cells), int(seed)
+        except ValueError:
+            raise CadfdError(f"mask {spec!r}: expected random:CELLS:SEED") from None
+        rng = np.random.default_rng(seed)
+        pattern = np.zeros(cells * cells)
+        pattern[rng.permutation(cells * cells)[: (cells * cells + 1) // 2]] = 1.0
+        return pattern.reshape(cells, cells)
+    raise CadfdError(f"mask {spec!r}: expected designed, alt, circle or random:CELLS:SEED")
+
+
+@dataclass(frozen=True)
+class PhotoSplit:
+    tuning: tuple[str, ...]
+    heldout: tuple[str, ...]
+
+
+def load_cameras(path: str | Path) -> tuple[list[CameraSpec], PhotoSplit]:
+    """The cameras and the photo split of a camera-matrix file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CadfdError(f"camera file {path}: {exc}") from exc
+    known = set(CameraSpec.__dataclass_fields__)
+    cameras = []
+    for index, entry in enumerate(data.get("camera", [])):
+        unknown = set(entry) - known
+        if unknown:
+            raise CadfdError(f"camera file {path}: camera {index} has unknown keys {sorted(unknown)}")
+        try:
+            entry = dict(entry, size=tuple(entry["size"]))
+            cameras.append(CameraSpec(**entry))
+        except (KeyError, TypeError) as exc:
+            raise CadfdError(f"camera file {path}: camera {index}: {exc}") from exc
+    if not cameras:
+        raise CadfdError(f"camera file {path}: no [[camera]] entries")
+    photos = data.get("photos", {})
+    split = PhotoSplit(tuple(photos.get("tuning", ())), tuple(photos.get("heldout", ())))
+    overlap = set(split.tuning) & set(split.heldout)
+    if overlap:
+        raise CadfdError(f"camera file {path}: photos {sorted(overlap)} are both tuning and held out")
+    return cameras, split
+
+
+def default_cameras_path() -> Path:
+    from cadfd_ros.resources import config_dir
+
+    return config_dir() / "cameras.toml"
+
+
+def quantise(capture: np.ndarray, bits: int) -> np.ndarray:
+    levels = float(2**bits - 1)
+    return (np.round(np.clip(capture, 0, 1) * levels) / levels).astype(np.float32)
+
+
+def camera_scenes(camera: CameraSpec, bank: PSFBank, photos: tuple[str, ...], seed: int, repeats: int = 1
+                  ) -> list[Scene]:
+    height, width = camera.size
+    scenes = []
+    for r in range(repeats):
+        for i, photo in enumerate(photos):
+            scene = make_scene(photo, bank, height, width, camera.noise, seed=seed + 1000 * r + i,
+                               channels=camera.channels, name=f"{photo}#{r}" if repeats > 1 else photo)
+            if camera.channels == 3 and scene.sharp.ndim == 2:  # a grey photo on an RGB sensor
+                scene.sharp = np.repeat(scene.sharp[:, :, None], 3, axis=2)
+                scene.capture = np.repeat(scene.capture[:, :, None], 3, axis=2)
+            scene.capture = quantise(scene.capture, camera.bits)
+            scenes.append(scene)
+    return scenes
+
+
+# ---------------------------------------------------------------------------------------------- ceilings
+def depth_ceiling(scene: Scene, bank: PSFBank, device: str = "cpu") -> np.ndarray:
+    """Depth from the true sharp image: per-pixel argmin over layers of the 7x7-windowed re-blur error,
+    refined to a sub-layer coordinate by a parabola (no regularisation)."""
+    import torch
+    import torch.nn.functional as F
+
+    from cadfd_ros.forward.layers import layer_coord_to_depth
+    from cadfd_ros.forward.operators import LayeredBlur
+
+    sharp = scene.sharp if scene.sharp.ndim == 3 else scene.sharp[:, :, None]
+    capture = scene.capture if scene.capture.ndim == 3 else scene.capture[:, :, None]
+    x = torch.from_numpy(np.ascontiguousarray(sharp)).permute(2, 0, 1)[None].to(device)
+    y = torch.from_numpy(np.ascontiguousarray(capture)).permute(2, 0, 1)[None].to(device)
+    op = LayeredBlur(torch.from_numpy(bank.psfs_for_channels(x.shape[1])).to(device), *x.shape[-2:])
+    with torch.no_grad():
+        error = ((op.blur_layers(op.pad_image(x)) - y.unsqueeze(1)) ** 2).sum(dim=2)  # (1, L, H, W)
+        cost = F.avg_pool2d(error, CEILING_WINDOW, stride=1, padding=CEILING_WINDOW // 2, count_include_pad=False)
+        best = cost.argmin(dim=1, keepdim=True)
+        last = bank.num_layers - 1
+        c0 = cost.gather(1, best)
+        cm, cp = cost.gather(1, (best - 1).clamp(0, last)), cost.gather(1, (best + 1).clamp(0, last))
+        denom = cm - 2 * c0 + cp
+        offset = torch.where(denom > 1e-12, 0.5 * (cm - cp) / denom, torch.zeros_like(denom)).clamp(-0.5, 0.5)
+        coord = best.double() + torch.where((best > 0) & (best < last), offset, torch.zeros_like(offset)).double()
+        depth = layer_coord_to_depth(coord[:, 0], torch.from_numpy(bank.depths).double().to(device))
+    return depth[0].float().cpu().numpy()
+
+
+def aif_ceiling(scene: Scene, bank: PSFBank, sampler, classical) -> np.ndarray:
+    """Our sampler's all-in-focus image with the layer coordinate fixed to the true depth."""
+    from dataclasses import replace
+
+    import torch
+
+    from cadfd_ros.forward.layers import depth_to_layer_coord
+    from cadfd_ros.result import SolverStart
+
+    capture = scene.capture
+    coord = depth_to_layer_coord(torch.from_numpy(scene.depth.astype(np.float64))[None],
+                                 torch.from_numpy(bank.depths).double()).float()
+    sigma = scene.noise_sigma
+    image = torch.from_numpy(capture if capture.ndim == 3 else capture[:, :, None]).permute(2, 0, 1)[None].float()
+    op = classical.operator(*image.shape[-2:], image.shape[1])
+    with torch.no_grad():
+        x = classical.all_in_focus(image, coord, sigma, op.pad)
+    params = sampler.params
+    sampler.params = replace(params, depth_update="fixed")
+    try:
+        result = sampler.solve(capture, SolverStart(layer_coord=coord, padded_image=x, noise_sigma=sigma))
+    finally:
+        sampler.params = params
+    return result.all_in_focus
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+def reliability(depth: np.ndarray, confidence: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> list[float]:
+    """delta<1.25 in each confidence decile of the masked pixels, least confident first."""
+    valid = mask & np.isfinite(depth) & (truth > 0)
+    d, t, c = depth[valid], truth[valid], confidence[valid]
+    if d.size < DECILES:
+        return [float("nan")] * DECILES
+    order = np.argsort(c, kind="stable")
+    good = (np.maximum(d / t, t / d) < 1.25)[order]
+    return [float(chunk.mean()) for chunk in np.array_split(good, DECILES)]
+
+
+@dataclass
+class CameraResult:
+    camera: CameraSpec
+    blur_px: tuple[float, float]
+    rows: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # method -> per-scene metrics
+    reliability: dict[str, list[float]] = field(default_factory=dict)  # method -> delta per decile
+    example: tuple | None = None  # (scene, {method: (depth, aif)}) of the worst scene for DFD-DPS
+
+    def mean(self, method: str, key: str) -> float:
+        values = [row[key] for row in self.rows.get(method, []) if key in row]
+        return float(np.nanmean(values)) if values else float("nan")
+
+    def lead(self, method: str, reference: str, key: str, ref_key: str | None = None) -> tuple[float, float]:
+        a, b = self.rows.get(method, []), self.rows.get(reference, [])
+        diff = np.array([x[key] - y[ref_key or key] for x, y in zip(a, b)])
+        if diff.size == 0:
+            return float("nan"), float("nan")
+        se = float(diff.std(ddof=1) / math.sqrt(diff.size)) if diff.size > 1 else float("nan")
+        return float(diff.mean()), se
+
+
+def _score(depth: np.ndarray | None, aif: np.ndarray | None, scene: Scene, bank: PSFBank) -> dict[str, float]:
+    border = evaluation_mask(scene.depth.shape, bank.half_size)
+    textured = border & textured_mask(scene.sharp)
+    step = float(np.abs(np.diff(bank.inverse_depths)).mean())
+    out: dict[str, float] = {}
+    if depth is not None:
+        out.update({f"tex_{k}": v for k, v in depth_metrics(depth, scene.depth, textured, step).items()})
+        out.update({f"all_{k}": v for k, v in depth_metrics(depth, scene.depth, border, step).items()})
+    if aif is not None:
+        out.update({f"aif_{k}": v for k, v in image_metrics(aif, scene.sharp, border).items()})
+    return out
+
+
+def run_camera(camera: CameraSpec, photos: tuple[str, ...], steps: int = 20, seed: int = 0, repeats: int = 1,
+               device: str = "cpu", progress: bool = True) -> CameraResult:
+    from tqdm import tqdm
+
+    from cadfd_ros.pipeline import ReconstructionConfig, Reconstructor
+
+    bank = camera.psf_bank()
+    result = CameraResult(camera, camera.blur_range_px())
+    reconstructor = Reconstructor(bank, ReconstructionConfig(method="dps", steps=steps, seed=seed, device=device))
+    middle = 2.0 / (1.0 / bank.depths[0] + 1.0 / bank.depths[-1])
+    worst = None
+    for scene in tqdm(camera_scenes(camera, bank, photos, seed, repeats), desc=camera.name, disable=not progress):
+        border = evaluation_mask(scene.depth.shape, bank.half_size)
+        textured = border & textured_mask(scene.sharp)
+        start = time.perf_counter()
+        classical, solver_start = reconstructor.classical.estimate(scene.capture)
+        classical_s = time.perf_counter() - start
+        start = time.perf_counter()
+        dps = reconstructor.sampler.solve(scene.capture, solver_start)
+        dps_s = time.perf_counter() - start + classical_s
+        outputs = {
+            "constant": (np.full(scene.depth.shape, middle, np.float32), None),
+            "capture": (None, scene.capture),
+            "classical": (classical.depth, classical.all_in_focus),
+            "DFD-DPS": (dps.depth, dps.all_in_focus),
+            "depth ceiling": (depth_ceiling(scene, bank, reconstructor.device), None),
+            "AIF ceiling": (None, aif_ceiling(scene, bank, reconstructor.sampler, reconstructor.classical)),
+        }
+        for name, (depth, aif) in outputs.items():
+            row = _score(depth, aif, scene, bank)
+            if name == "classical":
+                row["seconds"] = classical_s
+            elif name == "DFD-DPS":
+                row["seconds"] = dps_s
+            result.rows.setdefault(name, []).append(row)
+        for name, solved in (("classical", classical), ("DFD-DPS", dps)):
+            per_scene = reliability(solved.depth, solved.confidence, scene.depth, textured)
+            result.reliability.setdefault(name, []).append(per_scene)
+        lead = result.rows["DFD-DPS"][-1]["tex_delta1"] - result.rows["classical"][-1]["tex_delta1"]
+        if worst is None or lead < worst[0]:
+            worst = (lead, scene, {k: v for k, v in outputs.items() if k in ("classical", "DFD-DPS")})
+    result.reliability = {k: list(np.nanmean(np.array(v), axis=0)) for k, v in result.reliability.items()}
+    result.example = worst[1:] if worst else None
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- reports
+def _camera_cells(mean, blur: str, frame: str, noise: str) -> str:
+    """One row of the camera table; ``mean(method, key)`` gives the figure."""
+    ceiling = mean("depth ceiling", "tex_delta1")
+    psnr = " → ".join(f"{mean(m, 'aif_psnr'):.2f}" for m in ("capture", "classical", "DFD-DPS"))
+    ssim = " → ".join(f"{mean(m, 'aif_ssim'):.3f}" for m in ("capture", "classical", "DFD-DPS"))
+    return (f"| {blur} | {frame} | {noise} | {mean('constant', 'tex_delta1'):.3f} | {mean('classical', 'tex_delta1'):.3f} "
+            f"| {mean('DFD-DPS', 'tex_delta1'):.3f} | {ceiling:.3f} | {mean('DFD-DPS', 'tex_delta1') / ceiling:.0%} "
+            f"| {mean('classical', 'tex_abs_rel'):.3f} | {mean('DFD-DPS', 'tex_abs_rel'):.3f} "
+            f"| {psnr} ({mean('AIF ceiling', 'aif_psnr'):.2f}) | {ssim} ({mean('AIF ceiling', 'aif_ssim'):.3f}) "
+            f"| {mean('DFD-DPS', 'seconds'):.2f} |")
+
+
+def camera_table(results: list[CameraResult]) -> str:
+    """Per camera: delta (textured), AbsRel, AIF PSNR/SSIM of each method, the ceilings; then the mean."""
+    head = ("| camera | blur px | frame | σ | constant δ | classical δ | DFD-DPS δ | depth ceiling δ "
+            "| DFD-DPS / ceiling | classical AbsRel | DFD-DPS AbsRel "
+            "| AIF PSNR capture → classical → DFD-DPS (AIF ceiling) "
+            "| AIF SSIM capture → classical → DFD-DPS (AIF ceiling) | s/frame DFD-DPS |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        c = r.camera
+        frame = f"{c.size[1]}×{c.size[0]} {'RGB' if c.channels == 3 else 'mono'} {c.bits}-bit"
+        lines.append(f"| {c.name} " + _camera_cells(r.mean, f"{r.blur_px[0]:+.1f} … {r.blur_px[1]:+.1f}", frame,
+                                                     f"{c.noise:g}"))
+
+    def over_cameras(method: str, key: str) -> float:
+        return float(np.mean([r.mean(method, key) for r in results]))
+
+    lines.append(f"| **mean over {len(results)} cameras** " + _camera_cells(over_cameras, "", "", ""))
+    return "\n".join(lines)
+
+
+def lead_table(results: list[CameraResult]) -> str:
+    """Paired per-scene leads (mean ± standard error) against the issue's acceptance lines."""
+    lines = ["| camera | scenes | DFD-DPS − classical δ | classical − constant δ | DFD-DPS AIF − capture PSNR "
+             "| DFD-DPS − capture SSIM | reliability δ, least → most confident decile (DFD-DPS) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        def fmt(pair: tuple[float, float], digits: int = 3) -> str:
+            return f"{pair[0]:+.{digits}f} ± {pair[1]:.{digits}f}"
+
+        curve = r.reliability.get("DFD-DPS", [])
+        lines.append(
+            f"| {r.camera.name} | {len(r.rows.get('DFD-DPS', []))} | {fmt(r.lead('DFD-DPS', 'classical', 'tex_delta1'))} "
+            f"| {fmt(r.lead('classical', 'constant', 'tex_delta1'))} "
+            f"| {fmt(r.lead('DFD-DPS', 'capture', 'aif_psnr'), 2)} | {fmt(r.lead('DFD-DPS', 'capture', 'aif_ssim'))} "
+            f"| {' '.join(f'{v:.2f}' for v in curve)} |")
+    return "\n".join(lines)
+
+
+def results_json(results: list[CameraResult]) -> dict:
+    out = {}
+    for r in results:
+        methods = {}
+        for name, rows in r.rows.items():
+            keys = sorted({k for row in rows for k in row})
+            methods[name] = {k: r.mean(name, k) for k in keys}
+        out[r.camera.name] = {
+            "blur_px": list(r.blur_px),
+            "methods": methods,
+            "leads": {
+                "dps_minus_classical_delta": r.lead("DFD-DPS", "classical", "tex_delta1"),
+                "classical_minus_constant_delta": r.lead("classical", "constant", "tex_delta1"),
+                "dps_minus_capture_psnr": r.lead("DFD-DPS", "capture", "aif_psnr"),
+                "dps_minus_capture_ssim": r.lead("DFD-DPS", "capture", "aif_ssim"),
+            },
+            "reliability_delta_by_confidence_decile": r.reliability,
+        }
+    return out
+
+
+def save_worst_camera_figure(path: str | Path, results: list[CameraResult]) -> Path | None:
+    """The camera where DFD-DPS is furthest below its depth ceiling: its worst scene, every output."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cadfd_ros.io.images import linear_to_srgb
+
+    scored = [r for r in results if r.example]
+    if not scored:
+        return None
+    worst = min(scored, key=lambda r: r.mean("DFD-DPS", "tex_delta1") / max(r.mean("depth ceiling", "tex_delta1"), 1e-6))
+    scene, outputs = worst.example
+    bank = worst.camera.psf_bank()
+    near, far = float(bank.depths[0]), float(bank.depths[-1])
+    fig, axes = plt.subplots(2, 4, figsize=(13, 6))
+    panels = [(scene.capture, "capture", False), (scene.sharp, "true sharp", False),
+              (outputs["classical"][1], "classical AIF", False), (outputs["DFD-DPS"][1], "DFD-DPS AIF", False),
+              (scene.depth, "true depth", True), (outputs["classical"][0], "classical depth", True),
+              (outputs["DFD-DPS"][0], "DFD-DPS depth", True), (None, "", False)]
+    for ax, (image, title, is_depth) in zip(axes.flat, panels):
+        ax.axis("off")
+        if image is None:
+            continue
+        if is_depth:
+            ax.imshow(image, cmap="turbo_r", vmin=near, vmax=far)
+        else:
+            ax.imshow(linear_to_srgb(np.clip(image, 0, 1)), cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(f"worst camera: {worst.camera.name} ({worst.blur_px[0]:+.1f} … {worst.blur_px[1]:+.1f} px), "
+                 f"scene {scene.name}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return Path(path)
