@@ -29,6 +29,15 @@ def layers_in_use(weights: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(weights.flatten(1).amax(dim=1) > 0).flatten()
 
 
+def difference_power(shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """|D_x|^2 + |D_y|^2 of forward differences on an rfft grid of ``shape`` (0 at DC, 8 at Nyquist)."""
+    import math
+
+    wy = torch.fft.fftfreq(shape[0], device=device, dtype=dtype) * 2 * math.pi
+    wx = torch.fft.rfftfreq(shape[1], device=device, dtype=dtype) * 2 * math.pi
+    return 4 * torch.sin(wy[:, None] / 2) ** 2 + 4 * torch.sin(wx[None, :] / 2) ** 2
+
+
 @dataclass(frozen=True)
 class CaptureSpectra:
     """Per-frame spectra on the capture grid; conj(H_k) Y is the same at every sampler step."""
@@ -154,11 +163,12 @@ class LayeredBlur:
                               otf_power=otf.real**2 + otf.imag**2)
 
     # ------------------------------------------------------------------ proximal solves
-    def prox_l2(self, x_ref: torch.Tensor, layer_coord: torch.Tensor, rho: float, spectra: CaptureSpectra
-                ) -> torch.Tensor:
-        """argmin_x 1/2||y - h_k*x||^2 + rho/2||x - x_ref||^2 per layer, in closed form on the capture
-        grid, blended by the soft weights: exact where depth is constant over a PSF footprint
-        (DiffPIR's data step). x_ref and the result are on the padded grid."""
+    def prox_l2(self, x_ref: torch.Tensor, layer_coord: torch.Tensor, rho: float, spectra: CaptureSpectra,
+                gradient_weight: float = 0.0) -> torch.Tensor:
+        """argmin_x 1/2||y - h_k*x||^2 + rho/2||x - x_ref||^2 + rho g/2||grad(x - x_ref)||^2 per layer, in
+        closed form on the capture grid, blended by the soft weights: exact where depth is constant over a
+        PSF footprint (DiffPIR's data step, g = 0). x_ref and the result are on the padded grid. g > 0
+        pulls harder towards x_ref at high frequencies, where a small PSF passes the capture noise."""
         half = self.pad
         grid = spectra.padded.clone()
         offset = self.capture_pad - half
@@ -169,19 +179,25 @@ class LayeredBlur:
         coord_pad = F.pad(layer_coord.unsqueeze(1), (half,) * 4, mode="replicate")[:, 0]
         weights = soft_layer_weights(coord_pad, self.num_layers)[0]
         active = layers_in_use(weights)
-        spectrum = spectra.adjoint[active].add_(x_ref_hat, alpha=rho)  # the gather copies: in place is safe
-        spectrum /= spectra.otf_power[active].add_(rho)
+        if gradient_weight:
+            pull = rho * (1 + gradient_weight * difference_power(tuple(grid.shape[-2:]), x_ref.dtype, x_ref.device))
+            spectrum = spectra.adjoint[active] + pull * x_ref_hat
+            spectrum /= spectra.otf_power[active] + pull
+        else:  # the sampler's every step: no frequency weighting, in place
+            spectrum = spectra.adjoint[active].add_(x_ref_hat, alpha=rho)  # the gather copies: in place is safe
+            spectrum /= spectra.otf_power[active].add_(rho)
         layers = torch.fft.irfft2(spectrum, s=tuple(grid.shape[-2:]))[..., rows, cols]  # (A, C, Hp, Wp)
         out = (layers * weights[active].unsqueeze(1)).sum(dim=0)
         return out.unsqueeze(0)
 
     def least_squares(self, y: torch.Tensor, layer_coord: torch.Tensor, x_ref: torch.Tensor, rho: float,
-                      x_start: torch.Tensor, iterations: int, tolerance: float = 0.0) -> tuple[torch.Tensor, int]:
-        """Preconditioned conjugate gradients on (A^T A + rho I) x = A^T y + rho x_ref at the soft
-        weights of ``layer_coord``, from ``x_start``: exact where depth changes within a PSF footprint
-        (occlusion edges, slanted planes), where ``prox_l2``'s per-layer blend is not. The
-        preconditioner is the circulant sum_k mean(w_k) |H_k|^2 + rho. Stops after ``iterations`` or
-        once the preconditioned residual has fallen by ``tolerance``; returns x and the iterations run."""
+                      x_start: torch.Tensor, iterations: int, tolerance: float = 0.0, gradient_weight: float = 0.0
+                      ) -> tuple[torch.Tensor, int]:
+        """Preconditioned conjugate gradients on (A^T A + R) x = A^T y + R x_ref, R = rho (I + g D^T D), at
+        the soft weights of ``layer_coord``, from ``x_start``: exact where depth changes within a PSF
+        footprint (occlusion edges, slanted planes), where ``prox_l2``'s per-layer blend is not. The
+        preconditioner is the circulant sum_k mean(w_k) |H_k|^2 + R. Stops after ``iterations`` or once
+        the preconditioned residual has fallen by ``tolerance``; returns x and the iterations run."""
         if iterations <= 0:
             return x_start, 0
         weights = soft_layer_weights(layer_coord, self.num_layers)
@@ -189,16 +205,22 @@ class LayeredBlur:
         sub = self.select_layers(active)  # only the layers in use
         weights = weights[:, active]
         otf2 = sub.otf.real**2 + sub.otf.imag**2  # (A, C, Hp, Wf)
-        diagonal = (weights.mean(dim=(0, 2, 3)).view(-1, 1, 1, 1) * otf2).sum(dim=0) + rho
+        pull = rho * (1 + gradient_weight * difference_power(self.padded_shape, x_ref.dtype, x_ref.device))
+        diagonal = (weights.mean(dim=(0, 2, 3)).view(-1, 1, 1, 1) * otf2).sum(dim=0) + pull
+
+        def regulariser(v: torch.Tensor) -> torch.Tensor:
+            if not gradient_weight:
+                return rho * v
+            return torch.fft.irfft2(torch.fft.rfft2(v) * pull, s=self.padded_shape)
 
         def normal(v: torch.Tensor) -> torch.Tensor:
-            return sub.A_adjoint_A(v, weights) + rho * v
+            return sub.A_adjoint_A(v, weights) + regulariser(v)
 
         def precondition(v: torch.Tensor) -> torch.Tensor:
             return torch.fft.irfft2(torch.fft.rfft2(v) / diagonal, s=sub.padded_shape)
 
         x = x_start
-        residual = sub.A_adjoint(y, weights) + rho * x_ref - normal(x)
+        residual = sub.A_adjoint(y, weights) + regulariser(x_ref) - normal(x)
         preconditioned = precondition(residual)
         direction = preconditioned
         power = (residual * preconditioned).sum()

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from cadfd_ros.forward.layers import layer_coord_to_depth, soft_layer_weights
-from cadfd_ros.forward.operators import LayeredBlur
+from cadfd_ros.forward.operators import LayeredBlur, difference_power
 from cadfd_ros.optics.psf_bank import PSFBank
 from cadfd_ros.result import Reconstruction, SolverStart
 from cadfd_ros.solvers.filters import fast_guided_filter, gaussian_blur, luminance
@@ -44,13 +44,6 @@ class ClassicalParams:
     guided_eps: float = 1e-4
     evidence_temperature: float = 0.02  # per-pixel energy -> window log-likelihood scale
     aif_prior_scale: float = 1.0  # s^2 multiplier used for the all-in-focus deconvolution
-
-
-def _gradient_power(shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """|D_x|^2 + |D_y|^2 of forward differences on an rfft grid."""
-    wy = torch.fft.fftfreq(shape[0], device=device, dtype=dtype) * 2 * math.pi
-    wx = torch.fft.rfftfreq(shape[1], device=device, dtype=dtype) * 2 * math.pi
-    return 4 * torch.sin(wy[:, None] / 2) ** 2 + 4 * torch.sin(wx[None, :] / 2) ** 2
 
 
 def _shrink(v: torch.Tensor, lam: float, alpha: float, iterations: int = 3) -> torch.Tensor:
@@ -215,7 +208,7 @@ class ClassicalSolver:
         shape = op.capture_grid
         otf = op.capture_otf  # (L, C, Hf, Wf)
         spectrum = torch.fft.rfft2(y_pad[0])  # (C, Hf, Wf)
-        reg = sigma**2 * (_gradient_power(shape, capture.dtype, self.device) + 1e-4)
+        reg = sigma**2 * (difference_power(shape, capture.dtype, self.device) + 1e-4)
         reg = reg / (self.params.aif_prior_scale * self.params.prior_grad_std**2)
         coord_pad = F.pad(coord.unsqueeze(1), (pad_out,) * 4, mode="replicate")[:, 0]
         weights = soft_layer_weights(coord_pad, self.bank.num_layers)[0]  # (L, H+2p, W+2p)
