@@ -79,3 +79,21 @@ def test_tiled_reconstruction_matches_whole_frame(default_bank):
     # Frames above max_pixels are tiled automatically
     small_limit = Reconstructor(default_bank, ReconstructionConfig(device="cpu", max_pixels=10_000, tile_size=128))
     assert small_limit.reconstruct(scene.capture).timings["tiles"] == 2.0
+
+
+def test_confidence_is_the_mass_within_the_delta_window_of_depth():
+    """Tied layers within a factor 1.25 of each other are one answer (high confidence); tied layers
+    spanning more than that, as sub-pixel blurs near focus are, leave the depth open (low)."""
+    import torch
+
+    from cadfd_ros.solvers.classical import ClassicalParams, depth_from_evidence
+
+    depths = torch.tensor([0.5, 0.55, 0.6, 1.0, 2.0, 4.0])
+    guide = torch.ones(1, 1, 16, 16)
+    cost = torch.ones(1, 6, 16, 16)
+    cost[:, 0:3] = 0.0  # 0.5-0.6 m tied: within a factor 1.25
+    _, close = depth_from_evidence(cost, guide, ClassicalParams(), layer_depths=depths)
+    cost = torch.ones(1, 6, 16, 16)
+    cost[:, 3:6] = 0.0  # 1-4 m tied: the depth is not known
+    _, spread = depth_from_evidence(cost, guide, ClassicalParams(), layer_depths=depths)
+    assert float(close.min()) > 0.9 and float(spread.max()) < 0.25  # 0.20; within one layer it was 0.33

@@ -28,6 +28,9 @@ from cadfd_ros.solvers.filters import fast_guided_filter, gaussian_blur, luminan
 from cadfd_ros.solvers.noise import estimate_noise_sigma
 
 
+DELTA_RATIO = 1.25  # the delta<1.25 metric's depth ratio: what "the depth is right" means for confidence
+
+
 @dataclass(frozen=True)
 class ClassicalParams:
     """Tuned on the bench's tuning scenes (astronaut, coffee), never on its test scenes."""
@@ -59,8 +62,14 @@ def _shrink(v: torch.Tensor, lam: float, alpha: float, iterations: int = 3) -> t
 
 
 def depth_from_evidence(evidence: torch.Tensor, guide: torch.Tensor, params: ClassicalParams,
-                    with_confidence: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Edge-aware smoothing of the cost volume, then sub-layer argmin and confidence."""
+                        with_confidence: bool = True, layer_depths: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Edge-aware smoothing of the cost volume, then sub-layer argmin and confidence.
+
+    Confidence is the posterior mass of the layers whose depth lies within a factor 1.25 of the
+    chosen layer's (``layer_depths`` given; else within one layer), rescaled from chance: it asks
+    whether the depth is right, not whether one PSF won. Layers a bank cannot tell apart (sub-pixel
+    blurs near focus) share the mass, so a wide band of them gets low confidence."""
     p = params
     guide = guide / guide.amax().clamp(min=1e-6)
     cost = fast_guided_filter(guide, evidence, max(1, round(p.guided_radius * evidence.shape[-2] / guide.shape[-2])),
@@ -76,10 +85,14 @@ def depth_from_evidence(evidence: torch.Tensor, guide: torch.Tensor, params: Cla
     coord = best.to(cost.dtype) + torch.where(interior, offset, torch.zeros_like(offset))
     if not with_confidence:
         return coord[:, 0], None
-    # Confidence: posterior mass within one layer of the optimum, rescaled from chance.
     prob = torch.softmax(-(cost - c0) / p.evidence_temperature, dim=1)
-    k = torch.arange(num_layers, device=cost.device).view(1, -1, 1, 1)
-    near = ((k - best).abs() <= 1).to(cost.dtype)
+    if layer_depths is None:
+        k = torch.arange(num_layers, device=cost.device).view(1, -1, 1, 1)
+        near = ((k - best).abs() <= 1).to(cost.dtype)
+    else:
+        d = layer_depths.to(cost.device, cost.dtype)
+        ratio = d.view(1, -1, 1, 1) / d[best]  # (1, L, H, W): each layer's depth against the chosen one
+        near = (torch.maximum(ratio, 1 / ratio) < DELTA_RATIO).to(cost.dtype)
     mass = (prob * near).sum(dim=1, keepdim=True)
     chance = near.sum(dim=1, keepdim=True) / num_layers
     confidence = ((mass - chance) / (1 - chance)).clamp(0, 1)
@@ -241,7 +254,8 @@ class ClassicalSolver:
         timings["evidence"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        coord, confidence = depth_from_evidence(evidence, luminance(image), self.params)
+        coord, confidence = depth_from_evidence(evidence, luminance(image), self.params,
+                                                layer_depths=torch.from_numpy(self.bank.depths))
         depth = layer_coord_to_depth(coord.double(), torch.from_numpy(self.bank.depths).double().to(self.device))
         timings["regularise"] = time.perf_counter() - t
 

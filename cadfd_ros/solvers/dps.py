@@ -173,6 +173,7 @@ class FrameContext:
     guide: torch.Tensor  # luminance of y, steers the edge-aware depth regulariser
     noise_sigma: float
     params: SamplerParams
+    layer_depths: torch.Tensor  # (L,) metres, nearest first
 
 
 @dataclass
@@ -246,7 +247,7 @@ def depth_update(ctx: FrameContext, blurred: torch.Tensor, coord: torch.Tensor, 
     energy = energy / y.shape[1]
     if evidence is not None:
         energy = p.evidence_momentum * evidence + (1 - p.evidence_momentum) * energy
-    new_coord, confidence = depth_from_evidence(energy, ctx.guide, cp, with_confidence)
+    new_coord, confidence = depth_from_evidence(energy, ctx.guide, cp, with_confidence, ctx.layer_depths)
     if p.depth_update == "gradient":
         new_coord = depth_gradient_step(ctx, blurred, coord)
     elif p.depth_update == "fixed":
@@ -388,7 +389,8 @@ class DiffusionPosteriorSampler:
         spectra = op.capture_spectra(y)
         return FrameContext(capture=y, operator=op, spectra=spectra,
                             evidence=MarginalEvidence.from_spectra(spectra, self.params.evidence_prior_std / noise_sigma),
-                            guide=luminance(y), noise_sigma=noise_sigma, params=self.params)
+                            guide=luminance(y), noise_sigma=noise_sigma, params=self.params,
+                            layer_depths=torch.from_numpy(self.bank.depths).to(self.device))
 
     def network_seconds(self, capture_shape: tuple[int, ...], repeats: int = 1, cached: bool = True) -> float:
         """Time of one prior network call on this capture size (after a warm-up call); cached per
