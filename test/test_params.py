@@ -15,7 +15,7 @@ def _parse(argv: list[str]):
 
 @pytest.mark.parametrize("argv, skipped", [
     (["reconstruct", "cap.png", "--out-dir", "o"], set()),
-    (["demo"], set()),
+    (["demo"], {"method"}),  # --methods runs several
     (["bag", "in", "out"], set()),
     (["bench"], {"method", "sampler"}),  # --methods names method and sampler
 ])
@@ -62,3 +62,10 @@ def test_cli_rejects_a_bad_choice_before_running(capsys):
     with pytest.raises(SystemExit):
         _parse(["reconstruct", "c.png", "--out-dir", "o", "--device", "tpu"])
     assert "invalid choice: 'tpu'" in capsys.readouterr().err
+
+
+def test_demo_refuses_an_unknown_method(capsys, tmp_path):
+    from cadfd_ros.cli import main
+
+    assert main(["demo", "--out-dir", str(tmp_path), "--methods", "dps,magic"]) == 2
+    assert "--methods must be a comma list of classical, dps, got 'dps,magic'" in capsys.readouterr().err
