@@ -97,3 +97,46 @@ def test_confidence_is_the_mass_within_the_delta_window_of_depth():
     cost[:, 3:6] = 0.0  # 1-4 m tied: the depth is not known
     _, spread = depth_from_evidence(cost, guide, ClassicalParams(), layer_depths=depths)
     assert float(close.min()) > 0.9 and float(spread.max()) < 0.25  # 0.20; within one layer it was 0.33
+
+
+def _twin_scene(layer: int):
+    """A fronto-parallel plane for a bank straddling focus in which layers 2 and 6 have the same blur
+    size and opposite signs: the random (asymmetric) pattern and its 180-degree rotation."""
+    from cadfd_ros.bench.camera_matrix import mask_pattern
+    from cadfd_ros.bench.scenes import Scene, fit_photo, load_photo
+    from cadfd_ros.forward.render import render_occlusion_aware
+    from cadfd_ros.optics.thin_lens import ThinLens, synthesize_psf_bank
+
+    lens = ThinLens(focal_length_m=0.012, f_number=2.0, focus_distance_m=1.0, pixel_pitch_m=7.5e-6)
+    bank = synthesize_psf_bank(mask_pattern("random:13:1"), lens, 0.5, 2.0, 7)
+    cocs = lens.coc_px(bank.depths)
+    assert cocs[2] < 0 < cocs[6] and abs(abs(cocs[2]) - cocs[6]) < 1e-6
+    sharp = fit_photo(load_photo("brick"), 96, 96)
+    depth = np.full((96, 96), bank.depths[layer], np.float32)
+    capture = render_occlusion_aware(sharp, depth, bank) + np.random.default_rng(0).normal(0, 0.005, (96, 96))
+    return bank, Scene("twin", sharp, depth, capture.astype(np.float32), 0.005), lens.focus_distance_m
+
+
+def _right_side(found: np.ndarray, layer: int, focus: float) -> float:
+    inner = found[16:-16, 16:-16]
+    return float(((inner < focus) if layer == 2 else (inner > focus)).mean())
+
+
+@pytest.mark.parametrize("layer", [2, 6])
+def test_the_capture_tells_a_psf_from_its_180_degree_rotation(layer):
+    """With the true sharp image, re-blur evidence separates the twins: the information is there."""
+    from cadfd_ros.bench.camera_matrix import depth_ceiling
+
+    bank, scene, focus = _twin_scene(layer)
+    assert _right_side(depth_ceiling(scene, bank), layer, focus) > 0.95
+
+
+@pytest.mark.xfail(strict=True, reason="known defect (issue 15): the classical evidence is the re-blur error of "
+                   "per-layer deconvolutions, and a PSF's 180-degree twin has the same |OTF|, so both reproduce the "
+                   "capture; measured on this plane: 1% and 26% of pixels on the right side of focus")
+@pytest.mark.parametrize("layer", [2, 6])
+def test_classical_evidence_tells_a_psf_from_its_180_degree_rotation(layer):
+    from cadfd_ros.solvers.classical import ClassicalSolver
+
+    bank, scene, focus = _twin_scene(layer)
+    assert _right_side(ClassicalSolver(bank).solve(scene.capture).depth, layer, focus) > 0.9
