@@ -65,24 +65,23 @@ class LayeredBlur:
         self.psfs = psfs
 
     # ------------------------------------------------------------------ OTFs (computed on first use)
+    def _embedded_psfs(self, shape: tuple[int, int]) -> torch.Tensor:
+        """The PSFs zero-padded to ``shape``, in the top-left corner."""
+        k = self.kernel_size
+        kernel = torch.zeros(self.num_layers, self.channels, *shape, dtype=self.psfs.dtype, device=self.psfs.device)
+        kernel[..., :k, :k] = self.psfs
+        return kernel
+
     @cached_property
     def otf(self) -> torch.Tensor:
         """(L, C, Hp, Wp//2+1) OTFs for the 'valid' model on the padded grid."""
-        k = self.kernel_size
-        kernel = torch.zeros(self.num_layers, self.channels, *self.padded_shape, dtype=self.psfs.dtype,
-                             device=self.psfs.device)
-        kernel[..., :k, :k] = self.psfs
-        return torch.fft.rfft2(kernel)
+        return torch.fft.rfft2(self._embedded_psfs(self.padded_shape))
 
     @cached_property
     def capture_otf(self) -> torch.Tensor:
         """(L, C, Hs, Wf) OTFs on the capture grid, PSF centre at the origin ('same' convolution)."""
-        k = self.kernel_size
-        kernel = torch.zeros(self.num_layers, self.channels, *self.capture_grid, dtype=self.psfs.dtype,
-                             device=self.psfs.device)
-        kernel[..., :k, :k] = self.psfs
-        kernel = torch.roll(kernel, shifts=(-(k // 2), -(k // 2)), dims=(-2, -1))
-        return torch.fft.rfft2(kernel)
+        half = self.kernel_size // 2
+        return torch.fft.rfft2(torch.roll(self._embedded_psfs(self.capture_grid), shifts=(-half, -half), dims=(-2, -1)))
 
     def select_layers(self, layers: torch.Tensor) -> "LayeredBlur":
         """The operator restricted to some layers; shares their OTFs (no FFTs)."""
