@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,6 +17,9 @@ from cadfd_ros.errors import CadfdError, InputImageError
 from cadfd_ros.optics.psf_bank import PSFBank
 from cadfd_ros.params import PARAM_BY_NAME, SOLVER, scope_values
 from cadfd_ros.result import Reconstruction
+
+if TYPE_CHECKING:  # torch-heavy: imported where used
+    from cadfd_ros.solvers.dps import SamplerConfig
 
 __all__ = ["Reconstruction", "ReconstructionConfig", "Reconstructor", "check_capture", "resolve_device"]
 
@@ -53,7 +57,7 @@ class ReconstructionConfig:
     def with_overrides(self, **kwargs: object) -> "ReconstructionConfig":
         return replace(self, **kwargs)
 
-    def sampler_config(self) -> "SamplerConfig":  # noqa: F821 - imported lazily (torch)
+    def sampler_config(self) -> "SamplerConfig":
         from cadfd_ros.solvers.dps import SamplerConfig
 
         return SamplerConfig(sampler=self.sampler, steps=self.steps, time_budget_ms=self.time_budget_ms,
