@@ -11,7 +11,7 @@ from cadfd_ros.errors import CadfdError
 def test_committed_matrix_covers_the_designs_the_issue_asks_for():
     cameras, split = cm.load_cameras(cm.default_cameras_path())
     assert len(cameras) >= 8 and not set(split.tuning) & set(split.heldout) and len(split.heldout) >= 4
-    blurs = [c.blur_range_px() for c in cameras]
+    blurs = [cm.blur_range_px(c.psf_bank()) for c in cameras]
     assert any(lo > 0 and hi > lo for lo, hi in blurs)  # behind focus, blur growing
     assert any(lo < 0 and hi < 0 and abs(hi) < abs(lo) for lo, hi in blurs)  # in front, blur shrinking
     assert any(lo < 0 < hi for lo, hi in blurs)  # straddling focus

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cadfd_ros.bench.metrics import depth_metrics, evaluation_mask, image_metrics, textured_mask
+from cadfd_ros.bench.metrics import evaluation_mask, textured_mask
+from cadfd_ros.bench.runner import score
 from cadfd_ros.bench.scenes import Scene, make_scene
 from cadfd_ros.errors import CadfdError
 from cadfd_ros.optics.psf_bank import PSFBank
@@ -61,17 +62,18 @@ class CameraSpec:
         bank = synthesize_psf_bank(mask_pattern(self.mask), lens, self.near_m, self.far_m, self.layers)
         return PSFBank(bank.psfs, bank.depths, bank.metadata, source=f"camera {self.name}")
 
-    def blur_range_px(self) -> tuple[float, float]:
-        """Signed blur diameters at the near and far ends of the range (negative: in front of focus)."""
-        from cadfd_ros.optics.thin_lens import circle_of_confusion_px
 
-        bank = self.psf_bank()
-        meta = bank.metadata
-        if not {"focal_length_m", "f_number", "focus_distance_m", "pixel_pitch_m"} <= set(meta):
-            return float("nan"), float("nan")
-        c = circle_of_confusion_px(bank.depths[[0, -1]], meta["focal_length_m"], meta["f_number"],
-                                   meta["focus_distance_m"], meta["pixel_pitch_m"])
-        return float(c[0]), float(c[1])
+def blur_range_px(bank: PSFBank) -> tuple[float, float]:
+    """Signed blur diameters at the near and far ends of a bank (negative: in front of focus), from its
+    thin-lens metadata; NaN for a bank without it."""
+    from cadfd_ros.optics.thin_lens import circle_of_confusion_px
+
+    meta = bank.metadata
+    if not {"focal_length_m", "f_number", "focus_distance_m", "pixel_pitch_m"} <= set(meta):
+        return float("nan"), float("nan")
+    c = circle_of_confusion_px(bank.depths[[0, -1]], meta["focal_length_m"], meta["f_number"],
+                               meta["focus_distance_m"], meta["pixel_pitch_m"])
+    return float(c[0]), float(c[1])
 
 
 def mask_pattern(spec: str) -> np.ndarray:
@@ -168,6 +170,7 @@ def depth_ceiling(scene: Scene, bank: PSFBank, device: str = "cpu") -> np.ndarra
 
     from cadfd_ros.forward.layers import layer_coord_to_depth
     from cadfd_ros.forward.operators import LayeredBlur
+    from cadfd_ros.solvers.classical import subpixel_argmin
 
     sharp = scene.sharp if scene.sharp.ndim == 3 else scene.sharp[:, :, None]
     capture = scene.capture if scene.capture.ndim == 3 else scene.capture[:, :, None]
@@ -177,13 +180,7 @@ def depth_ceiling(scene: Scene, bank: PSFBank, device: str = "cpu") -> np.ndarra
     with torch.no_grad():
         error = ((op.blur_layers(op.pad_image(x)) - y.unsqueeze(1)) ** 2).sum(dim=2)  # (1, L, H, W)
         cost = F.avg_pool2d(error, CEILING_WINDOW, stride=1, padding=CEILING_WINDOW // 2, count_include_pad=False)
-        best = cost.argmin(dim=1, keepdim=True)
-        last = bank.num_layers - 1
-        c0 = cost.gather(1, best)
-        cm, cp = cost.gather(1, (best - 1).clamp(0, last)), cost.gather(1, (best + 1).clamp(0, last))
-        denom = cm - 2 * c0 + cp
-        offset = torch.where(denom > 1e-12, 0.5 * (cm - cp) / denom, torch.zeros_like(denom)).clamp(-0.5, 0.5)
-        coord = best.double() + torch.where((best > 0) & (best < last), offset, torch.zeros_like(offset)).double()
+        coord = subpixel_argmin(cost)[2].double()
         depth = layer_coord_to_depth(coord[:, 0], torch.from_numpy(bank.depths).double().to(device))
     return depth[0].float().cpu().numpy()
 
@@ -238,26 +235,13 @@ class CameraResult:
         values = [row[key] for row in self.rows.get(method, []) if key in row]
         return float(np.nanmean(values)) if values else float("nan")
 
-    def lead(self, method: str, reference: str, key: str, ref_key: str | None = None) -> tuple[float, float]:
+    def lead(self, method: str, reference: str, key: str) -> tuple[float, float]:
         a, b = self.rows.get(method, []), self.rows.get(reference, [])
-        diff = np.array([x[key] - y[ref_key or key] for x, y in zip(a, b)])
+        diff = np.array([x[key] - y[key] for x, y in zip(a, b)])
         if diff.size == 0:
             return float("nan"), float("nan")
         se = float(diff.std(ddof=1) / math.sqrt(diff.size)) if diff.size > 1 else float("nan")
         return float(diff.mean()), se
-
-
-def _score(depth: np.ndarray | None, aif: np.ndarray | None, scene: Scene, bank: PSFBank) -> dict[str, float]:
-    border = evaluation_mask(scene.depth.shape, bank.half_size)
-    textured = border & textured_mask(scene.sharp)
-    step = float(np.abs(np.diff(bank.inverse_depths)).mean())
-    out: dict[str, float] = {}
-    if depth is not None:
-        out.update({f"tex_{k}": v for k, v in depth_metrics(depth, scene.depth, textured, step).items()})
-        out.update({f"all_{k}": v for k, v in depth_metrics(depth, scene.depth, border, step).items()})
-    if aif is not None:
-        out.update({f"aif_{k}": v for k, v in image_metrics(aif, scene.sharp, border).items()})
-    return out
 
 
 def run_camera(camera: CameraSpec, photos: tuple[str, ...], steps: int = 20, seed: int = 0, repeats: int = 1,
@@ -267,7 +251,7 @@ def run_camera(camera: CameraSpec, photos: tuple[str, ...], steps: int = 20, see
     from cadfd_ros.pipeline import ReconstructionConfig, Reconstructor
 
     bank = camera.psf_bank()
-    result = CameraResult(camera, camera.blur_range_px())
+    result = CameraResult(camera, blur_range_px(bank))
     reconstructor = Reconstructor(bank, ReconstructionConfig(method="dps", steps=steps, seed=seed, device=device))
     middle = 2.0 / (1.0 / bank.depths[0] + 1.0 / bank.depths[-1])
     worst = None
@@ -289,7 +273,7 @@ def run_camera(camera: CameraSpec, photos: tuple[str, ...], steps: int = 20, see
             "AIF ceiling": (None, aif_ceiling(scene, bank, reconstructor.sampler, reconstructor.classical)),
         }
         for name, (depth, aif) in outputs.items():
-            row = _score(depth, aif, scene, bank)
+            row = score(depth, aif, scene, bank)
             if name == "classical":
                 row["seconds"] = classical_s
             elif name == "DFD-DPS":

@@ -50,18 +50,28 @@ def solver_method(bank: PSFBank, config: ReconstructionConfig) -> Method:
     return run
 
 
-def evaluate(result: Reconstruction, scene: Scene, bank: PSFBank, seconds: float) -> dict[str, float]:
+def score(depth: np.ndarray | None, aif: np.ndarray | None, scene: Scene, bank: PSFBank) -> dict[str, float]:
+    """Depth metrics on all and on textured pixels, and image metrics, with the border band excluded;
+    a None depth or image is not scored."""
     border = evaluation_mask(scene.depth.shape, bank.half_size)
-    textured = border & textured_mask(scene.sharp)
-    step = float(np.abs(np.diff(bank.inverse_depths)).mean())
+    out: dict[str, float] = {}
+    if depth is not None:
+        textured = border & textured_mask(scene.sharp)
+        step = float(np.abs(np.diff(bank.inverse_depths)).mean())
+        for prefix, mask in (("all", border), ("tex", textured)):
+            for key, value in depth_metrics(depth, scene.depth, mask, step).items():
+                out[f"{prefix}_{key}"] = value
+    if aif is not None:
+        out.update({f"aif_{k}": v for k, v in image_metrics(aif, scene.sharp, border).items()})
+    return out
+
+
+def evaluate(result: Reconstruction, scene: Scene, bank: PSFBank, seconds: float) -> dict[str, float]:
     out = {"seconds": seconds}
     for key in ("floor_ratio_total", "floor_ratio_sampler"):
         if key in result.timings:
             out[key] = result.timings[key]
-    for prefix, mask in (("all", border), ("tex", textured)):
-        for key, value in depth_metrics(result.depth, scene.depth, mask, step).items():
-            out[f"{prefix}_{key}"] = value
-    out.update({f"aif_{k}": v for k, v in image_metrics(result.all_in_focus, scene.sharp, border).items()})
+    out.update(score(result.depth, result.all_in_focus, scene, bank))
     return out
 
 

@@ -61,6 +61,20 @@ def _shrink(v: torch.Tensor, lam: float, alpha: float, iterations: int = 3) -> t
     return torch.where(magnitude > tau, torch.sign(v) * w.clamp(min=0), torch.zeros_like(v))
 
 
+def subpixel_argmin(cost: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per pixel of a cost volume (B, L, H, W): the best layer and its cost (B, 1, H, W), and the layer
+    coordinate refined by a parabola through the neighbouring costs (interior layers only)."""
+    num_layers = cost.shape[1]
+    best = cost.argmin(dim=1, keepdim=True)
+    lo = (best - 1).clamp(0, num_layers - 1)
+    hi = (best + 1).clamp(0, num_layers - 1)
+    c0, cm, cp = cost.gather(1, best), cost.gather(1, lo), cost.gather(1, hi)
+    denom = cm - 2 * c0 + cp
+    offset = torch.where(denom > 1e-12, 0.5 * (cm - cp) / denom, torch.zeros_like(denom)).clamp(-0.5, 0.5)
+    interior = (best > 0) & (best < num_layers - 1)
+    return best, c0, best.to(cost.dtype) + torch.where(interior, offset, torch.zeros_like(offset))
+
+
 def depth_from_evidence(evidence: torch.Tensor, guide: torch.Tensor, params: ClassicalParams,
                         with_confidence: bool = True, layer_depths: torch.Tensor | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -75,14 +89,7 @@ def depth_from_evidence(evidence: torch.Tensor, guide: torch.Tensor, params: Cla
     cost = fast_guided_filter(guide, evidence, max(1, round(p.guided_radius * evidence.shape[-2] / guide.shape[-2])),
                               p.guided_eps)
     num_layers = cost.shape[1]
-    best = cost.argmin(dim=1, keepdim=True)
-    lo = (best - 1).clamp(0, num_layers - 1)
-    hi = (best + 1).clamp(0, num_layers - 1)
-    c0, cm, cp = cost.gather(1, best), cost.gather(1, lo), cost.gather(1, hi)
-    denom = cm - 2 * c0 + cp
-    offset = torch.where(denom > 1e-12, 0.5 * (cm - cp) / denom, torch.zeros_like(denom)).clamp(-0.5, 0.5)
-    interior = (best > 0) & (best < num_layers - 1)
-    coord = best.to(cost.dtype) + torch.where(interior, offset, torch.zeros_like(offset))
+    best, c0, coord = subpixel_argmin(cost)
     if not with_confidence:
         return coord[:, 0], None
     prob = torch.softmax(-(cost - c0) / p.evidence_temperature, dim=1)
