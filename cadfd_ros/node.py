@@ -26,7 +26,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.time import Time
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, Image, LaserScan, PointCloud2
 
 from cadfd_ros.errors import CadfdError
 from cadfd_ros.params import PARAMS
@@ -39,7 +39,8 @@ from cadfd_ros.ros.worker import SolverWorker, empty_cuda_cache
 NODE_NAME = "cadfd_node"
 OUTPUT_TOPICS = (("depth", Image, "depth/image"), ("depth_info", CameraInfo, "depth/camera_info"),
                  ("points", PointCloud2, "points"), ("aif", Image, "aif/image"),
-                 ("aif_info", CameraInfo, "aif/camera_info"), ("confidence", Image, "confidence/image"))
+                 ("aif_info", CameraInfo, "aif/camera_info"), ("confidence", Image, "confidence/image"),
+                 ("scan", LaserScan, "scan"))
 # Configure failures a user can fix: their message alone says why.
 CONFIGURE_ERRORS = (CadfdError, ImportError, OSError, ValueError)
 
@@ -75,7 +76,7 @@ def _sensor_qos() -> QoSProfile:
 
 
 class CadfdNode(LifecycleNode):
-    """Coded-aperture depth: ``image_raw`` in; depth, camera_info, points, AIF, confidence out."""
+    """Coded-aperture depth: ``image_raw`` in; depth, camera_info, points, scan, AIF, confidence out."""
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         # LifecycleNode puts the lifecycle services in the default callback group, next to the
@@ -143,6 +144,7 @@ class CadfdNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         result = super().on_activate(state)  # enables the lifecycle publishers
         self._slot.open()
+        self._processor.restart_frame_clock()  # the scan_time of the first frame after a pause is unknown
         self._worker = SolverWorker(
             self._processor, self._slot, self._infos, lambda: self._settings, self._publish, self._stats,
             self.get_logger(), self.resolve_topic_name("image_raw"), int(self.get_parameter("worker_niceness").value),
@@ -262,10 +264,13 @@ class CadfdNode(LifecycleNode):
         for key, publisher in pubs.items():
             if key != "depth" and getattr(out, key) is not None:
                 publisher.publish(getattr(out, key))
+        for note in out.notes:  # e.g. a scan_height the frame cannot hold: the rest was published
+            self.get_logger().warning(note, throttle_duration_sec=5.0)
         stamp = Time.from_msg(out.header.stamp, clock_type=now.clock_type)
         latency = (now - stamp).nanoseconds * 1e-9 if stamp.nanoseconds > 0 else None  # unstamped: meaningless
-        self._stats.frame_published(out.intrinsics_source, out.reconstruction.steps, out.reconstruction.notes,
-                                    time.monotonic() - received, latency, time.monotonic())
+        self._stats.frame_published(out.intrinsics_source, out.reconstruction.steps,
+                                    [*out.reconstruction.notes, *out.notes], time.monotonic() - received, latency,
+                                    time.monotonic())
 
     # ------------------------------------------------------------------ diagnostics (1 Hz timer)
     def _publish_diagnostics(self) -> None:

@@ -171,3 +171,22 @@ def convert(rows: list, uint16: bool, width: int, cam_model: PinholeCameraModel,
 
             if use_point(f32(r), scan.ranges[index], scan.range_min, scan.range_max):
                 scan.ranges[index] = f32(r)
+
+
+def assert_same_scan(ours, theirs: Scan) -> None:
+    """A sensor_msgs/LaserScan against the reference's: float32 fields bit for bit, the same NaN
+    and +-Inf pattern, finite ranges within 1e-6 m."""
+    assert ours.header.frame_id == theirs.frame_id
+    assert (ours.header.stamp.sec, ours.header.stamp.nanosec) == theirs.stamp
+    # float32 fields: bit for bit.
+    for name in ("angle_min", "angle_max", "angle_increment", "time_increment", "scan_time", "range_min",
+                 "range_max"):
+        assert np.float32(getattr(ours, name)) == getattr(theirs, name), name
+    mine = np.asarray(ours.ranges, np.float32)
+    expected = np.asarray(theirs.ranges, np.float32)
+    assert mine.shape == expected.shape == (len(theirs.ranges),)
+    np.testing.assert_array_equal(np.isnan(mine), np.isnan(expected), err_msg="NaN pattern")
+    np.testing.assert_array_equal(np.isposinf(mine), np.isposinf(expected), err_msg="+Inf pattern")
+    np.testing.assert_array_equal(np.isneginf(mine), np.isneginf(expected), err_msg="-Inf pattern")
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(mine[finite], expected[finite], rtol=0, atol=1e-6)

@@ -73,23 +73,6 @@ def to_mm(depth: np.ndarray) -> np.ndarray:
     return np.where(ok, mm, 0).astype(np.uint16)
 
 
-def assert_same_scan(ours, theirs: ref.Scan) -> None:
-    assert ours.header.frame_id == theirs.frame_id
-    assert (ours.header.stamp.sec, ours.header.stamp.nanosec) == theirs.stamp
-    # float32 fields: bit for bit.
-    for name in ("angle_min", "angle_max", "angle_increment", "time_increment", "scan_time", "range_min",
-                 "range_max"):
-        assert np.float32(getattr(ours, name)) == getattr(theirs, name), name
-    mine = np.asarray(ours.ranges, np.float32)
-    expected = np.asarray(theirs.ranges, np.float32)
-    assert mine.shape == expected.shape == (W,)
-    np.testing.assert_array_equal(np.isnan(mine), np.isnan(expected), err_msg="NaN pattern")
-    np.testing.assert_array_equal(np.isposinf(mine), np.isposinf(expected), err_msg="+Inf pattern")
-    np.testing.assert_array_equal(np.isneginf(mine), np.isneginf(expected), err_msg="-Inf pattern")
-    finite = np.isfinite(expected)
-    np.testing.assert_allclose(mine[finite], expected[finite], rtol=0, atol=1e-6)
-
-
 CAMERAS = {
     "narrow": info_msg(fx=120.0, cx=31.3, cy=11.7),
     "wide": info_msg(fx=22.0, cx=35.8, cy=12.2, fy=25.0),  # +-55 deg: bins get 0, 1 or 2 columns
@@ -109,7 +92,7 @@ def test_scan_equals_depthimage_to_laserscan(encoding, scan_height, limits, came
                                     frame_id="cam_link")
     theirs = ref.convert_msg(msg, info, scan_time=0.125, range_min=range_min, range_max=range_max,
                              scan_height=scan_height, output_frame_id="cam_link")
-    assert_same_scan(ours, theirs)
+    ref.assert_same_scan(ours, theirs)
 
     ranges = np.asarray(ours.ranges)
     finite = ranges[np.isfinite(ranges)]
@@ -152,7 +135,7 @@ def test_16uc1_zero_is_invalid_unless_range_min_is_zero():
     for range_min in (0.0, 0.45):
         ours = depth_image_to_laserscan(msg, info, 1, range_min, 10.0)
         theirs = ref.convert_msg(msg, info, range_min=range_min, scan_height=1)
-        assert_same_scan(ours, theirs)
+        ref.assert_same_scan(ours, theirs)
     zeros = np.asarray(depth_image_to_laserscan(msg, info, 1, 0.0, 10.0).ranges)
     assert np.sum(zeros == 0.0) >= 9
     assert not np.any(np.asarray(depth_image_to_laserscan(msg, info, 1, 0.45, 10.0).ranges) == 0.0)
@@ -165,14 +148,14 @@ def test_step_padding_and_big_endian_are_read():
     for kw in ({"pad": 6}, {"big_endian": True}):
         msg = depth_msg(to_mm(depth), "16UC1", **kw)
         ours = depth_image_to_laserscan(msg, info, 5, 0.45, 10.0)
-        assert_same_scan(ours, ref.convert_msg(msg, info, scan_height=5, scan_time=0.033))
+        ref.assert_same_scan(ours, ref.convert_msg(msg, info, scan_height=5, scan_time=0.033))
         np.testing.assert_array_equal(np.asarray(ours.ranges), np.asarray(plain.ranges))
 
 
 def test_scan_height_that_does_not_fit_is_refused_like_the_original():
     info = CAMERAS["narrow"]  # cy = 11.7 in 24 rows: scan_height / 2 <= 11.7 fits, so 23 does and 24 not
     msg = depth_msg(scene(4), "32FC1")
-    assert_same_scan(depth_image_to_laserscan(msg, info, 23, 0.45, 10.0), ref.convert_msg(msg, info, scan_height=23))
+    ref.assert_same_scan(depth_image_to_laserscan(msg, info, 23, 0.45, 10.0), ref.convert_msg(msg, info, scan_height=23))
     with pytest.raises(RuntimeError, match="too large"):
         ref.convert_msg(msg, info, scan_height=24)
     with pytest.raises(InputImageError, match=r"scan_height \(24 pixels\) is too large for the image height"):
@@ -184,11 +167,11 @@ def test_distortion_changes_the_angles_as_image_geometry_does():
     plain = CAMERAS["narrow"]
     distorted = info_msg(fx=120.0, cx=31.3, cy=11.7, d=[-0.3, 0.12, 0.0, 0.0, 0.0])
     ours = depth_image_to_laserscan(depth, distorted, 1, 0.45, 10.0)
-    assert_same_scan(ours, ref.convert_msg(depth, distorted, scan_height=1))
+    ref.assert_same_scan(ours, ref.convert_msg(depth, distorted, scan_height=1))
     # The edge rays are undistorted (wider for barrel distortion), so the angles must differ.
     assert ours.angle_max > laserscan_angles(plain, W)[1] + 1e-3
     fisheye = info_msg(fx=60.0, cx=31.3, cy=11.7, d=[0.05, -0.01, 0.0, 0.0], model="equidistant")
-    assert_same_scan(depth_image_to_laserscan(depth, fisheye, 1, 0.45, 10.0), ref.convert_msg(depth, fisheye))
+    ref.assert_same_scan(depth_image_to_laserscan(depth, fisheye, 1, 0.45, 10.0), ref.convert_msg(depth, fisheye))
     with pytest.raises(InputImageError, match="distortion_model 'pinhole' is unknown"):
         depth_image_to_laserscan(depth, info_msg(120.0, 31.3, 11.7, model="pinhole"), 1, 0.45, 10.0)
 
