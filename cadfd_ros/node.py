@@ -23,7 +23,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleNodeMixin, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image, LaserScan, PointCloud2
@@ -70,9 +70,19 @@ def _transition(name: str, on_exception: TransitionCallbackReturn, teardown: boo
 
 
 def _sensor_qos() -> QoSProfile:
-    """A fresh SensorDataQoS: rclpy applies QoS-override parameters by mutating the profile it
-    is given, so sharing rclpy's module-level profile would leak one topic's override to all."""
+    """A fresh SensorDataQoS, for subscriptions: rclpy applies QoS-override parameters by mutating
+    the profile it is given, so sharing rclpy's module-level profile would leak one topic's
+    override to all."""
     return copy.copy(qos_profile_sensor_data)
+
+
+def _driver_qos() -> QoSProfile:
+    """SystemDefaultsQoS as Fast DDS and Cyclone resolve it (reliable, volatile, keep last 1), for
+    publishers: REP 2003 has sensor drivers publish so, because a reliable publisher serves
+    best-effort and reliable subscribers (RViz) alike. Spelled out, so the QoS-override
+    parameters and `ros2 topic info -v` show real policies instead of "system_default"."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.VOLATILE)
 
 
 class CadfdNode(LifecycleNode):
@@ -203,7 +213,7 @@ class CadfdNode(LifecycleNode):
         qos_options = QoSOverridingOptions.with_default_policies()
 
         def pub(msg_type: type, topic: str, qos: QoSProfile | None = None) -> Any:
-            return self.create_lifecycle_publisher(msg_type, topic, qos or _sensor_qos(),
+            return self.create_lifecycle_publisher(msg_type, topic, qos or _driver_qos(),
                                                    qos_overriding_options=qos_options)
 
         # Keyed by FrameOutputs field; publish order is this order.

@@ -22,7 +22,7 @@ from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from rclpy.qos import QoSProfile  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, LaserScan, PointCloud2  # noqa: E402
 
 import d2ls_reference as d2ls  # noqa: E402
@@ -84,8 +84,8 @@ class Harness:
         self.info_pub = self.client.create_publisher(CameraInfo, "camera_info", 10)
         topics = {"depth/image": Image, "depth/camera_info": CameraInfo, "points": PointCloud2, "aif/image": Image,
                   "aif/camera_info": CameraInfo, "confidence/image": Image, "scan": LaserScan}
-        for topic, msg_type in topics.items():
-            self.client.create_subscription(msg_type, topic, self.out.callback(topic), qos_profile_sensor_data)
+        for topic, msg_type in topics.items():  # reliable, as RViz subscribes (the node publishes reliably)
+            self.client.create_subscription(msg_type, topic, self.out.callback(topic), QoSProfile(depth=5))
         self.client.create_subscription(DiagnosticArray, "/diagnostics", self.out.callback("diagnostics"), 10)
         try:
             from cadfd_ros_interfaces.msg import ReconstructionInfo
@@ -227,6 +227,17 @@ def test_output_conventions(harness, scene, bank_path):
     scan = h.out.wait_for("scan", at_stamp)
     for msg in (depth_msg, info, cloud, aif, aif_info, conf, scan):
         assert msg.header.frame_id == FRAME
+
+    # REP 2003: the outputs are published reliable and volatile (so reliable subscribers such as RViz
+    # and best-effort ones both receive them); the input is subscribed best effort (SensorDataQoS).
+    from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
+
+    for topic in ("depth/image", "depth/camera_info", "points", "scan", "aif/image", "confidence/image"):
+        (pub,) = h.client.get_publishers_info_by_topic(f"{h.ns}/{topic}")
+        assert pub.qos_profile.reliability == ReliabilityPolicy.RELIABLE, topic
+        assert pub.qos_profile.durability == DurabilityPolicy.VOLATILE, topic  # (discovery carries no depth)
+    (sub,) = h.client.get_subscriptions_info_by_topic(f"{h.ns}/image_raw")
+    assert sub.node_name == "cadfd_node" and sub.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
 
     # scan: depthimage_to_laserscan on the published depth and camera_info, with the bank's depth
     # range (0.5-5 m) and no frame period yet (the first frame after activation).
@@ -433,7 +444,8 @@ def test_parameter_validation(harness):
     assert node.describe_parameter("autostart").read_only
     # QoS overrides are declared (read-only) once the publishers exist.
     assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-    assert node.has_parameter(f"qos_overrides.{h.ns}/depth/image.publisher.reliability")
+    assert node.get_parameter(f"qos_overrides.{h.ns}/depth/image.publisher.reliability").value == "reliable"
+    assert node.get_parameter(f"qos_overrides.{h.ns}/scan.publisher.depth").value == 1
 
 
 def test_bad_frames_skipped_and_counted(harness, scene):
