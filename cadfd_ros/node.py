@@ -267,7 +267,7 @@ class CadfdNode(LifecycleNode):
             where = "PSF bank optics (fx=fy=focal_length_m/pixel_pitch_m, centred)" if out.depth_info else "nowhere"
             self.get_logger().warning(
                 f"no camera_info on {self.resolve_topic_name('camera_info')}: intrinsics from {where}"
-                + ("" if out.depth_info else "; points and camera_info are not published")
+                + ("" if out.depth_info else "; points, scan and camera_info are not published")
             )
         pubs["depth"].publish(out.depth)
         now = self.get_clock().now()  # latency: stamp -> depth publish

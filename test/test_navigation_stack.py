@@ -141,3 +141,15 @@ def test_configs_load_as_ros_parameter_files(name, node, namespace, checks):
         n.destroy_node()
     finally:
         rclpy.shutdown(context=ctx)
+
+
+def test_rviz_config_shows_cloud_scan_depth_and_aif_reliably():
+    """RViz subscribes Reliable (its default, which the node's REP 2003 publishers serve)."""
+    rviz = load("cadfd.rviz")["Visualization Manager"]
+    displays = {d["Topic"]["Value"]: d for d in rviz["Displays"] if "Topic" in d}
+    assert {t: d["Class"] for t, d in displays.items()} == {
+        "/points": "rviz_default_plugins/PointCloud2", "/scan": "rviz_default_plugins/LaserScan",
+        "/depth/image": "rviz_default_plugins/Image", "/aif/image": "rviz_default_plugins/Image"}
+    assert all(d["Topic"]["Reliability Policy"] == "Reliable" and d["Topic"]["Durability Policy"] == "Volatile"
+               for d in displays.values())
+    assert rviz["Global Options"]["Fixed Frame"] == "camera_link"  # the x-forward frame the scan lies flat in
