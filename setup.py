@@ -31,6 +31,7 @@ setup(
         ("share/" + package_name, ["package.xml"]),
         ("share/" + package_name + "/launch", glob("launch/*.py")),
         ("share/" + package_name + "/config", glob("config/*")),
+        ("share/" + package_name + "/urdf", glob("urdf/*.xacro")),
         ("share/" + package_name + "/msg", glob("msg/*.msg")),
     ],
     install_requires=[

@@ -23,10 +23,10 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleNodeMixin, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.time import Time
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, Image, LaserScan, PointCloud2
 
 from cadfd_ros.errors import CadfdError
 from cadfd_ros.params import PARAMS
@@ -39,7 +39,8 @@ from cadfd_ros.ros.worker import SolverWorker, empty_cuda_cache
 NODE_NAME = "cadfd_node"
 OUTPUT_TOPICS = (("depth", Image, "depth/image"), ("depth_info", CameraInfo, "depth/camera_info"),
                  ("points", PointCloud2, "points"), ("aif", Image, "aif/image"),
-                 ("aif_info", CameraInfo, "aif/camera_info"), ("confidence", Image, "confidence/image"))
+                 ("aif_info", CameraInfo, "aif/camera_info"), ("confidence", Image, "confidence/image"),
+                 ("scan", LaserScan, "scan"))
 # Configure failures a user can fix: their message alone says why.
 CONFIGURE_ERRORS = (CadfdError, ImportError, OSError, ValueError)
 
@@ -69,13 +70,23 @@ def _transition(name: str, on_exception: TransitionCallbackReturn, teardown: boo
 
 
 def _sensor_qos() -> QoSProfile:
-    """A fresh SensorDataQoS: rclpy applies QoS-override parameters by mutating the profile it
-    is given, so sharing rclpy's module-level profile would leak one topic's override to all."""
+    """A fresh SensorDataQoS, for subscriptions: rclpy applies QoS-override parameters by mutating
+    the profile it is given, so sharing rclpy's module-level profile would leak one topic's
+    override to all."""
     return copy.copy(qos_profile_sensor_data)
 
 
+def _driver_qos() -> QoSProfile:
+    """SystemDefaultsQoS as Fast DDS and Cyclone resolve it (reliable, volatile, keep last 1), for
+    publishers: REP 2003 has sensor drivers publish so, because a reliable publisher serves
+    best-effort and reliable subscribers (RViz) alike. Spelled out, so the QoS-override
+    parameters and `ros2 topic info -v` show real policies instead of "system_default"."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
 class CadfdNode(LifecycleNode):
-    """Coded-aperture depth: ``image_raw`` in; depth, camera_info, points, AIF, confidence out."""
+    """Coded-aperture depth: ``image_raw`` in; depth, camera_info, points, scan, AIF, confidence out."""
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         # LifecycleNode puts the lifecycle services in the default callback group, next to the
@@ -143,6 +154,7 @@ class CadfdNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         result = super().on_activate(state)  # enables the lifecycle publishers
         self._slot.open()
+        self._processor.restart_frame_clock()  # the scan_time of the first frame after a pause is unknown
         self._worker = SolverWorker(
             self._processor, self._slot, self._infos, lambda: self._settings, self._publish, self._stats,
             self.get_logger(), self.resolve_topic_name("image_raw"), int(self.get_parameter("worker_niceness").value),
@@ -201,7 +213,7 @@ class CadfdNode(LifecycleNode):
         qos_options = QoSOverridingOptions.with_default_policies()
 
         def pub(msg_type: type, topic: str, qos: QoSProfile | None = None) -> Any:
-            return self.create_lifecycle_publisher(msg_type, topic, qos or _sensor_qos(),
+            return self.create_lifecycle_publisher(msg_type, topic, qos or _driver_qos(),
                                                    qos_overriding_options=qos_options)
 
         # Keyed by FrameOutputs field; publish order is this order.
@@ -255,17 +267,20 @@ class CadfdNode(LifecycleNode):
             where = "PSF bank optics (fx=fy=focal_length_m/pixel_pitch_m, centred)" if out.depth_info else "nowhere"
             self.get_logger().warning(
                 f"no camera_info on {self.resolve_topic_name('camera_info')}: intrinsics from {where}"
-                + ("" if out.depth_info else "; points and camera_info are not published")
+                + ("" if out.depth_info else "; points, scan and camera_info are not published")
             )
         pubs["depth"].publish(out.depth)
         now = self.get_clock().now()  # latency: stamp -> depth publish
         for key, publisher in pubs.items():
             if key != "depth" and getattr(out, key) is not None:
                 publisher.publish(getattr(out, key))
+        for note in out.notes:  # e.g. a scan_height the frame cannot hold: the rest was published
+            self.get_logger().warning(note, throttle_duration_sec=5.0)
         stamp = Time.from_msg(out.header.stamp, clock_type=now.clock_type)
         latency = (now - stamp).nanoseconds * 1e-9 if stamp.nanoseconds > 0 else None  # unstamped: meaningless
-        self._stats.frame_published(out.intrinsics_source, out.reconstruction.steps, out.reconstruction.notes,
-                                    time.monotonic() - received, latency, time.monotonic())
+        self._stats.frame_published(out.intrinsics_source, out.reconstruction.steps,
+                                    [*out.reconstruction.notes, *out.notes], time.monotonic() - received, latency,
+                                    time.monotonic())
 
     # ------------------------------------------------------------------ diagnostics (1 Hz timer)
     def _publish_diagnostics(self) -> None:

@@ -100,6 +100,21 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("publish_aif", True, "publish aif/image and aif/camera_info", OUTPUT),
     ParamSpec("publish_points", True, "publish the organised point cloud on points", OUTPUT),
     ParamSpec("points_colored", False, "add an rgb field (from the all-in-focus image) to points", OUTPUT),
+    ParamSpec("points_decimation", 1, "points keeps every n-th pixel of every n-th row: a ceil(H/n) x ceil(W/n) "
+              "organised cloud, each point projected with the full-resolution intrinsics", OUTPUT,
+              value_range=(1, 8)),
+    ParamSpec("publish_scan", True, "publish scan (sensor_msgs/LaserScan computed from the published depth as "
+              "depthimage_to_laserscan does)", OUTPUT),
+    ParamSpec("scan_height", 1, "depth rows per scan range, centred on cy (the shortest range wins); refused for "
+              "a frame it does not fit", OUTPUT, value_range=(1, 4096)),
+    ParamSpec("scan_range_min", 0.0, "scan range_min in m; 0 = the PSF bank's nearest depth", OUTPUT,
+              value_range=(0.001, 1000.0), zero_is_unset=True),
+    ParamSpec("scan_range_max", 0.0, "scan range_max in m; 0 = the PSF bank's farthest depth", OUTPUT,
+              value_range=(0.001, 1000.0), zero_is_unset=True),
+    ParamSpec("scan_time", 0.0, "scan_time in s written into scan; 0 = the measured period between frames", OUTPUT,
+              value_range=(1e-6, 3600.0), zero_is_unset=True),
+    ParamSpec("scan_frame_id", "", "frame_id of scan; empty = the depth frame. Must be an x-forward (body, not "
+              "optical) frame at the camera, like depthimage_to_laserscan's output_frame", OUTPUT),
     ParamSpec("publish_confidence", True, "publish confidence/image (32FC1 in [0,1])", OUTPUT),
     ParamSpec("output_frame_id", "", "frame_id of every output; empty = the input image's frame_id", OUTPUT),
     ParamSpec("autostart", False, "configure and activate at start-up (without a lifecycle manager)", NODE,

@@ -6,9 +6,18 @@
 Configure is emitted at start; activate is emitted when the node reaches 'inactive'. A failed
 configure (bad PSF bank, unloadable prior) leaves the node unconfigured and logs why; fix the
 parameter with `ros2 param set` and run `ros2 lifecycle set <node> configure` again.
+
+TF: the node publishes none (as depth_image_proc does not). A robot description with the
+urdf/cadfd_camera.urdf.xacro macro provides parent -> <camera_name>_link ->
+<camera_name>_optical_frame; without one, publish_tf:=true starts two static transform
+publishers for the same frames, the mount pose from x, y, z, roll, pitch, yaw:
+
+    ros2 launch cadfd_ros cadfd.launch.py publish_tf:=true parent_frame:=base_link \
+        x:=0.10 z:=0.25 scan_frame_id:=camera_link
 """
 from __future__ import annotations
 
+import math
 import os
 
 from ament_index_python.packages import get_package_share_directory
@@ -17,9 +26,10 @@ from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandle
 from launch.conditions import IfCondition
 from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import LifecycleNode
+from launch_ros.actions import LifecycleNode, Node
 from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
+from launch_ros.parameter_descriptions import ParameterValue
 from lifecycle_msgs.msg import Transition
 
 
@@ -35,13 +45,52 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("params_file", default_value=default_params, description="parameter YAML"),
         DeclareLaunchArgument("autostart", default_value="true",
                               description="emit configure and activate transitions at start"),
+        # scan (these override params_file's values)
+        DeclareLaunchArgument("publish_scan", default_value="true", description="publish scan (LaserScan)"),
+        DeclareLaunchArgument("scan_height", default_value="1", description="depth rows per scan range"),
+        DeclareLaunchArgument("scan_frame_id", default_value="",
+                              description="frame of scan: an x-forward frame such as camera_link; empty = depth's"),
+        # TF, for robots without a robot description that has the urdf/ macro
+        DeclareLaunchArgument("publish_tf", default_value="false",
+                              description="publish parent_frame -> <camera_name>_link -> <camera_name>_optical_frame "
+                                          "with static_transform_publisher"),
+        DeclareLaunchArgument("camera_name", default_value="camera",
+                              description="frames <camera_name>_link (x forward) and <camera_name>_optical_frame"),
+        DeclareLaunchArgument("parent_frame", default_value="base_link", description="frame the camera is mounted on"),
+        *(DeclareLaunchArgument(axis, default_value="0.0", description=f"camera mount pose in parent_frame: {what}")
+          for axis, what in (("x", "x (m)"), ("y", "y (m)"), ("z", "z (m)"), ("roll", "roll (rad)"),
+                             ("pitch", "pitch (rad)"), ("yaw", "yaw (rad)"))),
     ]
+    camera_link = [LaunchConfiguration("camera_name"), "_link"]
+    optical_frame = [LaunchConfiguration("camera_name"), "_optical_frame"]
+    publish_tf = IfCondition(LaunchConfiguration("publish_tf"))
+    mount_tf = Node(
+        package="tf2_ros", executable="static_transform_publisher", name="cadfd_camera_mount_tf",
+        namespace=LaunchConfiguration("namespace"), condition=publish_tf, output="screen",
+        arguments=["--x", LaunchConfiguration("x"), "--y", LaunchConfiguration("y"), "--z", LaunchConfiguration("z"),
+                   "--roll", LaunchConfiguration("roll"), "--pitch", LaunchConfiguration("pitch"),
+                   "--yaw", LaunchConfiguration("yaw"), "--frame-id", LaunchConfiguration("parent_frame"),
+                   "--child-frame-id", camera_link],
+    )
+    # REP 103: the optical frame is the body frame turned by rpy = (-pi/2, 0, -pi/2), as in the urdf/ macro.
+    optical_tf = Node(
+        package="tf2_ros", executable="static_transform_publisher", name="cadfd_camera_optical_tf",
+        namespace=LaunchConfiguration("namespace"), condition=publish_tf, output="screen",
+        arguments=["--roll", str(-math.pi / 2), "--pitch", "0", "--yaw", str(-math.pi / 2),
+                   "--frame-id", camera_link, "--child-frame-id", optical_frame],
+    )
     node = LifecycleNode(
         package="cadfd_ros",
         executable="cadfd_node",
         name=LaunchConfiguration("node_name"),
         namespace=LaunchConfiguration("namespace"),
-        parameters=[LaunchConfiguration("params_file"), {"device": LaunchConfiguration("device")}],
+        parameters=[LaunchConfiguration("params_file"), {
+            "device": LaunchConfiguration("device"),
+            "publish_scan": ParameterValue(LaunchConfiguration("publish_scan"), value_type=bool),
+            "scan_height": ParameterValue(LaunchConfiguration("scan_height"), value_type=int),
+            # value_type str: an empty frame id would otherwise be read as YAML null
+            "scan_frame_id": ParameterValue(LaunchConfiguration("scan_frame_id"), value_type=str),
+        }],
         remappings=[("image_raw", LaunchConfiguration("image")), ("camera_info", LaunchConfiguration("camera_info"))],
         output="screen",
         emulate_tty=True,
@@ -67,4 +116,4 @@ def generate_launch_description() -> LaunchDescription:
     )
     # Activate only after configure (start_state): a later deactivate must not bounce back.
     # The handler is registered before the configure event is emitted, so it cannot miss it.
-    return LaunchDescription([*args, activate_when_inactive, node, configure])
+    return LaunchDescription([*args, mount_tf, optical_tf, activate_when_inactive, node, configure])

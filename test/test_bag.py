@@ -61,7 +61,7 @@ def test_bag_adds_outputs_and_copies_input(tmp_path, storage, encoding):
     assert len(by_topic["/cam/image_raw"]) == 2 and len(by_topic["/cam/camera_info"]) == 2
     assert by_topic["/chatter"][0][1].data == "kept"
     # Outputs under the camera's namespace, one per frame, with the input stamps.
-    for topic in ("/cam/depth/image", "/cam/depth/camera_info", "/cam/points", "/cam/aif/image",
+    for topic in ("/cam/depth/image", "/cam/depth/camera_info", "/cam/points", "/cam/scan", "/cam/aif/image",
                   "/cam/aif/camera_info", "/cam/confidence/image", "/cam/cadfd_node/info"):
         stamps = [(m.header.stamp.sec, m.header.stamp.nanosec) for _, m in by_topic.get(topic, [])]
         assert stamps == STAMPS, f"{topic}: {stamps}"
@@ -84,6 +84,23 @@ def test_bag_adds_outputs_and_copies_input(tmp_path, storage, encoding):
     assert (cloud.height, cloud.width, cloud.point_step) == (H, W, 16)
     rinfo = by_topic["/cam/cadfd_node/info"][0][1]
     assert rinfo.method == "classical" and 0 < rinfo.valid_fraction <= 1
+    # The scan, one range per column, with the bank's range; offline no frame is dropped, so
+    # scan_time is the bag's frame period (0 for the first frame).
+    scans = [m for _, m in by_topic["/cam/scan"]]
+    assert all(len(m.ranges) == W and m.range_min == 0.5 and m.range_max == 5.0 for m in scans)
+    assert scans[0].scan_time == 0.0 and scans[1].scan_time == pytest.approx(1.000000002, abs=1e-6)
+    assert np.isfinite(scans[0].ranges).mean() > 0.5
+
+
+def test_bag_without_scan(tmp_path):
+    bank = small_bank(tmp_path / "bank6.npz")
+    src, dst = tmp_path / "in", tmp_path / "out"
+    write_input(src, StoragePlugin.MCAP, bank)
+    assert cli_main(["bag", str(src), str(dst), "--psf-bank", str(bank), "--device", "cpu", "--no-publish-scan",
+                     "--no-publish-aif", "--no-publish-confidence", "--max-frames", "1"]) == 0
+    with Reader(dst) as reader:
+        topics = {c.topic for c in reader.connections}
+    assert "/cam/depth/image" in topics and "/cam/scan" not in topics and "/cam/aif/image" not in topics
 
 
 def test_bag_errors_name_the_problem(tmp_path, capsys):

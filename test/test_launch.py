@@ -1,5 +1,6 @@
 """launch/cadfd.launch.py under launch_testing: the node configures and activates itself, and a
-published coded capture comes back as depth with the same stamp.
+published coded capture comes back as depth and as a scan (in the launch argument's frame) with
+the same stamp, received by reliable subscribers.
 
 Needs launch, launch_ros and launch_testing (a ROS 2 install or colcon workspace); they are not
 on PyPI, so this module is skipped in the pip-only venv. Run it with
@@ -41,7 +42,8 @@ def generate_test_description():
     include = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(str(LAUNCH_FILE)),
         launch_arguments={"namespace": NAMESPACE, "device": "cpu", "image": "camera/image_raw",
-                          "camera_info": "camera/camera_info"}.items(),
+                          "camera_info": "camera/camera_info", "scan_height": "3",
+                          "scan_frame_id": "cam_link"}.items(),
     )
     # ReadyToTest right away; the tests themselves wait for the 'active' state, which the launch
     # file reaches through its ChangeState events.
@@ -73,29 +75,38 @@ class TestCadfdLaunch(unittest.TestCase):
             time.sleep(0.2)
         self.fail(f"cadfd_node did not become active (state {label!r})")
 
-    def test_self_activates_and_publishes_depth(self) -> None:
+    def test_self_activates_and_publishes_depth_and_scan(self) -> None:
         self._wait_active()
-        from rclpy.qos import qos_profile_sensor_data
-        from sensor_msgs.msg import CameraInfo
+        from rclpy.qos import QoSProfile
+        from sensor_msgs.msg import CameraInfo, LaserScan
 
-        received = []
-        self.node.create_subscription(Image, f"/{NAMESPACE}/depth/image", received.append, qos_profile_sensor_data)
+        received, scans = [], []
+        # Reliable, as RViz subscribes: the node publishes reliably (REP 2003).
+        self.node.create_subscription(Image, f"/{NAMESPACE}/depth/image", received.append, QoSProfile(depth=5))
+        self.node.create_subscription(LaserScan, f"/{NAMESPACE}/scan", scans.append, QoSProfile(depth=5))
         image_pub = self.node.create_publisher(Image, f"/{NAMESPACE}/camera/image_raw", 5)
         info_pub = self.node.create_publisher(CameraInfo, f"/{NAMESPACE}/camera/camera_info", 5)
         capture, _ = simulated_capture(None, 96, 128)
         stamp = (321, 654)
         deadline = time.monotonic() + 60.0
-        while not received and time.monotonic() < deadline:
+        while not (received and scans) and time.monotonic() < deadline:
             info_pub.publish(camera_info_msg(128, 96, stamp, "cam"))
             image_pub.publish(image_msg(capture, "mono8", stamp, "cam"))
             end = time.monotonic() + 5.0
-            while not received and time.monotonic() < end:
+            while not (received and scans) and time.monotonic() < end:
                 rclpy.spin_once(self.node, timeout_sec=0.1)
         self.assertTrue(received, "no depth/image from the launched node")
         depth = received[0]
         self.assertEqual((depth.header.stamp.sec, depth.header.stamp.nanosec), stamp)
         self.assertEqual(depth.encoding, "32FC1")
         self.assertEqual((depth.height, depth.width), (96, 128))
+        self.assertTrue(scans, "no scan from the launched node")
+        scan = scans[0]
+        self.assertEqual((scan.header.stamp.sec, scan.header.stamp.nanosec), stamp)
+        self.assertEqual(scan.header.frame_id, "cam_link")  # the scan_frame_id launch argument
+        self.assertEqual(len(scan.ranges), 128)
+        self.assertLess(scan.angle_min, 0.0)
+        self.assertGreater(scan.angle_max, 0.0)
 
 
 @launch_testing.post_shutdown_test()

@@ -22,9 +22,10 @@ from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.qos import qos_profile_sensor_data  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
+from rclpy.qos import QoSProfile  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image, LaserScan, PointCloud2  # noqa: E402
 
+import d2ls_reference as d2ls  # noqa: E402
 from ros_test_util import (  # noqa: E402
     CX, CY, FX, FY, Collector, camera_info_msg, cloud_xyz, depth_array, diagnostic_values, image_msg,
     simulated_capture, small_bank, unique_domain_id,
@@ -82,9 +83,9 @@ class Harness:
         self.image_pub = self.client.create_publisher(Image, "image_raw", 10)
         self.info_pub = self.client.create_publisher(CameraInfo, "camera_info", 10)
         topics = {"depth/image": Image, "depth/camera_info": CameraInfo, "points": PointCloud2, "aif/image": Image,
-                  "aif/camera_info": CameraInfo, "confidence/image": Image}
-        for topic, msg_type in topics.items():
-            self.client.create_subscription(msg_type, topic, self.out.callback(topic), qos_profile_sensor_data)
+                  "aif/camera_info": CameraInfo, "confidence/image": Image, "scan": LaserScan}
+        for topic, msg_type in topics.items():  # reliable, as RViz subscribes (the node publishes reliably)
+            self.client.create_subscription(msg_type, topic, self.out.callback(topic), QoSProfile(depth=5))
         self.client.create_subscription(DiagnosticArray, "/diagnostics", self.out.callback("diagnostics"), 10)
         try:
             from cadfd_ros_interfaces.msg import ReconstructionInfo
@@ -223,8 +224,25 @@ def test_output_conventions(harness, scene, bank_path):
     aif = h.out.wait_for("aif/image", at_stamp)
     aif_info = h.out.wait_for("aif/camera_info", at_stamp)
     conf = h.out.wait_for("confidence/image", at_stamp)
-    for msg in (depth_msg, info, cloud, aif, aif_info, conf):
+    scan = h.out.wait_for("scan", at_stamp)
+    for msg in (depth_msg, info, cloud, aif, aif_info, conf, scan):
         assert msg.header.frame_id == FRAME
+
+    # REP 2003: the outputs are published reliable and volatile (so reliable subscribers such as RViz
+    # and best-effort ones both receive them); the input is subscribed best effort (SensorDataQoS).
+    from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
+
+    for topic in ("depth/image", "depth/camera_info", "points", "scan", "aif/image", "confidence/image"):
+        (pub,) = h.client.get_publishers_info_by_topic(f"{h.ns}/{topic}")
+        assert pub.qos_profile.reliability == ReliabilityPolicy.RELIABLE, topic
+        assert pub.qos_profile.durability == DurabilityPolicy.VOLATILE, topic  # (discovery carries no depth)
+    (sub,) = h.client.get_subscriptions_info_by_topic(f"{h.ns}/image_raw")
+    assert sub.node_name == "cadfd_node" and sub.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+
+    # scan: depthimage_to_laserscan on the published depth and camera_info, with the bank's depth
+    # range (0.5-5 m) and no frame period yet (the first frame after activation).
+    d2ls.assert_same_scan(scan, d2ls.convert_msg(depth_msg, info, scan_time=0.0, range_min=0.5, range_max=5.0))
+    assert len(scan.ranges) == W and np.isfinite(scan.ranges).mean() > 0.5
 
     # REP 118: 32FC1 metres, NaN invalid, values inside the bank's range.
     assert depth_msg.encoding == "32FC1" and (depth_msg.height, depth_msg.width) == (H, W)
@@ -286,6 +304,11 @@ def test_output_conventions(harness, scene, bank_path):
     assert cloud2.point_step == 32 and fields2["rgb"] == 16 and cloud2.header.frame_id == "other_frame"
     info2 = h.out.wait_for("depth/camera_info", lambda m: (m.header.stamp.sec, m.header.stamp.nanosec) == stamp2)
     assert info2.header.frame_id == "other_frame"
+    # The scan of the 16UC1 message (whole millimetres); scan_time is the measured frame period.
+    scan2 = h.out.wait_for("scan", lambda m: (m.header.stamp.sec, m.header.stamp.nanosec) == stamp2)
+    period = (1235 + 1e-9) - (1234 + 0.567)
+    d2ls.assert_same_scan(scan2, d2ls.convert_msg(mm_msg, info2, scan_time=period, range_min=0.5, range_max=5.0))
+    assert scan2.scan_time == pytest.approx(0.433, abs=1e-6)
 
     # Diagnostics: at least once a second, with rates, latency, counters, device and steps.
     statuses = h.diagnostics(lambda s: any(v.get("frames_processed") == "2" for v in s.values()))
@@ -299,6 +322,50 @@ def test_output_conventions(harness, scene, bank_path):
     count = len(h.out.messages["diagnostics"])
     time.sleep(2.2)
     assert len(h.out.messages["diagnostics"]) - count >= 2
+
+
+def test_scan_and_cloud_parameters(harness, scene):
+    """scan_height 5, custom range limits, a scan frame and a decimated cloud; then a scan_height
+    the frame cannot hold: that frame has no scan, says why, and still publishes depth."""
+    capture, _ = scene
+    h = harness(depth_encoding="16UC1", scan_height=5, scan_range_min=0.8, scan_range_max=3.0,
+                scan_frame_id="test_link", points_decimation=2)
+    h.start()
+    stamp = (5000, 0)
+    at = lambda m: (m.header.stamp.sec, m.header.stamp.nanosec) == stamp  # noqa: E731
+    depth_msg = h.roundtrip(capture, "rgb8", stamp)
+    info, scan = h.out.wait_for("depth/camera_info", at), h.out.wait_for("scan", at)
+    assert scan.header.frame_id == "test_link" and depth_msg.header.frame_id == FRAME
+    d2ls.assert_same_scan(scan, d2ls.convert_msg(depth_msg, info, scan_time=0.0, range_min=0.8, range_max=3.0,
+                                                 scan_height=5, output_frame_id="test_link"))
+    ranges = np.asarray(scan.ranges)
+    assert np.isfinite(ranges).sum() > W // 4 and np.nanmax(ranges) <= 3.0 and np.nanmin(ranges) >= 0.8
+
+    # Cloud of every 2nd pixel, projected at its full-resolution pixel with depth/camera_info.
+    cloud = h.out.wait_for("points", at)
+    assert (cloud.height, cloud.width) == (H // 2, W // 2) and cloud.row_step == 16 * (W // 2)
+    depth = depth_array(depth_msg)[::2, ::2]
+    xyz = cloud_xyz(cloud)
+    valid = np.isfinite(depth)
+    u, v = np.arange(0, W, 2)[None, :], np.arange(0, H, 2)[:, None]
+    np.testing.assert_array_equal(np.isfinite(xyz[:, :, 2]), valid)
+    np.testing.assert_allclose(xyz[:, :, 2][valid], depth[valid], atol=6e-4)  # 16UC1 rounds to mm
+    np.testing.assert_allclose(xyz[:, :, 0][valid], ((u - CX) * depth / FX)[valid], atol=1e-3)
+    np.testing.assert_allclose(xyz[:, :, 1][valid], ((v - CY) * depth / FY)[valid], atol=1e-3)
+
+    # 96 rows around cy = 44 hold at most 88: scan_height 89 is refused for this frame only.
+    assert h.node.set_parameters([Parameter("scan_height", value=89)])[0].successful
+    stamp = (5001, 0)
+    h.roundtrip(capture, "rgb8", stamp)
+    statuses = h.diagnostics(lambda s: any("scan not published" in v["_message"] for v in s.values()))
+    rec = next(v for k, v in statuses.items() if k.endswith("reconstruction"))
+    assert rec["_level"] == 1 and "scan_height (89 pixels) is too large for the image height" in rec["_message"]
+    assert h.node._stats.bad == 0 and h.node._stats.failed == 0 and h.state() == "active"
+    time.sleep(0.3)
+    assert not [m for m in h.out.messages.get("scan", []) if m.header.stamp.sec == 5001]
+    # And 88 fits again.
+    assert h.node.set_parameters([Parameter("scan_height", value=88)])[0].successful
+    h.roundtrip(capture, "rgb8", (5002, 0), topic="scan")
 
 
 def test_every_encoding_end_to_end(harness, scene):
@@ -346,7 +413,7 @@ def test_parameter_validation(harness):
     node = h.node
     rejected = {
         "method": "magic", "device": "tpu", "depth_encoding": "8UC1", "steps": 0, "input_downscale": 9,
-        "min_confidence": 1.5, "max_depth": -1.0,
+        "min_confidence": 1.5, "max_depth": -1.0, "points_decimation": 9, "scan_height": 0, "scan_range_min": -1.0,
     }
     for name, value in rejected.items():
         before = node.get_parameter(name).value
@@ -361,6 +428,13 @@ def test_parameter_validation(harness):
     assert not result.successful and "max_depth" in result.reason
     assert node.set_parameters_atomically([Parameter("min_depth", value=4.0), Parameter("max_depth", value=6.0)]).successful
     assert node._settings.min_depth == 4.0 and node._settings.max_depth == 6.0
+    # So are the scan's range limits; 0 (the bank's) is always accepted.
+    assert node.set_parameters([Parameter("scan_range_max", value=2.0)])[0].successful
+    result = node.set_parameters([Parameter("scan_range_min", value=2.5)])[0]
+    assert not result.successful and "scan_range_max" in result.reason
+    assert node.set_parameters([Parameter("scan_range_max", value=0.0)])[0].successful
+    assert node.set_parameters([Parameter("scan_range_min", value=2.5)])[0].successful
+    assert node._settings.scan_range_min == 2.5 and node._settings.scan_range_max is None
     # Good values are accepted; the descriptor documents ranges and choices.
     assert node.set_parameters([Parameter("method", value="dps")])[0].successful
     assert node.set_parameters([Parameter("method", value="classical")])[0].successful
@@ -370,7 +444,8 @@ def test_parameter_validation(harness):
     assert node.describe_parameter("autostart").read_only
     # QoS overrides are declared (read-only) once the publishers exist.
     assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-    assert node.has_parameter(f"qos_overrides.{h.ns}/depth/image.publisher.reliability")
+    assert node.get_parameter(f"qos_overrides.{h.ns}/depth/image.publisher.reliability").value == "reliable"
+    assert node.get_parameter(f"qos_overrides.{h.ns}/scan.publisher.depth").value == 1
 
 
 def test_bad_frames_skipped_and_counted(harness, scene):

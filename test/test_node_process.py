@@ -1,5 +1,6 @@
-"""cadfd_node as a separate process over real DDS: lifecycle services, outputs, and a 30 Hz stream
-against a slower solver (memory must stay bounded, stale frames must be dropped and counted)."""
+"""cadfd_node as a separate process over real DDS: lifecycle services, outputs received by a
+reliable subscriber (as RViz subscribes), the scan against depthimage_to_laserscan, and a 30 Hz
+stream against a slower solver (memory must stay bounded, stale frames must be dropped and counted)."""
 from __future__ import annotations
 
 import os
@@ -23,9 +24,10 @@ from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
-from rclpy.qos import qos_profile_sensor_data  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image, LaserScan, PointCloud2  # noqa: E402
 
+import d2ls_reference as d2ls  # noqa: E402
 from ros_test_util import (  # noqa: E402
     CX, CY, FX, FY, Collector, camera_info_msg, cloud_xyz, depth_array, diagnostic_values, image_msg,
     simulated_capture, unique_domain_id,
@@ -77,9 +79,12 @@ class Client:
         # parameter: this exercises the override, and the newest frame cannot be lost in transit.
         self.image_pub = self.node.create_publisher(Image, f"{ns}/image_raw", 5)
         self.info_pub = self.node.create_publisher(CameraInfo, f"{ns}/camera_info", qos_profile_sensor_data)
+        # Reliable subscriptions, as RViz makes them: they receive only from reliable publishers
+        # (REP 2003: drivers publish with SystemDefaultsQoS).
+        reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
         for topic, t in {"depth/image": Image, "depth/camera_info": CameraInfo, "points": PointCloud2,
-                         "aif/image": Image}.items():
-            self.node.create_subscription(t, f"{ns}/{topic}", self.out.callback(topic), qos_profile_sensor_data)
+                         "aif/image": Image, "scan": LaserScan}.items():
+            self.node.create_subscription(t, f"{ns}/{topic}", self.out.callback(topic), reliable)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self.out.callback("diagnostics"), 10)
         self.change = self.node.create_client(ChangeState, f"{ns}/cadfd_node/change_state")
         self.get_state = self.node.create_client(GetState, f"{ns}/cadfd_node/get_state")
@@ -198,7 +203,7 @@ def test_node_process_lifecycle_outputs_and_30hz_stream(node_process):
         return stamp_msg.sec, stamp_msg.nanosec
 
     def roundtrip(encoding: str) -> tuple[tuple[int, int], object]:
-        for _ in range(4):  # best effort: the first large samples can be lost while DDS warms up
+        for _ in range(4):  # the camera_info is best effort: the first samples can be lost while DDS warms up
             stamp = send(encoding)
             try:
                 return stamp, client.out.wait_for(
@@ -229,6 +234,13 @@ def test_node_process_lifecycle_outputs_and_30hz_stream(node_process):
     np.testing.assert_allclose(xyz[..., 0][valid], ((u - cx) * depth / fx)[valid], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(xyz[..., 1][valid], ((v - cy) * depth / fy)[valid], rtol=1e-5, atol=1e-6)
     assert aif.encoding == "rgb8" and (aif.height, aif.width) == (h, w)
+    # The scan with the default parameters: depthimage_to_laserscan on the published depth and
+    # depth camera_info, with the bundled bank's depth range as range limits.
+    scan = client.out.wait_for("scan", at)
+    assert scan.header.frame_id == FRAME and len(scan.ranges) == w and scan.scan_time >= 0.0
+    d2ls.assert_same_scan(scan, d2ls.convert_msg(depth_msg, info, scan_time=scan.scan_time, range_min=0.5,
+                                                 range_max=5.0, scan_height=1))
+    assert np.isfinite(scan.ranges).mean() > 0.5
 
     print(f"\nfirst frame done after {time.monotonic() - t_start:.1f} s")
     # Another solve so the allocator reaches its working size, then the reference point.
@@ -277,6 +289,21 @@ def test_node_process_lifecycle_outputs_and_30hz_stream(node_process):
     assert 0 < float(diag["latency_max_ms"]) < 60_000
 
     print(f"stream checked after {time.monotonic() - t_start:.1f} s")
+    # scan_height 5 and custom range limits (they leave out the near plane at 0.53 m), set at run
+    # time through the parameter service.
+    request = SetParameters.Request(parameters=[
+        Parameter("scan_height", value=5).to_parameter_msg(), Parameter("scan_range_min", value=0.6).to_parameter_msg(),
+        Parameter("scan_range_max", value=4.0).to_parameter_msg()])
+    assert all(r.successful for r in client.call(client.set_params, request).results)
+    stamp, depth_msg = roundtrip("rgb8")
+    at = lambda m: (m.header.stamp.sec, m.header.stamp.nanosec) == stamp  # noqa: E731
+    info, scan = client.out.wait_for("depth/camera_info", at), client.out.wait_for("scan", at)
+    # scan_time: the period since the previous processed frame, the last of the stream.
+    period = (stamp[0] - last[0]) + (stamp[1] - last[1]) * 1e-9
+    d2ls.assert_same_scan(scan, d2ls.convert_msg(depth_msg, info, scan_time=period, range_min=0.6, range_max=4.0,
+                                                 scan_height=5))
+    finite = np.asarray(scan.ranges)[np.isfinite(scan.ranges)]
+    assert finite.size > w // 4 and finite.min() >= 0.6 and finite.max() <= 4.0
     # Deactivate through the service: the node stays up, inactive.
     assert client.transition(Transition.TRANSITION_DEACTIVATE)
     assert client.state() == "inactive"

@@ -31,6 +31,15 @@ def test_bag_takes_the_output_parameters_too():
     values = scope_values(vars(args), OUTPUT)
     assert values["publish_aif"] is False and values["points_colored"] is True and values["depth_encoding"] == "16UC1"
     assert values["publish_points"] is True  # untouched flags keep the node's defaults
+    # The scan and decimation switches come from the same schema.
+    assert values["publish_scan"] is True and values["scan_height"] == 1 and values["scan_range_max"] is None
+    args = _parse(["bag", "in", "out", "--no-publish-scan", "--scan-height", "5", "--scan-range-max", "3.5",
+                   "--scan-frame-id", "cam_link", "--points-decimation", "4"])
+    values = scope_values(vars(args), OUTPUT)
+    assert (values["publish_scan"], values["scan_height"], values["scan_range_max"], values["scan_frame_id"],
+            values["points_decimation"]) == (False, 5, 3.5, "cam_link", 4)
+    with pytest.raises(CadfdError, match=r"points_decimation must be in \[1, 8\], got 9"):
+        scope_values({"points_decimation": 9}, OUTPUT)
 
 
 def test_flags_reach_the_config_and_zero_means_unset():

@@ -407,6 +407,31 @@ def test_pointcloud_float32_order_matches_depth_image_proc_bitwise() -> None:
             assert pts[v, u, 2] == depth[v, u]
 
 
+@pytest.mark.parametrize("n, shape", [(2, (4, 5)), (3, (3, 4)), (8, (1, 2))])
+def test_pointcloud_decimation_keeps_every_nth_pixel_projected_at_full_resolution(n, shape) -> None:
+    height, width = 7, 10
+    info = conv.camera_info_from_intrinsics(header(), width, height, 30.0, 28.0, 4.2, 3.1)
+    depth = RNG.uniform(0.5, 5.0, size=(height, width)).astype(np.float32)
+    depth[0, 0] = np.nan
+    rgb = RNG.random((height, width, 3)).astype(np.float32)
+    full = conv.depth_to_pointcloud2(depth, info, header(), rgb=rgb)
+    cloud = conv.depth_to_pointcloud2(depth, info, header(), rgb=rgb, decimation=n)
+    # ceil(H/n) x ceil(W/n), organised, same layout.
+    assert (cloud.height, cloud.width) == shape == (-(-height // n), -(-width // n))
+    assert cloud.point_step == 32 and cloud.row_step == 32 * cloud.width and not cloud.is_dense
+    # Each point is the full cloud's point at its pixel, bit for bit (colour included): the
+    # full-resolution intrinsics project it, so it agrees with camera_info at the full size.
+    kept = cloud_points(full)[::n, ::n]
+    np.testing.assert_array_equal(cloud_points(cloud).view("<u4"), kept.view("<u4"))
+    u, v = n * np.arange(cloud.width), n * np.arange(cloud.height)
+    pts = cloud_points(cloud)
+    np.testing.assert_allclose(pts[1:, :, 0], ((u[None, :] - 4.2) * depth[::n, ::n] / 30.0)[1:], rtol=1e-5)
+    np.testing.assert_allclose(pts[:, 1:, 1], ((v[:, None] - 3.1) * depth[::n, ::n] / 28.0)[:, 1:], rtol=1e-5)
+    assert np.all(np.isnan(pts[0, 0, :3]))
+    with pytest.raises(ValueError, match="decimation must be an integer >= 1"):
+        conv.depth_to_pointcloud2(depth, info, header(), decimation=0)
+
+
 def unpack_rgb(cloud: object) -> np.ndarray:
     raw = np.frombuffer(bytes(cloud.data), dtype="<u4").reshape(cloud.height, cloud.width, cloud.point_step // 4)
     return raw[:, :, 4]

@@ -2,9 +2,9 @@
 
 Every input connection and message is copied unchanged; for each frame on the image topic the
 same per-frame code as ``cadfd_node`` (``cadfd_ros.ros.processing``) adds depth/image,
-depth/camera_info, points, aif/image, aif/camera_info, confidence/image and (when
+depth/camera_info, points, scan, aif/image, aif/camera_info, confidence/image and (when
 cadfd_ros_interfaces is built) cadfd_node/info, all with the input frame's stamp. Offline,
-no frame is dropped. Outputs are written at the input message's log time so replay keeps
+no frame is dropped, so the scan's scan_time is the bag's frame period. Outputs are written at the input message's log time so replay keeps
 the original timing.
 """
 from __future__ import annotations
@@ -121,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
                 "aif": (f"{ns}/aif/image", "sensor_msgs/msg/Image"),
                 "aif_info": (f"{ns}/aif/camera_info", "sensor_msgs/msg/CameraInfo"),
                 "confidence": (f"{ns}/confidence/image", "sensor_msgs/msg/Image"),
+                "scan": (f"{ns}/scan", "sensor_msgs/msg/LaserScan"),
             }
             if processor.info_type is not None:
                 outputs["info"] = (f"{ns}/cadfd_node/info", info_type_name)
@@ -134,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
 
             camera_info = None
             frames = done = bad = 0
+            noted: set[str] = set()
             start = time.perf_counter()
             for conn, timestamp, raw in reader.messages():
                 writer.write(copied[conn.id], timestamp, raw)
@@ -152,7 +154,11 @@ def run(args: argparse.Namespace) -> int:
                     continue
                 except CadfdError as exc:
                     raise CadfdError(f"frame {frames} at t={timestamp}: {exc}") from exc
-                for key in ("depth", "depth_info", "points", "aif", "aif_info", "confidence", "info"):
+                for note in out.notes:  # an output left out (a scan_height too large): say so once
+                    if note not in noted:
+                        noted.add(note)
+                        print(f"cadfd bag: frame {frames} at t={timestamp}: {note}", file=sys.stderr)
+                for key in ("depth", "depth_info", "points", "scan", "aif", "aif_info", "confidence", "info"):
                     msg = getattr(out, key)
                     if msg is not None and key in outputs:
                         writer.write(out_conn(key), timestamp, serialize_message(msg))

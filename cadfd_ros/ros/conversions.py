@@ -27,7 +27,7 @@ import math
 import warnings
 
 import numpy as np
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from sensor_msgs.msg import CameraInfo, Image, LaserScan, PointCloud2, PointField
 
 from cadfd_ros.errors import InputImageError
 
@@ -307,7 +307,7 @@ def confidence_to_image_msg(confidence: np.ndarray, header: object) -> Image:
 
 
 def depth_to_pointcloud2(
-    depth: np.ndarray, info: CameraInfo, header: object, rgb: np.ndarray | None = None
+    depth: np.ndarray, info: CameraInfo, header: object, rgb: np.ndarray | None = None, decimation: int = 1
 ) -> PointCloud2:
     """Organised point cloud exactly as depth_image_proc's point_cloud_xyz(rgb) builds it.
 
@@ -318,7 +318,13 @@ def depth_to_pointcloud2(
     ``rgb``: None, or an H x W (grey) / H x W x 3 (RGB) image, float linear [0, 1] or uint8,
     packed as depth_image_proc does: uint32 0x00RRGGBB reinterpreted as the float32 'rgb' field.
     An rgb image of another size raises InputImageError (depth_image_proc drops such frames).
+    ``decimation`` n keeps every n-th pixel of every n-th row (from pixel (0, 0)): the cloud is
+    ceil(H/n) x ceil(W/n), and each point is projected with the full-resolution intrinsics at its
+    own pixel, so it is the point the full cloud has there (and the one image_proc's
+    crop_decimate + point_cloud_xyz would give). Full clouds are what make small computers lag.
     """
+    if int(decimation) != decimation or decimation < 1:
+        raise ValueError(f"points decimation must be an integer >= 1, got {decimation!r}")
     depth = np.asarray(depth)
     if depth.ndim != 2 or depth.size == 0:
         raise ValueError(f"depth must be a non-empty H x W array, got shape {depth.shape}")
@@ -346,12 +352,16 @@ def depth_to_pointcloud2(
     # float32 in depth_image_proc's order: constant = float(1.0 / f) (double, then float),
     # x = (u - cx) * depth * constant.
     # Non-finite depth -> NaN z first (2-D, cheap); x and y then come out NaN by arithmetic.
-    z = np.array(depth, dtype=np.float32, copy=True)
+    step = int(decimation)
+    z = np.array(depth[::step, ::step], dtype=np.float32, copy=True)
     z[~np.isfinite(z)] = np.nan
+    if colour is not None and step > 1:
+        colour = colour[::step, ::step]
+    height, width = z.shape  # the cloud's size from here on
     centre_x, centre_y = np.float32(p[2]), np.float32(p[6])
     constant_x, constant_y = np.float32(1.0 / p[0]), np.float32(1.0 / p[5])
-    u = np.arange(width, dtype=np.float32)[None, :]
-    v = np.arange(height, dtype=np.float32)[:, None]
+    u = np.arange(0, depth.shape[1], step, dtype=np.float32)[None, :]  # full-resolution pixel coordinates
+    v = np.arange(0, depth.shape[0], step, dtype=np.float32)[:, None]
     x = (u - centre_x) * z * constant_x
     y = (v - centre_y) * z * constant_y
 
@@ -389,3 +399,213 @@ def depth_to_pointcloud2(
     data.frombytes(memoryview(buffer).cast("B"))  # one copy; array.array skips the setter's per-byte check
     cloud.data = data
     return cloud
+
+
+# --------------------------------------------------------------------------- laser scan
+#
+# depthimage_to_laserscan (ros-perception, ros2 branch: DepthImageToLaserScan::convert_msg and
+# convert<T>, with image_geometry's PinholeCameraModel), vectorised. The C++ mixes float and
+# double; that mix is kept operation by operation, because it decides which scan index a pixel
+# lands in (atan is not linear in u, so some indices get two pixels and some none) and so which
+# indices stay NaN. With it, the same depth message gives the same scan as that node.
+
+_DISTORTION_MODELS = ("plumb_bob", "rational_polynomial", "equidistant")  # image_geometry's supported ones
+
+
+def _rectify_pixel(info: CameraInfo, u: float, v: float) -> tuple[float, float]:
+    """image_geometry's ``rectifyPoint``: the pixel as is without distortion, else undistorted by
+    OpenCV in float32; an unknown distortion model is an error there, so it is one here."""
+    model = str(info.distortion_model)
+    if model not in _DISTORTION_MODELS:
+        raise InputImageError(
+            f"camera_info distortion_model {model!r} is unknown (image_geometry supports "
+            f"{', '.join(_DISTORTION_MODELS)}); depthimage_to_laserscan cannot rectify it, so no scan"
+        )
+    d = np.asarray(info.d, dtype=np.float64)
+    if not np.any(d != 0):
+        return u, v
+    import cv2
+
+    k = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
+    r = np.asarray(info.r, dtype=np.float64).reshape(3, 3)
+    p = np.asarray(info.p, dtype=np.float64).reshape(3, 4)
+    point = np.array([[[u, v]]], dtype=np.float32)  # image_geometry passes a cv::Point2f
+    try:
+        if model == "equidistant":
+            out = cv2.fisheye.undistortPoints(point, k, d, R=r, P=p)
+        else:
+            out = cv2.undistortPoints(point, k, d, R=r, P=p)
+    except cv2.error as exc:
+        raise InputImageError(f"camera_info D ({len(d)} coefficients) cannot undistort with model {model!r}: {exc}")
+    return float(out[0, 0, 0]), float(out[0, 0, 1])
+
+
+def _pixel_ray(p: list[float], u: float, v: float) -> tuple[float, float, float]:
+    """image_geometry's ``projectPixelTo3dRay`` (from P, with its Tx and Ty)."""
+    return (u - p[2] - p[3]) / p[0], (v - p[6] - p[7]) / p[5], 1.0
+
+
+def _angle_between_rays(a: tuple[float, float, float], b: tuple[float, float, float]) -> float:
+    dot = a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+    norm = math.sqrt(a[0] ** 2 + a[1] ** 2 + a[2] ** 2) * math.sqrt(b[0] ** 2 + b[1] ** 2 + b[2] ** 2)
+    cosine = dot / norm
+    return math.acos(cosine) if -1.0 <= cosine <= 1.0 else math.nan  # C++ acos gives NaN, Python raises
+
+
+def laserscan_angles(info: CameraInfo, width: int) -> tuple[np.float32, np.float32, np.float32]:
+    """(angle_min, angle_max, angle_increment) of the scan of a ``width``-wide depth image, as the
+    float32 LaserScan fields depthimage_to_laserscan fills: angle_max is the angle between the rays
+    of pixels (0, cy) and (cx, cy), angle_min minus that between (cx, cy) and (width - 1, cy), and
+    the increment (angle_max - angle_min) / (width - 1) in float."""
+    if width < 2:
+        raise InputImageError(f"depth image is {width} pixel(s) wide; a scan needs at least 2 columns")
+    p = [float(v) for v in info.p]
+    if not (p[0] > 0 and p[5] > 0 and all(math.isfinite(v) for v in p)):
+        raise InputImageError(f"camera_info P is degenerate (fx=P[0]={p[0]}, fy=P[5]={p[5]}); cannot compute a scan")
+    cx, cy = p[2], p[6]
+    if not 0.0 <= cx <= width - 1:  # acos is unsigned: the C++ would index outside its ranges
+        raise InputImageError(f"camera_info cx={cx:g} must lie inside the {width}-pixel-wide image for a scan")
+    left = _pixel_ray(p, *_rectify_pixel(info, 0.0, cy))
+    right = _pixel_ray(p, *_rectify_pixel(info, float(width - 1), cy))
+    centre = _pixel_ray(p, *_rectify_pixel(info, cx, cy))
+    angle_max = np.float32(_angle_between_rays(left, centre))
+    # Negative: the scan turns counter-clockwise, the image's u axis the other way.
+    angle_min = np.float32(-_angle_between_rays(centre, right))
+    increment = np.float32(angle_max - angle_min) / np.float32(width - 1)
+    if not (np.isfinite(angle_min) and np.isfinite(angle_max) and increment > 0):
+        raise InputImageError(
+            f"scan angles are degenerate (angle_min={angle_min}, angle_max={angle_max}, cx={cx:g}, "
+            f"width {width})"
+        )
+    return angle_min, angle_max, increment
+
+
+def check_scan_height(scan_height: int, cy: float, height: int) -> int:
+    """The first of the ``scan_height`` rows the scan uses, int(cy - scan_height / 2); refused
+    (InputImageError) when the rows do not fit around cy, as depthimage_to_laserscan refuses them."""
+    half = float(scan_height) / 2.0
+    if scan_height < 1 or half > cy or half > float(height) - cy:
+        raise InputImageError(
+            f"scan_height ({scan_height} pixels) is too large for the image height: {height} rows with the "
+            f"principal point at cy={cy:g} leave room for at most {int(2 * max(0.0, min(cy, height - cy)))}"
+        )
+    return int(cy - half)
+
+
+def laserscan_ranges(
+    depth: np.ndarray, fx: float, cx: float, cy: float, angle_min: float, angle_increment: float,
+    scan_height: int, range_min: float, range_max: float,
+) -> np.ndarray:
+    """One range per column (float32), as depthimage_to_laserscan's ``convert<T>``.
+
+    ``depth``: H x W float32 metres (32FC1) or uint16 millimetres (16UC1, 0 = invalid). For each
+    pixel of the ``scan_height`` rows from int(cy - scan_height/2): th = -atan2((u - cx)/fx, 1),
+    index = int((th - angle_min) / angle_increment), r = hypot((u - cx) z / fx, z). Invalid
+    depth passes through as r (NaN, +-Inf; 0 for 16UC1, which then only counts if range_min <= 0).
+    A range starts as NaN and a new r replaces it by ``use_point``: a finite r in
+    [range_min, range_max] beats a non-finite one, +-Inf beats NaN, the shorter finite r wins.
+    Pixels whose index falls outside the scan are skipped (the C++ would write out of bounds).
+    """
+    depth = np.asarray(depth)
+    if depth.ndim != 2 or depth.dtype not in (np.uint16, np.float32):
+        raise ValueError(f"depth must be H x W uint16 (mm) or float32 (m), got {depth.dtype} {depth.shape}")
+    height, width = depth.shape
+    offset = check_scan_height(scan_height, cy, height)
+    rows = depth[offset: offset + scan_height]
+
+    du = np.arange(width, dtype=np.float32) - np.float32(cx)  # (u - center_x) in float
+    if depth.dtype == np.uint16:
+        unit = np.float32(0.001)  # DepthTraits<uint16_t>::toMeters: depth * 0.001f
+        unit_scaling = float(unit)
+        values = rows.astype(np.float32)
+        valid = rows != 0
+        z = values * unit
+    else:
+        unit_scaling = 1.0
+        values = rows
+        valid = np.isfinite(rows)
+        z = rows
+    constant_x = np.float32(unit_scaling / fx)
+    # Atan2(x, z) with the depth divided out, in double; the index truncates towards zero like int().
+    th = -np.arctan2(du.astype(np.float64) * np.float64(constant_x), unit_scaling)
+    index = np.trunc((th - np.float64(angle_min)) / np.float64(angle_increment)).astype(np.int64)
+    in_scan = (index >= 0) & (index < width)
+
+    with np.errstate(invalid="ignore", over="ignore"):
+        x = (du[None, :] * values) * constant_x  # float, in the C++ order
+        r = np.sqrt(np.square(x, dtype=np.float64) + np.square(z, dtype=np.float64)).astype(np.float32)
+    r = np.where(valid, r, values)  # 'double r = depth' passes NaN/Inf (and 16UC1's 0) through
+
+    rmin, rmax = np.float32(range_min), np.float32(range_max)  # use_point compares in float
+    with np.errstate(invalid="ignore"):
+        usable = np.isfinite(r) & (r >= rmin) & (r <= rmax) & in_scan[None, :]
+    ranges = np.full(width, np.nan, dtype=np.float32)
+    # Usable values: the shortest wins, whatever the order.
+    columns = usable.any(axis=0)
+    if columns.any():
+        column_min = np.where(usable, r, np.inf).min(axis=0)
+        best = np.full(width, np.inf, dtype=np.float32)
+        np.minimum.at(best, index[columns], column_min[columns])
+        found = np.isfinite(best)
+        ranges[found] = best[found]
+    else:
+        found = np.zeros(width, dtype=bool)
+    # No usable value: the last +-Inf in loop order (rows, then columns) wins over NaN.
+    infinite = np.isinf(r) & in_scan[None, :]
+    if infinite.any():
+        v, u = np.nonzero(infinite)
+        last = np.full(width, -1, dtype=np.int64)
+        np.maximum.at(last, index[u], v * width + u)
+        take = (last >= 0) & ~found
+        ranges[take] = r.ravel()[last[take]]
+    return ranges
+
+
+def _depth_pixels(msg: Image) -> np.ndarray:
+    """A REP 118 depth message's pixels: H x W float32 (32FC1) or uint16 (16UC1), native order."""
+    encoding = str(msg.encoding)
+    codes = {"32FC1": "f4", "16UC1": "u2"}
+    if encoding not in codes:
+        raise InputImageError(f"depth image has unsupported encoding {encoding!r}; a scan needs 32FC1 or 16UC1")
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    dtype = np.dtype(codes[encoding]).newbyteorder(">" if msg.is_bigendian else "<")
+    raw = _as_uint8(msg.data)
+    if height <= 0 or width <= 0 or step < width * dtype.itemsize or raw.size != step * height:
+        raise InputImageError(
+            f"{encoding} depth image is inconsistent: {width}x{height}, step={step}, len(data)={raw.size}"
+        )
+    rows = np.ascontiguousarray(raw.reshape(height, step)[:, : width * dtype.itemsize])
+    return rows.view(dtype).reshape(height, width).astype(dtype.newbyteorder("="))
+
+
+def depth_image_to_laserscan(
+    depth_msg: Image, info: CameraInfo, scan_height: int = 1, range_min: float = 0.45, range_max: float = 10.0,
+    scan_time: float = 0.033, frame_id: str = "",
+) -> LaserScan:
+    """depthimage_to_laserscan's ``convert_msg``: a LaserScan from a published 32FC1/16UC1 depth
+    image and its camera_info, one range per column (see ``laserscan_ranges``).
+
+    The header is the depth's, with ``frame_id`` when given; that frame must be x-forward
+    (REP 103 body frame, not the optical frame), like the original's ``output_frame``.
+    time_increment is 0, as there. Raises InputImageError for an unsupported encoding, a
+    ``scan_height`` too large for the image, or intrinsics the scan cannot use.
+    """
+    from std_msgs.msg import Header
+
+    if not (0 <= range_min < range_max):
+        raise InputImageError(f"scan range [{range_min}, {range_max}] m is empty; need 0 <= range_min < range_max")
+    depth = _depth_pixels(depth_msg)
+    angle_min, angle_max, increment = laserscan_angles(info, depth.shape[1])
+    p = [float(v) for v in info.p]
+    ranges = laserscan_ranges(depth, p[0], p[2], p[6], angle_min, increment, int(scan_height), range_min, range_max)
+
+    scan = LaserScan()
+    scan.header = Header(stamp=depth_msg.header.stamp, frame_id=frame_id or depth_msg.header.frame_id)
+    scan.angle_min, scan.angle_max, scan.angle_increment = float(angle_min), float(angle_max), float(increment)
+    scan.time_increment = 0.0
+    scan.scan_time = float(np.float32(scan_time))
+    scan.range_min, scan.range_max = float(np.float32(range_min)), float(np.float32(range_max))
+    data = array.array("f")
+    data.frombytes(ranges.astype(np.float32).tobytes())  # array.array skips the setter's per-value check
+    scan.ranges = data
+    return scan

@@ -2,12 +2,13 @@
 
 This is the per-frame work shared by the lifecycle node and ``cadfd bag``. It holds no rclpy
 node, so both run exactly the same code: image -> capture -> (downscale) -> solver ->
-REP 118 depth, camera_info, all-in-focus, confidence, organised cloud, ReconstructionInfo.
+REP 118 depth, camera_info, all-in-focus, confidence, organised cloud, LaserScan,
+ReconstructionInfo.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,6 +30,13 @@ class OutputSettings:
     points_colored: bool = False
     publish_confidence: bool = True
     output_frame_id: str = ""  # empty: the input image's frame_id
+    points_decimation: int = 1  # every n-th pixel of every n-th row
+    publish_scan: bool = True
+    scan_height: int = 1  # depth rows per range, centred on cy
+    scan_range_min: float | None = None  # metres; None: the bank's nearest depth
+    scan_range_max: float | None = None  # metres; None: the bank's farthest depth
+    scan_time: float | None = None  # seconds; None: the measured period between frames
+    scan_frame_id: str = ""  # empty: the depth's frame_id (should be an x-forward frame)
 
     def __post_init__(self) -> None:
         if self.depth_encoding not in DEPTH_ENCODINGS:
@@ -37,6 +45,13 @@ class OutputSettings:
             raise CadfdError(f"min_depth/max_depth must be >= 0, got {self.min_depth}/{self.max_depth}")
         if self.max_depth and self.max_depth <= self.min_depth:
             raise CadfdError(f"max_depth ({self.max_depth}) must be greater than min_depth ({self.min_depth}) or 0")
+        if self.points_decimation < 1:
+            raise CadfdError(f"points_decimation must be >= 1, got {self.points_decimation}")
+        if self.scan_height < 1:
+            raise CadfdError(f"scan_height must be >= 1, got {self.scan_height}")
+        lo, hi = self.scan_range_min, self.scan_range_max
+        if lo is not None and hi is not None and hi <= lo:
+            raise CadfdError(f"scan_range_max ({hi}) must be greater than scan_range_min ({lo}) or 0 (the bank's)")
 
 
 @dataclass
@@ -54,6 +69,8 @@ class FrameOutputs:
     info: object | None  # cadfd_ros_interfaces/ReconstructionInfo when the package is built
     intrinsics_source: str  # "camera_info" or "psf_bank" (or "none": no cloud, no camera_info)
     seconds: dict[str, float]  # per-stage wall time: convert, solve, publish-side encode
+    scan: object | None = None  # sensor_msgs/LaserScan
+    notes: list[str] = field(default_factory=list)  # outputs left out of this frame, and why
 
 
 def _area_weights(old_size: int, factor: float) -> np.ndarray:
@@ -133,6 +150,26 @@ class FrameProcessor:
         self.reconstructor = reconstructor
         self.input_downscale = int(input_downscale)
         self.info_type = _load_info_type()
+        self._previous_stamp_ns: int | None = None  # of the previous frame: the scan's measured period
+
+    def restart_frame_clock(self) -> None:
+        """Forget the previous frame's stamp (after a pause, the gap is no frame period)."""
+        self._previous_stamp_ns = None
+
+    def frame_period(self, stamp: object) -> float:
+        """Seconds since the previous frame's stamp, 0 for the first frame or a stamp that did not
+        advance (a replayed bag, a clock reset). Between processed frames: the rate scans come out."""
+        now = int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+        previous, self._previous_stamp_ns = self._previous_stamp_ns, now
+        if previous is None or now <= previous:
+            return 0.0
+        return (now - previous) * 1e-9
+
+    def scan_range(self, settings: OutputSettings) -> tuple[float, float]:
+        """(range_min, range_max) of the scan: the settings', else the bank's nearest and farthest depth."""
+        lo = settings.scan_range_min if settings.scan_range_min is not None else float(self.bank.depths[0])
+        hi = settings.scan_range_max if settings.scan_range_max is not None else float(self.bank.depths[-1])
+        return lo, hi
 
     def warmup(self) -> None:
         """Pay first-frame costs up front: solver allocations, and the lazy imports and first
@@ -149,6 +186,7 @@ class FrameProcessor:
         conv.confidence_to_image_msg(small, header)
         info = conv.camera_info_from_intrinsics(header, 8, 8, 10.0, 10.0, 3.5, 3.5)
         conv.depth_to_pointcloud2(small, info, header, rgb=small)
+        conv.depth_image_to_laserscan(conv.depth_to_image_msg(small, header, "16UC1"), info, 1, 0.5, 5.0)
 
     @property
     def bank(self) -> PSFBank:
@@ -212,7 +250,18 @@ class FrameProcessor:
         points = None
         if settings.publish_points and info is not None:
             rgb = result.all_in_focus if settings.points_colored else None
-            points = conv.depth_to_pointcloud2(depth, info, header, rgb=rgb)
+            points = conv.depth_to_pointcloud2(depth, info, header, rgb=rgb, decimation=settings.points_decimation)
+        period = self.frame_period(header.stamp)
+        scan, notes = None, []
+        if settings.publish_scan and info is not None:
+            # From the published message, as depthimage_to_laserscan would read it (16UC1: whole mm).
+            range_min, range_max = self.scan_range(settings)
+            try:
+                scan = conv.depth_image_to_laserscan(
+                    depth_msg, info, settings.scan_height, range_min, range_max,
+                    settings.scan_time if settings.scan_time is not None else period, settings.scan_frame_id)
+            except InputImageError as exc:  # the other outputs are still good
+                notes.append(f"scan not published: {exc}")
         seconds["encode"] = time.perf_counter() - start
         return FrameOutputs(
             reconstruction=result,
@@ -226,6 +275,8 @@ class FrameProcessor:
             info=self.info_message(result, header, seconds),
             intrinsics_source=source,
             seconds=seconds,
+            scan=scan,
+            notes=notes,
         )
 
     def info_message(self, result: Reconstruction, header: object, seconds: dict[str, float]) -> object | None:

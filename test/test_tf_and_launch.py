@@ -1,0 +1,164 @@
+"""The TF a robot needs (cadfd_node publishes none, as depth_image_proc does not): the URDF macro
+gives base_link -> camera_link -> camera_optical_frame with the REP 103 optical rotation, and the
+launch file's publish_tf static transforms and scan arguments match it. launch and launch_ros are
+not installable here, so the launch file runs against recording stand-ins."""
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------- URDF
+def rpy_matrix(roll: float, pitch: float, yaw: float) -> np.ndarray:
+    """URDF's fixed-axis rpy: R = Rz(yaw) Ry(pitch) Rx(roll)."""
+    cr, sr, cp, sp, cy, sy = math.cos(roll), math.sin(roll), math.cos(pitch), math.sin(pitch), math.cos(yaw), math.sin(yaw)
+    rx = np.array([[1, 0, 0], [0, cr, -sr], [0, sr, cr]])
+    ry = np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]])
+    rz = np.array([[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def assert_rep103_optical(rotation: np.ndarray) -> None:
+    """Optical axes in the body frame: z (forward) = x, x (right) = -y, y (down) = -z."""
+    np.testing.assert_allclose(rotation @ [0, 0, 1], [1, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(rotation @ [1, 0, 0], [0, -1, 0], atol=1e-12)
+    np.testing.assert_allclose(rotation @ [0, 1, 0], [0, 0, -1], atol=1e-12)
+
+
+@pytest.fixture
+def expanded_example(tmp_path, monkeypatch):
+    """urdf/cadfd_camera_example.urdf.xacro expanded by xacro, with $(find cadfd_ros) resolved
+    through an ament index laid out as an install would (share/cadfd_ros/urdf)."""
+    xacro = pytest.importorskip("xacro", reason="xacro is not installed (pip install xacro)")
+    import xml.etree.ElementTree as ET
+
+    index = tmp_path / "share" / "ament_index" / "resource_index" / "packages"
+    index.mkdir(parents=True)
+    (index / "cadfd_ros").write_text("")
+    (tmp_path / "share" / "cadfd_ros").mkdir()
+    (tmp_path / "share" / "cadfd_ros" / "urdf").symlink_to(REPO / "urdf")
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(tmp_path))
+    doc = xacro.process_file(str(REPO / "urdf" / "cadfd_camera_example.urdf.xacro"))
+    return ET.fromstring(doc.toxml())
+
+
+def joint(robot, name: str) -> dict:
+    (j,) = [j for j in robot.findall("joint") if j.get("name") == name]
+    origin = j.find("origin")
+    return {"parent": j.find("parent").get("link"), "child": j.find("child").get("link"), "type": j.get("type"),
+            "xyz": [float(v) for v in origin.get("xyz").split()], "rpy": [float(v) for v in origin.get("rpy").split()]}
+
+
+def test_urdf_macro_gives_body_and_rep103_optical_frames(expanded_example):
+    robot = expanded_example
+    assert {link.get("name") for link in robot.findall("link")} == {"base_link", "camera_link",
+                                                                     "camera_optical_frame"}
+    mount = joint(robot, "camera_joint")
+    assert (mount["parent"], mount["child"], mount["type"]) == ("base_link", "camera_link", "fixed")
+    assert mount["xyz"] == [0.10, 0.0, 0.25] and mount["rpy"] == [0.0, 0.0, 0.0]
+    optical = joint(robot, "camera_optical_joint")
+    assert (optical["parent"], optical["child"], optical["type"]) == ("camera_link", "camera_optical_frame", "fixed")
+    assert optical["xyz"] == [0.0, 0.0, 0.0]  # same origin: the scan in camera_link is the depth's
+    np.testing.assert_allclose(optical["rpy"], [-math.pi / 2, 0.0, -math.pi / 2], atol=1e-12)
+    assert_rep103_optical(rpy_matrix(*optical["rpy"]))
+
+
+def test_urdf_is_installed():
+    setup = (REPO / "setup.py").read_text()
+    assert '("share/" + package_name + "/urdf", glob("urdf/*.xacro"))' in setup
+    package = (REPO / "package.xml").read_text()
+    assert "<exec_depend>xacro</exec_depend>" in package and "<exec_depend>tf2_ros</exec_depend>" in package
+
+
+# ---------------------------------------------------------------------- launch file
+class Recorded:
+    """Stand-in for a launch class: keeps its arguments."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.args, self.kwargs = args, kwargs
+
+
+@pytest.fixture
+def launch_description(monkeypatch):
+    """generate_launch_description() of launch/cadfd.launch.py with launch and launch_ros
+    replaced by recording stand-ins (neither is installable from PyPI)."""
+    def module(name: str, **classes) -> None:
+        mod = types.ModuleType(name)
+        mod.__dict__.update(classes)
+        monkeypatch.setitem(sys.modules, name, mod)
+
+    stand_in = {n: type(n, (Recorded,), {}) for n in (
+        "LaunchDescription", "DeclareLaunchArgument", "EmitEvent", "RegisterEventHandler", "IfCondition",
+        "LaunchConfiguration", "LifecycleNode", "Node", "OnStateTransition", "ChangeState", "ParameterValue")}
+    module("launch", LaunchDescription=stand_in["LaunchDescription"])
+    module("launch.actions", **{k: stand_in[k] for k in ("DeclareLaunchArgument", "EmitEvent", "RegisterEventHandler")})
+    module("launch.conditions", IfCondition=stand_in["IfCondition"])
+    module("launch.events", matches_action=lambda action: ("matches", action))
+    module("launch.substitutions", LaunchConfiguration=stand_in["LaunchConfiguration"])
+    module("launch_ros")
+    module("launch_ros.actions", LifecycleNode=stand_in["LifecycleNode"], Node=stand_in["Node"])
+    module("launch_ros.event_handlers", OnStateTransition=stand_in["OnStateTransition"])
+    module("launch_ros.events")
+    module("launch_ros.events.lifecycle", ChangeState=stand_in["ChangeState"])
+    module("launch_ros.parameter_descriptions", ParameterValue=stand_in["ParameterValue"])
+    module("ament_index_python.packages", get_package_share_directory=lambda package: f"/opt/share/{package}")
+    spec = importlib.util.spec_from_file_location("cadfd_launch_under_test", REPO / "launch" / "cadfd.launch.py")
+    launch_file = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launch_file)
+    return launch_file.generate_launch_description()
+
+
+def text(value) -> str:
+    """A launch argument value (a string, a LaunchConfiguration or a list of them) as text."""
+    if isinstance(value, list):
+        return "".join(text(v) for v in value)
+    if type(value).__name__ == "LaunchConfiguration":
+        return "$(" + value.args[0] + ")"
+    return str(value)
+
+
+def test_launch_declares_scan_and_tf_arguments(launch_description):
+    (entities,) = launch_description.args
+    declared = {e.args[0]: e.kwargs["default_value"] for e in entities if type(e).__name__ == "DeclareLaunchArgument"}
+    assert declared["publish_scan"] == "true" and declared["scan_height"] == "1" and declared["scan_frame_id"] == ""
+    assert declared["publish_tf"] == "false"  # a robot description usually provides the TF
+    assert declared["camera_name"] == "camera" and declared["parent_frame"] == "base_link"
+    assert all(declared[a] == "0.0" for a in ("x", "y", "z", "roll", "pitch", "yaw"))
+
+    (node,) = [e for e in entities if type(e).__name__ == "LifecycleNode"]
+    params = node.kwargs["parameters"][1]
+    for name, kind in (("publish_scan", bool), ("scan_height", int), ("scan_frame_id", str)):
+        assert text(params[name].args[0]) == f"$({name})" and params[name].kwargs["value_type"] is kind, name
+
+
+def test_launch_static_tf_matches_the_urdf(launch_description):
+    (entities,) = launch_description.args
+    tf_nodes = {e.kwargs["name"]: e for e in entities if type(e).__name__ == "Node"}
+    assert set(tf_nodes) == {"cadfd_camera_mount_tf", "cadfd_camera_optical_tf"}
+    for tf in tf_nodes.values():
+        assert (tf.kwargs["package"], tf.kwargs["executable"]) == ("tf2_ros", "static_transform_publisher")
+        assert text(tf.kwargs["condition"].args[0]) == "$(publish_tf)"
+
+    def flags(tf) -> dict[str, str]:
+        args = [text(a) for a in tf.kwargs["arguments"]]
+        assert all(a.startswith("--") for a in args[::2])  # new-style flags only
+        return dict(zip(args[::2], args[1::2]))
+
+    mount = flags(tf_nodes["cadfd_camera_mount_tf"])
+    assert mount == {"--x": "$(x)", "--y": "$(y)", "--z": "$(z)", "--roll": "$(roll)", "--pitch": "$(pitch)",
+                     "--yaw": "$(yaw)", "--frame-id": "$(parent_frame)", "--child-frame-id": "$(camera_name)_link"}
+    optical = flags(tf_nodes["cadfd_camera_optical_tf"])
+    assert optical["--frame-id"] == "$(camera_name)_link"
+    assert optical["--child-frame-id"] == "$(camera_name)_optical_frame"  # the urdf macro's names
+    # tf2's setRPY is URDF's fixed-axis convention: the same REP 103 rotation as the macro's joint.
+    rpy = [float(optical[k]) for k in ("--roll", "--pitch", "--yaw")]
+    np.testing.assert_allclose(rpy, [-math.pi / 2, 0.0, -math.pi / 2], atol=1e-12)
+    assert_rep103_optical(rpy_matrix(*rpy))
