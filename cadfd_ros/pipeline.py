@@ -171,7 +171,7 @@ class Reconstructor:
         weight_sum = np.zeros((height, width), np.float64)
         timings: dict[str, float] = {}
         notes: list[str] = []
-        residual_sq, parts = 0.0, None
+        residual_sq, parts, network_seconds = 0.0, None, 0.0
         for top in rows:
             for left in cols:
                 window = (slice(top, min(top + tile, height)), slice(left, min(left + tile, width)))
@@ -184,6 +184,7 @@ class Reconstructor:
                 confidence[window] += ramp * part.confidence
                 weight_sum[window] += ramp
                 residual_sq += part.residual**2 * part.depth.size
+                network_seconds += part.network_seconds
                 for key, value in part.timings.items():
                     timings[key] = timings.get(key, 0.0) + value
                 notes.extend(note for note in part.notes if note not in notes)
@@ -200,6 +201,7 @@ class Reconstructor:
             method=parts.method,
             sampler=parts.sampler,
             steps=parts.steps,
+            network_seconds=network_seconds,
             timings=timings,
             residual=float(np.sqrt(residual_sq / (height * width))),
             noise_sigma=parts.noise_sigma,

@@ -23,6 +23,7 @@ class Reconstruction:
     sampler: str = ""
     steps: int = 0
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    network_seconds: float = 0.0  # of those, the time inside prior network calls (0 for classical)
     residual: float = float("nan")  # RMS of capture - forward(all_in_focus, depth)
     noise_sigma: float = float("nan")
     notes: list[str] = field(default_factory=list)  # this frame's solver warnings (an unmet time budget)

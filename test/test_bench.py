@@ -60,3 +60,36 @@ def test_repeats_render_each_photo_with_new_depth_maps():
                               progress=False)
     assert [row.scene for row in single] == ["brick", "coins"]  # one repeat: the scenes as before
     np.testing.assert_array_equal(first[1][0].depth, depths[1])
+
+
+def test_speed_bench_reports_network_time_and_overhead(tmp_path):
+    out = tmp_path / "speed"
+    code = cli_main(["bench", "--speed", "--speed-sizes", "64x56", "--speed-steps", "2,1", "--speed-channels", "mono",
+                     "--speed-repeats", "1", "--device", "cpu", "--out-dir", str(out)])
+    assert code == 0
+    rows = json.loads((out / "speed.json").read_text())
+    assert [(r["width"], r["height"], r["channels"], r["steps"]) for r in rows] == [(64, 56, 1, 1), (64, 56, 1, 2)]
+    for row in rows:
+        # the network is part of the frame's time, never all of it (there is a classical start)
+        assert 0 < row["network_s"] < row["seconds"] and row["overhead"] > 1.0
+        assert row["peak_mb"] > 50 and "dps" in row["stages"] and "evidence" in row["stages"]
+    assert "| 64x56 | mono | 2 |" in (out / "speed.md").read_text()
+
+
+@pytest.mark.parametrize("flag, value", [("--speed-sizes", "160"), ("--speed-sizes", "8x8"), ("--speed-steps", "0"),
+                                         ("--speed-channels", "bgr"), ("--speed-repeats", "0")])
+def test_speed_bench_rejects_bad_flags(tmp_path, capsys, flag, value):
+    assert cli_main(["bench", "--speed", flag, value, "--out-dir", str(tmp_path)]) == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_network_seconds_are_counted_per_frame(default_bank):
+    import numpy as np
+
+    from cadfd_ros.pipeline import ReconstructionConfig, Reconstructor
+
+    capture = np.random.default_rng(0).uniform(0.2, 0.8, (56, 64)).astype(np.float32)
+    dps = Reconstructor(default_bank, ReconstructionConfig(method="dps", steps=2)).reconstruct(capture)
+    classical = Reconstructor(default_bank, ReconstructionConfig(method="classical")).reconstruct(capture)
+    assert 0 < dps.network_seconds < dps.timings["dps"] <= dps.timings["total"]
+    assert classical.network_seconds == 0.0

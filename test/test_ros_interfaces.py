@@ -34,6 +34,7 @@ def sample() -> object:
     msg.method = "dps"
     msg.sampler = "dps-ddim"
     msg.steps = 50
+    msg.network_seconds = 3.1
     msg.stage_names = ["convert", "classical", "dps", "publish"]
     msg.stage_seconds = [0.001, 0.25, 3.5, 0.002]
     msg.total_seconds = 3.753
@@ -51,7 +52,7 @@ def assert_same(got: object, want: object) -> None:
     assert (got.method, got.sampler, got.steps) == (want.method, want.sampler, want.steps)
     assert list(got.stage_names) == list(want.stage_names)
     assert list(got.stage_seconds) == pytest.approx(list(want.stage_seconds), rel=1e-6)
-    for name in ("total_seconds", "final_residual", "max_depth", "valid_fraction"):
+    for name in ("network_seconds", "total_seconds", "final_residual", "max_depth", "valid_fraction"):
         assert getattr(got, name) == pytest.approx(getattr(want, name), rel=1e-6), name
     assert math.isnan(got.min_depth)
 
@@ -62,6 +63,7 @@ def test_fields_match_the_specification() -> None:
         "method": "string",
         "sampler": "string",
         "steps": "uint32",
+        "network_seconds": "float",
         "stage_names": "sequence<string>",
         "stage_seconds": "sequence<float>",
         "total_seconds": "float",

@@ -29,6 +29,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="camera-matrix bench: every camera of FILE (default: config/cameras.toml), per camera, "
                              "with ceilings; --photos is then a split of that file (tuning or heldout)")
     parser.add_argument("--only", default=None, metavar="NAME,...", help="with --cameras: only these cameras")
+    parser.add_argument("--speed", action="store_true",
+                        help="speed bench: seconds per frame, network_s (time inside the prior), overhead "
+                             "(total / network_s) and peak memory per size, channels and step count (DFD-DPS)")
+    parser.add_argument("--speed-sizes", default="160x120,320x240,640x480", metavar="WxH,...",
+                        help="with --speed: frame sizes (default: 160x120,320x240,640x480)")
+    parser.add_argument("--speed-steps", default="1,2,4,8,20", metavar="N,...",
+                        help="with --speed: step counts (default: 1,2,4,8,20)")
+    parser.add_argument("--speed-channels", default="mono,rgb", help="with --speed: mono, rgb or both")
+    parser.add_argument("--speed-repeats", type=int, default=2,
+                        help="with --speed: timed frames per row after one warm-up frame (median reported)")
     parser.add_argument("--out-dir", type=Path, default=Path("out/bench"))
     # the solver flags of cadfd reconstruct (the seed also draws the scenes); --methods picks method and sampler
     add_cli_arguments(parser, (SOLVER,), skip=("method", "sampler"))
@@ -36,6 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.speed:
+        return _run_speed(args)
     if args.cameras is not None:
         return _run_cameras(args)
     from cadfd_ros.bench.runner import constant_depth_method, markdown_table, run_bench, save_examples_figure, \
@@ -139,4 +151,33 @@ def _run_cameras(args: argparse.Namespace) -> int:
     figure = cm.save_worst_camera_figure(args.out_dir / "worst_camera.png", results)
     print(text)
     print(f"wrote {args.out_dir}/camera_matrix.md, camera_matrix.json" + (f", {figure.name}" if figure else ""))
+    return 0
+
+
+def _run_speed(args: argparse.Namespace) -> int:
+    from cadfd_ros.bench import speed
+    from cadfd_ros.errors import CadfdError
+    from cadfd_ros.optics.psf_bank import default_psf_bank_path, load_psf_bank
+    from cadfd_ros.pipeline import resolve_device
+
+    sizes = speed.parse_sizes(args.speed_sizes)
+    try:
+        steps = tuple(sorted({int(v) for v in args.speed_steps.split(",") if v.strip()}))
+    except ValueError:
+        raise CadfdError(f"--speed-steps must be a comma list of integers, got {args.speed_steps!r}") from None
+    if not steps or not 1 <= steps[0] <= steps[-1] <= 1000:
+        raise CadfdError(f"--speed-steps: step counts must be in [1, 1000], got {args.speed_steps!r}")
+    names = {"mono": 1, "rgb": 3}
+    wanted = [v.strip().lower() for v in args.speed_channels.split(",") if v.strip()]
+    if not wanted or set(wanted) - set(names):
+        raise CadfdError(f"--speed-channels: mono, rgb or mono,rgb; got {args.speed_channels!r}")
+    if args.speed_repeats < 1:
+        raise CadfdError(f"--speed-repeats must be at least 1, got {args.speed_repeats}")
+    bank = load_psf_bank(args.psf_bank or default_psf_bank_path())
+    device = resolve_device(args.device)
+    rows = speed.run_speed(bank, sizes, steps, tuple(names[w] for w in wanted), device, args.speed_repeats)
+    header = (f"Speed, DFD-DPS, bank {bank.source}, {speed.machine_description(device)}, {speed.timestamp()}; "
+              f"median of {args.speed_repeats} frames after a warm-up. overhead = total / network_s.")
+    print(speed.write_speed(args.out_dir, rows, header))
+    print(f"wrote {args.out_dir}/speed.md, speed.json")
     return 0

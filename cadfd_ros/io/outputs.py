@@ -87,6 +87,10 @@ def write_reconstruction(
         "sampler": result.sampler,
         "steps": result.steps,
         "timings_s": {key: round(value, 4) for key, value in result.timings.items()},
+        # time inside the prior's network calls, and total / network: what the sampler adds around them
+        "network_s": round(result.network_seconds, 4),
+        "overhead": (round(result.timings["total"] / result.network_seconds, 3)
+                     if result.network_seconds > 0 and "total" in result.timings else None),
         "final_residual": result.residual,
         "noise_sigma": result.noise_sigma,
         "depth_range_m": [low, high],

@@ -287,6 +287,7 @@ class FrameProcessor:
         msg.method = result.method
         msg.sampler = result.sampler or ""
         msg.steps = int(result.steps)
+        msg.network_seconds = float(result.network_seconds)
         # Solver stages first (from the Reconstructor), then the node's own stages.
         stages = {k: v for k, v in result.timings.items() if k != "total"}
         stages.update({f"node_{k}": v for k, v in seconds.items()})

@@ -146,6 +146,7 @@ class SamplerTrace:
     data_timesteps: list[int] = field(default_factory=list)
     data_term: list[float] = field(default_factory=list)
     network_evaluations: int = 0
+    network_seconds: float = 0.0  # time inside the prior's network calls
     final_cg_iterations: int = 0  # iterations the final exact data step took
 
 
@@ -210,14 +211,23 @@ class _CountingDenoiser:
         self.prior = prior
         self.device = device
         self.count = 0
+        self.seconds = 0.0  # wall time inside the network; CUDA is synchronised around each call
 
     def __call__(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
         self.count += 1
-        if self.device.type == "cuda":
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
+        began = time.perf_counter()
+        if cuda:
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                return self.prior.predict_noise(x_t, t).float()
-        with torch.autocast("cpu", enabled=False):
-            return self.prior.predict_noise(x_t, t).float()
+                out = self.prior.predict_noise(x_t, t).float()
+            torch.cuda.synchronize(self.device)
+        else:
+            with torch.autocast("cpu", enabled=False):
+                out = self.prior.predict_noise(x_t, t).float()
+        self.seconds += time.perf_counter() - began
+        return out
 
 
 # ---------------------------------------------------------------------- depth evidence and updates
@@ -474,6 +484,7 @@ class DiffusionPosteriorSampler:
             method="dps",
             sampler=self.sampler,
             steps=out.trace.network_evaluations,
+            network_seconds=out.trace.network_seconds,
             timings=timings,
             residual=residual,
             noise_sigma=sigma_y,
@@ -517,4 +528,5 @@ class DiffusionPosteriorSampler:
             if confidence is None:  # the dps sampler: evidence of the final estimate
                 _, _, confidence = depth_update(ctx, ctx.operator.blur_layers(x0), state.layer_coord, state.evidence)
         trace.network_evaluations = denoiser.count
+        trace.network_seconds = denoiser.seconds
         return SampleOutput(x0.detach(), state.layer_coord.detach(), confidence, trace)
