@@ -1,4 +1,4 @@
-"""``cadfd psf-bank synth|show|design``."""
+"""``cadfd psf-bank synth|show|design|target|calibrate|check``."""
 from __future__ import annotations
 
 import argparse
@@ -40,6 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     design.add_argument("--f-number", type=float, default=lens.f_number, help="camera the mask is designed for")
     design.add_argument("--focus-m", type=float, default=lens.focus_distance_m)
     design.set_defaults(func=_design)
+
+    target = sub.add_parser("target", help="printable calibration target: random texture plus dot fiducials")
+    target.add_argument("--out", type=Path, required=True, help="target PNG (8-bit sRGB grey)")
+    target.add_argument("--width-px", type=int, default=1600)
+    target.add_argument("--height-px", type=int, default=1200)
+    target.add_argument("--seed", type=int, default=0)
+    target.set_defaults(func=_target)
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -101,4 +108,15 @@ def _design(args: argparse.Namespace) -> int:
     print("|---|---|---|---|---|")
     for name, s in (("designed", score), ("open circle", circle)):
         print(f"| {name} | {s.min_adjacent_kl:.2f} | {s.min_alias_power:.4f} | {s.wiener_mse:.2e} | {s.throughput:.2f} |")
+    return 0
+
+
+def _target(args: argparse.Namespace) -> int:
+    from cadfd_ros.optics.target import make_target, save_target, target_layout
+
+    layout = target_layout(args.width_px, args.height_px)
+    save_target(make_target(args.width_px, args.height_px, args.seed), args.out)
+    print(f"wrote {args.out}: {args.width_px}x{args.height_px} px, 5 dots of radius {layout.dot_radius:.0f} px, "
+          f"texture cells {layout.cell_px} px. Print it without scaling to fit, or show it full-screen; "
+          f"the blur must stay smaller than a dot radius in the capture")
     return 0
