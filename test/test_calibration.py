@@ -49,3 +49,99 @@ def test_load_target_refuses_other_images(tmp_path):
     with pytest.raises(CalibrationError, match="grey.png: no fiducial dot"):
         load_target(path)
     assert main(["psf-bank", "target", "--out", str(tmp_path / "t.png"), "--width-px", "100"]) == 2
+
+
+# ----------------------------------------------------------------------------- calibration core
+from cadfd_ros.optics import calibration as cal  # noqa: E402
+from cadfd_ros.optics.calibration_sim import SimulatedLens, capture_homography, simulate_capture  # noqa: E402
+
+SHAPE = (240, 320)
+
+
+@pytest.fixture(scope="module")
+def small_target():
+    from cadfd_ros.io.images import srgb_to_linear
+
+    image = make_target(640, 480, seed=0)
+    return image, srgb_to_linear(image / 255.0).astype(np.float64), target_layout(640, 480)
+
+
+@pytest.fixture(scope="module")
+def mask():
+    from cadfd_ros.optics.masks import load_pattern
+    from cadfd_ros.resources import config_dir
+
+    return load_pattern(config_dir() / "default_mask.png")
+
+
+def test_project_simplex():
+    v = np.array([[0.5, 0.9], [-0.2, 0.1]])
+    p = cal.project_simplex(v)
+    np.testing.assert_allclose(p, [[0.3, 0.7], [0.0, 0.0]], atol=1e-12)
+    assert cal.project_simplex(np.full((3, 3), 1 / 9)).sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("angle", [2.0, 180.0])
+def test_registration_from_blurred_dots(small_target, mask, angle):
+    """Dots found under a 9 px coded blur, upside down too; the homography is right up to the
+    PSF's centroid (a shift common to every dot)."""
+    _, linear, layout = small_target
+    lens = SimulatedLens(mask, 1.0, 12.0)
+    H = capture_homography(layout, SHAPE, 0.8, angle, (3.0, -2.0), tilt=2e-5)
+    capture = simulate_capture(linear, layout, SHAPE, lens, 4.0, H, rng=np.random.default_rng(0))
+    reg = cal.register_capture(capture, layout, "cap.png")
+    import cv2
+
+    probe = np.array([[[100.0, 100.0], [540.0, 100.0], [320.0, 240.0], [540.0, 380.0], [100.0, 380.0]]])
+    truth = cv2.perspectiveTransform(probe, H)[0]
+    found = cv2.perspectiveTransform(probe, reg.homography)[0]
+    shift = (found - truth).mean(axis=0)
+    psf = lens.psf(4.0, 31)
+    centroid = cal._centroid(psf)[::-1] - 15  # (x, y) offset of the PSF centroid
+    assert np.abs(found - truth - shift).max() < 0.25
+    np.testing.assert_allclose(shift, centroid, atol=0.3)
+    assert reg.scale == pytest.approx(0.8 * 320 / 640, rel=0.01)
+
+
+def test_fiducials_not_found_names_the_capture(small_target):
+    _, linear, layout = small_target
+    with pytest.raises(CalibrationError, match="grey.png: fiducials not found"):
+        cal.register_capture(np.full(SHAPE, 0.4), layout, "grey.png")
+
+
+def test_psf_solve_recovers_a_known_kernel(small_target, mask):
+    """Known coded kernel, gain and offset: the regularised simplex-constrained solve gets them."""
+    from scipy.signal import fftconvolve
+
+    _, linear, layout = small_target
+    H = capture_homography(layout, SHAPE, 0.85, 1.0, (0.0, 0.0))
+    x, inside = cal.warp_target(linear, H, SHAPE)
+    kernel = SimulatedLens(mask, 1.0, 12.0).psf(0.6, 15)
+    y = 0.7 * fftconvolve(x, kernel, mode="same") + 0.05 + np.random.default_rng(0).normal(0, 0.002, SHAPE)
+    valid = cal.valid_region(inside, 15)
+    gain, offset = cal.estimate_photometry(y, x, valid, 30.0)
+    assert gain == pytest.approx(0.7, rel=0.03) and offset == pytest.approx(0.05, abs=0.01)
+    problem = cal._CropProblem(x, valid, 15)
+    k = cal.solve_psf(problem, (y - offset) / gain, iterations=300)
+    assert k.min() >= 0 and k.sum() == pytest.approx(1.0)
+    assert cal.psf_correlation(k, kernel, align=False) > 0.98
+    gain, offset = cal._refine_photometry(problem, y, k)
+    assert gain == pytest.approx(0.7, rel=0.01) and offset == pytest.approx(0.05, abs=0.003)
+
+
+def test_thin_lens_fit_on_known_psfs(mask):
+    """Exact thin-lens PSFs both sides of focus: the fit finds the focus distance, the
+    blur-per-dioptre and the rotation in front of focus."""
+    lens = SimulatedLens(mask, 1.2, 14.0, sigma_px=0.5, halo_fraction=0.0, misalignment_px=(0.0, 0.0))
+    distances = np.array([0.6, 0.8, 1.6, 2.5, 5.0])
+    fit = cal.fit_thin_lens([lens.psf(d, 21) for d in distances], distances)
+    assert fit.focus_distance_m == pytest.approx(1.2, rel=0.02)
+    assert fit.blur_per_dioptre_px == pytest.approx(14.0 * 1.2, rel=0.12)
+    assert list(np.sign(fit.cocs)) == [-1, -1, 1, 1, 1]
+    assert fit.correlations.min() > 0.97
+    bank = cal.bank_from_fit(fit, 0.6, 5.0, 6)
+    truth = [lens.psf(float(d), bank.kernel_size) for d in bank.depths]
+    corr = [cal.psf_correlation(a[0], b) for a, b in zip(bank.psfs, truth)]
+    assert np.mean(corr) > 0.97 and np.min(corr) > 0.93
+    assert bank.metadata["focus_distance_m"] == pytest.approx(1.2, rel=0.02)
+    assert cal.extrapolated_layers(np.array([0.5, 1.0, 5.0, 6.0]), distances) == [0, 3]
