@@ -419,10 +419,14 @@ def _moment_size(k: np.ndarray) -> float:
 
 
 def _shift_to(k: np.ndarray, centre: np.ndarray) -> np.ndarray:
-    """``k`` moved so that its centroid sits at ``centre`` (row, col), bilinear."""
-    from scipy.ndimage import shift
+    """``k`` moved so that its centroid sits at ``centre`` (row, col): a band-limited (Fourier)
+    shift on a zero-padded grid, because interpolating a pixel-sized PSF would blur it."""
+    from scipy.ndimage import fourier_shift
 
-    return shift(k, centre - _centroid(k), order=1, mode="constant")
+    pad = k.shape[0] // 2 + 2
+    padded = np.pad(k, pad)
+    moved = np.fft.ifft2(fourier_shift(np.fft.fft2(padded), centre - _centroid(k))).real
+    return moved[pad:pad + k.shape[0], pad:pad + k.shape[1]]
 
 
 def psf_correlation(a: np.ndarray, b: np.ndarray, align: bool = True) -> float:
@@ -652,3 +656,69 @@ def calibrate(target: np.ndarray, layout: TargetLayout, captures: list[tuple[flo
     far = float(distances.max()) if far_m is None else far_m
     bank = bank_from_fit(fit, near, far, num_layers, metadata=metadata)
     return CalibrationResult(results, fit, bank, extrapolated_layers(bank.depths, distances))
+
+
+# ----------------------------------------------------------------------------- checking a bank
+@dataclass
+class CheckRow:
+    name: str
+    distance_m: float
+    depth_m: float  # the depth the bank reads (best re-blur layer, refined between layers)
+    residual_rms: float  # re-blur RMS at that depth, / gain
+    residuals: np.ndarray  # per sub-layer (``substeps`` per layer interval)
+
+    @property
+    def error_m(self) -> float:
+        return self.depth_m - self.distance_m
+
+    @property
+    def relative_error(self) -> float:
+        return self.error_m / self.distance_m
+
+
+def check_capture(bank: PSFBank, target: np.ndarray, layout: TargetLayout, capture: np.ndarray, distance_m: float,
+                  name: str = "capture", substeps: int = 4) -> CheckRow:
+    """The depth a bank reads from a target photo: the layer whose PSF re-blurs the registered
+    target best (gain and offset fitted per layer). Each PSF is centred on its centroid first,
+    because the dot registration already absorbed the true PSF's centroid."""
+    capture = np.asarray(capture, np.float64)
+    if capture.ndim == 3:
+        capture = capture.mean(axis=2)
+    reg = register_capture(capture, layout, name)
+    K = bank.kernel_size + 2
+    x, inside = warp_target(target, reg.homography, capture.shape)
+    valid = valid_region(inside, K)
+    if valid.sum() < 20 * K**2:
+        raise CalibrationError(f"{name}: the target covers too little of the frame for the bank's {bank.kernel_size}"
+                               f"x{bank.kernel_size} PSFs")
+    problem = _CropProblem(x, valid, K)
+    v = problem.vc > 0
+    yc = problem.crop(capture)[v]
+    residuals = []
+    psfs = bank.psfs_for_channels(1)[:, 0].astype(np.float64)
+    # sub-layers: PSFs blended linearly in the layer coordinate (linear in inverse depth), as
+    # the solver's soft layer weights do, so the reading is finer than the layer spacing
+    inv_layers = 1.0 / bank.depths.astype(np.float64)
+    coords = np.linspace(0, len(psfs) - 1, (len(psfs) - 1) * substeps + 1)
+    for coord in coords:
+        lo = min(int(np.floor(coord)), len(psfs) - 2)
+        frac = coord - lo
+        psf = (1 - frac) * psfs[lo] + frac * psfs[lo + 1]
+        k = _shift_to(np.pad(psf, 1), np.array([K // 2, K // 2], np.float64))
+        k = np.clip(k, 0, None)
+        k /= k.sum()
+        p = problem.predict(k)[v]
+        A = np.stack([p, np.ones_like(p)], axis=1)
+        (gain, offset), *_ = np.linalg.lstsq(A, yc, rcond=None)
+        residuals.append(float(np.sqrt(np.mean((A @ [gain, offset] - yc) ** 2))) / max(abs(gain), 1e-9))
+    residuals = np.array(residuals)
+    inv = np.interp(coords, np.arange(len(psfs)), inv_layers)
+    best = int(np.argmin(residuals))
+    inv_best = inv[best]
+    if 0 < best < len(residuals) - 1:  # parabola through the best sub-layer and its neighbours
+        r0, r1, r2 = residuals[best - 1:best + 2]
+        denom = r0 - 2 * r1 + r2
+        if denom > 0:
+            t = float(np.clip(0.5 * (r0 - r2) / denom, -0.5, 0.5))
+            inv_best = inv[best] + t * (inv[best + 1] - inv[best - 1]) / 2
+    return CheckRow(name, float(distance_m), float(1.0 / inv_best), float(residuals[best]), residuals)
