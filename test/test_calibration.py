@@ -177,7 +177,14 @@ def capture_set(tmp_path_factory, small_target, true_lens):
         write_png(path, capture, bits=16)
         specs.append(f"{d:g}={path}")
         linear_captures[d] = capture
-    return folder, specs, linear_captures
+    check_specs = []  # new photos behind focus, for psf-bank check
+    for d in (1.7, 3.0):
+        H = capture_homography(layout, SHAPE, 0.8, rng.uniform(-3, 3), tuple(rng.uniform(-5, 5, 2)))
+        path = folder / f"check_{d:g}m.png"
+        write_png(path, simulate_capture(linear, layout, SHAPE, true_lens, d, H, gain=0.7, offset=0.04,
+                                         noise=0.003, rng=rng), bits=16)
+        check_specs.append(f"{d:g}={path}")
+    return folder, specs, check_specs
 
 
 @pytest.fixture(scope="module")
@@ -202,17 +209,23 @@ def test_simulated_round_trip_recovers_the_psfs(calibrated, true_lens, capfd):
     np.testing.assert_allclose(np.diff(1 / bank.depths), np.diff(1 / bank.depths)[0], rtol=1e-4)
     corr = [cal.psf_correlation(p[0], true_lens.psf(float(d), bank.kernel_size)) for p, d in zip(bank.psfs, bank.depths)]
     print("layer correlations", np.round(corr, 4))
-    assert np.mean(corr) >= 0.95 and np.min(corr) >= 0.85  # measured 0.977 / 0.899 (the layer at focus)
+    assert np.mean(corr) >= 0.95 and np.min(corr) >= 0.9  # measured 0.98 / 0.97
     assert bank.metadata["focus_distance_m"] == pytest.approx(1.0, rel=0.03)
     assert calibrated.with_name("report.png").stat().st_size > 20_000
 
 
-def test_check_reads_the_distances(capture_set, calibrated, capsys):
-    folder, specs, _ = capture_set
-    args = ["psf-bank", "check", str(calibrated), "--target", str(folder / "target.png")]
-    for spec in specs[1:4]:
-        args += ["--capture", spec]
+def test_check_reads_the_distances(capture_set, tmp_path, capsys):
+    """A bank calibrated behind focus (1.4-4 m) reads new photos at 1.7 and 3 m within 5 %.
+
+    One side of focus: the default mask is nearly symmetric under a 180 degree rotation, so at
+    equal blur sizes the two sides are hard to tell apart, for the true lens's bank too."""
+    folder, specs, check_specs = capture_set
+    bank = tmp_path / "behind.npz"
+    args = _calibrate_args(folder, specs[2:]) + ["--out", str(bank), "--layers", "8", "--no-refine-registration"]
     assert main(args) == 0
+    capsys.readouterr()
+    args = ["psf-bank", "check", str(bank), "--target", str(folder / "target.png")]
+    assert main(args + [f"--capture={spec}" for spec in check_specs + specs[2:3]]) == 0
     out = capsys.readouterr().out
     rows = [line.split("|") for line in out.splitlines() if line.startswith("| ") and "m.png" in line]
     assert len(rows) == 3

@@ -357,13 +357,16 @@ def calibrate_capture(capture: np.ndarray, target: np.ndarray, layout: TargetLay
         if valid.sum() < 20 * kernel_size**2:
             raise CalibrationError(f"{name}: the target covers too little of the frame for {kernel_size}x"
                                    f"{kernel_size} PSFs (move closer or use a larger target)")
-        gain, offset = estimate_photometry(capture, x, valid, sigma=2.0 * kernel_size)
+        if k is None:
+            gain, offset = estimate_photometry(capture, x, valid, sigma=2.0 * kernel_size)
         problem = _CropProblem(x, valid, kernel_size)
-        for _ in range(2):
+        final = attempt == 1 or not refine_registration
+        # a rough PSF is enough for the ECC step; the last pass starts from it
+        for _ in range(2 if final else 1):
             z = (capture - offset) / gain
-            k = solve_psf(problem, z, reg, iterations // 2, init=k)
+            k = solve_psf(problem, z, reg, iterations // 2 if final else iterations // 3, init=k)
             gain, offset = _refine_photometry(problem, capture, k)
-        if attempt == 0 and refine_registration:
+        if not final:
             refined = _refine_homography(capture, x, k, gain, offset, valid, H)
             H = H if refined is None else refined
     prediction = gain * problem.predict(k) + offset
@@ -531,6 +534,55 @@ def _best_coc(k: np.ndarray, pattern: np.ndarray, sign: float, guess: float, sig
     return best[1], best[0]
 
 
+def _render_operator(coc: float, cells: int, kernel_size: int, sigma0: float, supersample: int = 8) -> np.ndarray:
+    """The 1-D factor A (K x M) of the geometric PSF: ``render_coded_psf(P, c) * sigma0 ~ A P A^T``
+    for a pattern P of M x M cells (rotated by 180 deg for c < 0), scaled so sum(A P A^T) = sum(P)."""
+    from scipy.ndimage import gaussian_filter1d
+
+    size = max(abs(coc), 1.0 / supersample)
+    half = kernel_size // 2
+    offsets = (np.arange(kernel_size * supersample) + 0.5) / supersample - half - 0.5
+    u = offsets / size + 0.5
+    inside = (u >= 0) & (u < 1)
+    idx = np.clip((u * cells).astype(int), 0, cells - 1)
+    if coc < 0:
+        idx = cells - 1 - idx
+    A = np.zeros((kernel_size, cells))
+    np.add.at(A, (np.arange(offsets.size)[inside] // supersample, idx[inside]), 1.0 / supersample)
+    if sigma0 > 0:
+        A = gaussian_filter1d(A, sigma0, axis=0, mode="constant")
+    return A * (cells / size)
+
+
+def _solve_pattern(psfs: list[np.ndarray], cocs: np.ndarray, sigma0: float, cells: int, offset: np.ndarray,
+                   iterations: int = 300, reg: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares aperture pattern (>= 0) from every calibrated PSF at once, each PSF moved so
+    its centroid sits where the model's is (c * the pattern's centroid offset). Unlike averaging
+    rescaled PSFs, this does not blur the pattern by the pixels and sigma0 twice."""
+    K = psfs[0].shape[-1]
+    ops = [_render_operator(c, cells, K, sigma0) for c in cocs]
+    weights = np.maximum(np.abs(cocs), 1.0) ** 2
+    centre = np.array([K // 2, K // 2], np.float64)
+    P = np.full((cells, cells), 1.0 / cells**2)
+    for _ in range(2):
+        targets = [_shift_to(k, centre + c * offset) for k, c in zip(psfs, cocs)]
+        lipschitz = sum(w * np.linalg.norm(A, 2) ** 4 for w, A in zip(weights, ops)) + 8 * reg
+        step = 1.0 / lipschitz
+        y, t = P.copy(), 1.0
+        for _ in range(iterations):
+            grad = reg * _reg_grad(y)
+            for w, A, k in zip(weights, ops, targets):
+                grad += w * (A.T @ (A @ y @ A.T - k) @ A)
+            P_new = np.maximum(y - step * grad, 0.0)
+            t_new = 0.5 * (1 + math.sqrt(1 + 4 * t * t))
+            y = P_new + (t - 1) / t_new * (P_new - P)
+            P, t = P_new, t_new
+        rows, cols = np.mgrid[0:cells, 0:cells]
+        total = max(P.sum(), 1e-30)
+        offset = np.array([(P * rows).sum() / total, (P * cols).sum() / total]) / cells - (cells - 1) / (2 * cells)
+    return P / max(P.max(), 1e-30), offset
+
+
 def fit_thin_lens(psfs: list[np.ndarray], distances: np.ndarray, cells: int | None = None,
                   iterations: int = 3) -> LensFit:
     """Thin-lens model and aperture pattern from calibrated PSFs at known distances."""
@@ -591,6 +643,27 @@ def fit_thin_lens(psfs: list[np.ndarray], distances: np.ndarray, cells: int | No
             measured[i] = math.copysign(size, c)
         a, b, _ = _fit_affine(u, measured, np.maximum(np.abs(measured), 1.0))
         cocs = a + b * u
+    # Final pattern by least squares against every PSF, sigma0 re-chosen with it.
+    rows, cols = np.mgrid[0:cells, 0:cells]
+    centroid = np.array([(pattern * rows).sum(), (pattern * cols).sum()]) / pattern.sum()
+    offset = centroid / cells - (cells - 1) / (2 * cells)
+    best_fit = None
+    for s0 in (0.0, 0.3, 0.5, 0.7, 0.9, 1.2):
+        P, mu = _solve_pattern(psfs, cocs, s0, cells, offset)
+        corrs = np.array([psf_correlation(k, model_psf(P, c, s0, k.shape[-1])) for k, c in zip(psfs, cocs)])
+        if best_fit is None or corrs.mean() > best_fit[0]:
+            best_fit = (corrs.mean(), s0, P, corrs, mu)
+    _, sigma0, pattern, corrs, mu = best_fit
+    # Scale convention: the pattern's support box (half-plateau edges) is the aperture. Without
+    # the double blur of the averaged pattern this is sharp; rescale c to it and solve again.
+    for _ in range(2):
+        (r_lo, r_hi), (c_lo, c_hi) = _support(pattern.sum(axis=1)), _support(pattern.sum(axis=0))
+        width = min(1.0, max(r_hi - r_lo, c_hi - c_lo) / cells)
+        if width > 0.98:
+            break
+        box_centre = np.array([(r_lo + r_hi) / 2, (c_lo + c_hi) / 2]) / cells - 0.5
+        cocs, measured, a, b = cocs * width, measured * width, a * width, b * width
+        pattern, mu = _solve_pattern(psfs, cocs, sigma0, cells, (mu - box_centre) / width)
     corrs = np.array([psf_correlation(k, model_psf(pattern, c, sigma0, k.shape[-1])) for k, c in zip(psfs, cocs)])
     return LensFit(a, b, sigma0, pattern, cocs, measured, corrs)
 
