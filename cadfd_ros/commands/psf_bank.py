@@ -308,6 +308,10 @@ def _check(args: argparse.Namespace) -> int:
         worst = max(worst, abs(row.relative_error))
         print(f"| {name} | {distance:g} | {row.depth_m:.3f} | {row.error_m:+.3f} | {100 * row.relative_error:+.1f}% "
               f"| {row.residual_rms:.4f} |")
+    focus = bank.metadata.get("focus_distance_m")
+    if focus is not None and bank.depths[0] < focus < bank.depths[-1]:
+        print(f"note: the bank straddles its focus distance ({focus:.3f} m); equal blurs either side of focus "
+              "differ only by the mask's 180-degree rotation, so a nearly symmetric mask can read the wrong side")
     ok = worst <= args.max_error
     print(f"{'ok' if ok else 'FAIL'}: worst depth error {100 * worst:.1f}% (limit {100 * args.max_error:.0f}%)")
     return 0 if ok else 1

@@ -759,32 +759,45 @@ def check_capture(bank: PSFBank, target: np.ndarray, layout: TargetLayout, captu
         capture = capture.mean(axis=2)
     reg = register_capture(capture, layout, name)
     K = bank.kernel_size + 2
-    x, inside = warp_target(target, reg.homography, capture.shape)
-    valid = valid_region(inside, K)
-    if valid.sum() < 20 * K**2:
-        raise CalibrationError(f"{name}: the target covers too little of the frame for the bank's {bank.kernel_size}"
-                               f"x{bank.kernel_size} PSFs")
-    problem = _CropProblem(x, valid, K)
-    v = problem.vc > 0
-    yc = problem.crop(capture)[v]
-    residuals = []
     psfs = bank.psfs_for_channels(1)[:, 0].astype(np.float64)
     # sub-layers: PSFs blended linearly in the layer coordinate (linear in inverse depth), as
     # the solver's soft layer weights do, so the reading is finer than the layer spacing
-    inv_layers = 1.0 / bank.depths.astype(np.float64)
     coords = np.linspace(0, len(psfs) - 1, (len(psfs) - 1) * substeps + 1)
+    kernels = []
     for coord in coords:
         lo = min(int(np.floor(coord)), len(psfs) - 2)
         frac = coord - lo
-        psf = (1 - frac) * psfs[lo] + frac * psfs[lo + 1]
-        k = _shift_to(np.pad(psf, 1), np.array([K // 2, K // 2], np.float64))
+        k = _shift_to(np.pad((1 - frac) * psfs[lo] + frac * psfs[lo + 1], 1), np.array([K // 2, K // 2], np.float64))
         k = np.clip(k, 0, None)
-        k /= k.sum()
-        p = problem.predict(k)[v]
-        A = np.stack([p, np.ones_like(p)], axis=1)
-        (gain, offset), *_ = np.linalg.lstsq(A, yc, rcond=None)
-        residuals.append(float(np.sqrt(np.mean((A @ [gain, offset] - yc) ** 2))) / max(abs(gain), 1e-9))
-    residuals = np.array(residuals)
+        kernels.append(k / k.sum())
+
+    def curve(H):
+        x, inside = warp_target(target, H, capture.shape)
+        valid = valid_region(inside, K)
+        if valid.sum() < 20 * K**2:
+            raise CalibrationError(f"{name}: the target covers too little of the frame for the bank's "
+                                   f"{bank.kernel_size}x{bank.kernel_size} PSFs")
+        problem = _CropProblem(x, valid, K)
+        v = problem.vc > 0
+        yc = problem.crop(capture)[v]
+        out = []
+        for k in kernels:
+            p = problem.predict(k)[v]
+            A = np.stack([p, np.ones_like(p)], axis=1)
+            (gain, offset), *_ = np.linalg.lstsq(A, yc, rcond=None)
+            out.append((float(np.sqrt(np.mean((A @ [gain, offset] - yc) ** 2))) / max(abs(gain), 1e-9), gain, offset))
+        return x, valid, out
+
+    # The dots are good to a fraction of a pixel; that is enough to find the layer roughly, then
+    # the registration is refined against that layer's prediction (ECC) and every layer re-scored.
+    H = reg.homography
+    x, valid, scored = curve(H)
+    best = int(np.argmin([r for r, _, _ in scored]))
+    refined = _refine_homography(capture, x, kernels[best], scored[best][1], scored[best][2], valid, H)
+    if refined is not None:
+        x, valid, scored = curve(refined)
+    residuals = np.array([r for r, _, _ in scored])
+    inv_layers = 1.0 / bank.depths.astype(np.float64)
     inv = np.interp(coords, np.arange(len(psfs)), inv_layers)
     best = int(np.argmin(residuals))
     inv_best = inv[best]
