@@ -604,7 +604,6 @@ def fit_thin_lens(psfs: list[np.ndarray], distances: np.ndarray, cells: int | No
         raise CalibrationError("the blur sizes do not follow the thin-lens model (no affine fit in 1/d)")
     _, signs, a, b = best
     cocs = a + b * u
-    signs = np.where(cocs >= 0, 1.0, -1.0)
     cells = cells or max(13, 2 * int(math.ceil(np.abs(cocs).max())) + 1)
     sigma0 = 0.5
     measured = cocs.copy()
