@@ -88,6 +88,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("max_pixels", 2_000_000, "frames with more pixels are solved in overlapping tiles (bounded memory)",
               SOLVER, value_range=(4096, 2**31 - 1)),
     ParamSpec("tile_size", 512, "tile side in pixels when tiling", SOLVER, value_range=(64, 65536)),
+    ParamSpec("input_transfer", "linear", "transfer curve of the input frames, inverted before solving: linear "
+              "(raw sensors) or srgb (gamma-encoded 8-bit frames, most UVC/GigE drivers); the AIF output is linear "
+              "either way", INPUT, choices=("linear", "srgb")),
     ParamSpec("input_downscale", 1, "bin the input by this factor before solving (PSFs follow)", INPUT,
               value_range=(1, 8)),
     ParamSpec("worker_niceness", 10, "nice increment of the solver thread (Linux), so callbacks and services keep "

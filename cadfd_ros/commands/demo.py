@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--methods", default="dps,classical",
                         help="comma list of methods to run and compare (default: dps,classical); the first is the "
                              "headline, written to OUT_DIR, the others to OUT_DIR/METHOD/")
-    add_cli_arguments(parser, (INPUT, SOLVER), skip=("input_downscale", "method"))
+    add_cli_arguments(parser, (INPUT, SOLVER), skip=("input_downscale", "input_transfer", "method"))
     parser.set_defaults(func=_run)
 
 

@@ -19,7 +19,8 @@ def add_solver_arguments(parser: argparse.ArgumentParser) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("reconstruct", help="reconstruct depth and an all-in-focus image")
-    parser.add_argument("capture", type=Path, help="8/16-bit PNG or TIFF, mono or RGB, linear intensity")
+    parser.add_argument("capture", type=Path, help="8/16-bit PNG or TIFF, mono or RGB (linear, or sRGB with "
+                        "--input-transfer srgb)")
     parser.add_argument("--out-dir", type=Path, required=True)
     add_solver_arguments(parser)
     for name in ("fx", "fy", "cx", "cy"):
@@ -50,14 +51,14 @@ def intrinsics_for(bank, width: int, height: int, args: argparse.Namespace) -> t
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cadfd_ros.io.images import read_capture
+    from cadfd_ros.io.images import apply_input_transfer, read_capture
     from cadfd_ros.io.outputs import write_reconstruction
     from cadfd_ros.optics.psf_bank import default_psf_bank_path, load_psf_bank
     from cadfd_ros.pipeline import Reconstructor
 
     bank = load_psf_bank(args.psf_bank or default_psf_bank_path())
     config = config_from_args(args)
-    capture = read_capture(args.capture)
+    capture = apply_input_transfer(read_capture(args.capture), args.input_transfer)
     intrinsics = intrinsics_for(bank, capture.shape[1], capture.shape[0], args)
     result = Reconstructor(bank, config).reconstruct(capture)
     report = write_reconstruction(args.out_dir, result, intrinsics, (float(bank.depths[0]), float(bank.depths[-1])),

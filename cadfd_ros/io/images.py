@@ -70,6 +70,19 @@ def linear_to_srgb(image: np.ndarray) -> np.ndarray:
     return np.where(image <= 0.0031308, image * 12.92, 1.055 * image ** (1 / 2.4) - 0.055).astype(np.float32)
 
 
+INPUT_TRANSFERS = ("linear", "srgb")
+
+
+def apply_input_transfer(image: np.ndarray, transfer: str) -> np.ndarray:
+    """Capture values -> linear intensity: ``linear`` keeps them (raw sensors), ``srgb`` inverts the
+    sRGB transfer curve (gamma-encoded 8-bit frames from most UVC/GigE drivers)."""
+    if transfer == "linear":
+        return image
+    if transfer == "srgb":
+        return srgb_to_linear(np.clip(image, 0.0, 1.0))
+    raise ValueError(f"input_transfer must be one of {', '.join(INPUT_TRANSFERS)}, got {transfer!r}")
+
+
 def read_photo_linear(path: str | Path) -> np.ndarray:
     """An sRGB photo (PNG/JPEG/...) -> linear float32 RGB or mono."""
     from PIL import Image

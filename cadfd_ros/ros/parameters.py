@@ -93,4 +93,4 @@ def build_processor(values: Mapping[str, Any]) -> FrameProcessor:
     factor = int(values["input_downscale"])
     bank = downscale_psf_bank(bank, factor)
     config = ReconstructionConfig.from_values(values)
-    return FrameProcessor(Reconstructor(bank, config), factor)
+    return FrameProcessor(Reconstructor(bank, config), factor, str(values.get("input_transfer", "linear")))

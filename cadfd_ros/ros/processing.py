@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cadfd_ros.errors import CadfdError, InputImageError
+from cadfd_ros.io.images import apply_input_transfer
 from cadfd_ros.optics.psf_bank import PSFBank
 from cadfd_ros.params import DEPTH_ENCODINGS
 from cadfd_ros.pipeline import Reconstruction, Reconstructor
@@ -145,10 +146,11 @@ def _load_info_type() -> type | None:
 class FrameProcessor:
     """Turns sensor_msgs/Image (+ optional CameraInfo) into the node's output messages."""
 
-    def __init__(self, reconstructor: Reconstructor, input_downscale: int = 1) -> None:
+    def __init__(self, reconstructor: Reconstructor, input_downscale: int = 1, input_transfer: str = "linear") -> None:
         # The reconstructor must already hold the bank matching ``input_downscale``.
         self.reconstructor = reconstructor
         self.input_downscale = int(input_downscale)
+        self.input_transfer = input_transfer  # inverted before binning: binning is only right in linear light
         self.info_type = _load_info_type()
         self._previous_stamp_ns: int | None = None  # of the previous frame: the scan's measured period
 
@@ -221,7 +223,7 @@ class FrameProcessor:
         in_h, in_w = capture.shape[:2]
         if camera_info is not None:
             conv.check_camera_info(camera_info, in_w, in_h)
-        capture = downscale_capture(capture, self.input_downscale)
+        capture = downscale_capture(apply_input_transfer(capture, self.input_transfer), self.input_downscale)
         height, width = capture.shape[:2]
 
         header = Header()
