@@ -9,7 +9,7 @@ STAMP := $(VENV)/.cadfd-installed
 MSG_INPUTS := $(wildcard msg/*.msg) $(wildcard interfaces/cadfd_ros_interfaces/*) interfaces/build_into_venv.sh
 DEMO_OUT ?= out/demo
 
-.PHONY: venv demo test bench msgs prior-data clean
+.PHONY: venv demo test bench msgs prior-data clean gpu-wheels
 
 venv: $(STAMP)
 
@@ -49,3 +49,8 @@ prior-data: venv
 
 clean:
 	rm -rf $(VENV) out build *.egg-info
+
+# The wheels scripts/gpu_check.sh needs on a lent GPU machine (it has torch, numpy, scipy, scikit-image,
+# OpenCV and huggingface_hub, but not diffusers, and cannot download). Carry .gpu-wheels to it.
+gpu-wheels: venv
+	$(PIP) download -q --no-deps --only-binary=:all: -d .gpu-wheels diffusers==$$($(PY) -c "import diffusers; print(diffusers.__version__)")

@@ -1,0 +1,42 @@
+"""scripts/gpu_check.sh: the prepared GPU measurement, dry-run on CPU so it works the first time a GPU is lent."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("diffusers")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable)
+    return subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), *args], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_dry_run_runs_every_check_and_writes_the_report(tmp_path):
+    proc = _run(tmp_path, "--dry-run")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = (tmp_path / "out" / "gpu_check.md").read_text()
+    for section in ("## Speed (DFD-DPS)", "## CPU against CPU", "## bf16 against fp32", "## Tiled path", "## Verdict"):
+        assert section in report
+    checks = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["checks"]
+    assert checks == {"cuda_vs_cpu": True, "bf16_vs_fp32": True, "tiled_oom": True}
+    rows = json.loads((tmp_path / "out" / "speed.json").read_text())
+    assert [r["steps"] for r in rows] == [1, 2] and all(r["network_s"] > 0 for r in rows)
+
+
+def test_unknown_argument_is_refused(tmp_path):
+    proc = _run(tmp_path, "--fast")
+    assert proc.returncode == 2 and "unknown argument --fast" in proc.stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device is present")
+def test_without_cuda_the_real_run_says_so(tmp_path):
+    proc = _run(tmp_path)
+    assert proc.returncode == 2 and "no CUDA device" in proc.stderr
