@@ -30,7 +30,7 @@ class ReconstructionConfig:
 
     method: str = "classical"
     sampler: str = "auto"
-    steps: int = 20
+    steps: int = 8
     time_budget_ms: float | None = None
     seed: int = 0
     device: str = "auto"

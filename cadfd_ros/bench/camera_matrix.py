@@ -244,7 +244,7 @@ class CameraResult:
         return float(diff.mean()), se
 
 
-def run_camera(camera: CameraSpec, photos: tuple[str, ...], steps: int = 20, seed: int = 0, repeats: int = 1,
+def run_camera(camera: CameraSpec, photos: tuple[str, ...], steps: int = 8, seed: int = 0, repeats: int = 1,
                device: str = "cpu", progress: bool = True) -> CameraResult:
     from tqdm import tqdm
 

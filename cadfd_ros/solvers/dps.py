@@ -69,7 +69,7 @@ class SamplerConfig:
     """The user's options for the sampler (the node's and CLI's solver parameters)."""
 
     sampler: str = "auto"
-    steps: int = 20  # exact number of prior network evaluations
+    steps: int = 8  # exact number of prior network evaluations (the quality-against-steps curve: README)
     time_budget_ms: float | None = None  # picks ``steps`` to fit
     seed: int = 0
     noise_sigma: float | None = None  # None: the start's (estimated) sigma
