@@ -19,6 +19,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleNodeMixin, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
@@ -29,7 +30,7 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image, LaserScan, PointCloud2
 
 from cadfd_ros.errors import CadfdError
-from cadfd_ros.params import PARAMS
+from cadfd_ros.params import PARAM_BY_NAME, PARAMS
 from cadfd_ros.ros.diagnostics import RateMeter, Stats, diagnostic_statuses
 from cadfd_ros.ros.mailbox import CameraInfoBuffer, LatestFrame
 from cadfd_ros.ros.parameters import build_processor, declarations, output_settings, validate_changes
@@ -95,8 +96,12 @@ class CadfdNode(LifecycleNode):
         Node.__init__(self, node_name, **kwargs)
         LifecycleNodeMixin.__init__(self, callback_group=MutuallyExclusiveCallbackGroup())
         self._stats = Stats()
+        # Start-up values (command line, YAML) that were refused: name -> the one line that says
+        # why. Configure fails while any is left; setting a valid value clears it.
+        self._startup_errors: dict[str, str] = {}
         for name, default, desc in declarations():
-            self.declare_parameter(name, default, desc)
+            self._declare(name, default, desc)
+        self._check_startup_values()
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
 
@@ -123,6 +128,38 @@ class CadfdNode(LifecycleNode):
         self.get_logger().info("cadfd_node up (unconfigured); configure then activate via the lifecycle services")
 
     # ------------------------------------------------------------------ parameters
+    def _declare(self, name: str, default: Any, desc: Any) -> None:
+        """Declare one parameter; a start-up value of the wrong type or out of range (which rclpy
+        raises on, killing the process with a traceback) is replaced by the default and reported."""
+        override = self._parameter_overrides.get(name)
+        if override is not None and isinstance(default, float) and type(override.value) is int:
+            # YAML `noise_sigma: 0` and `-p noise_sigma:=0` are integers: take them as doubles.
+            self._parameter_overrides[name] = Parameter(name, value=float(override.value))
+        try:
+            self.declare_parameter(name, default, desc)
+        except (InvalidParameterTypeException, InvalidParameterValueException):
+            self.declare_parameter(name, default, desc, ignore_override=True)
+            self._startup_error(name, override.value if override is not None else None)
+
+    def _check_startup_values(self) -> None:
+        """Values rclpy accepted that the schema refuses (a zero_is_unset range, a choice)."""
+        for spec in PARAMS:
+            if spec.name in self._startup_errors:
+                continue
+            value = self.get_parameter(spec.name).value
+            try:
+                spec.check(value)
+            except CadfdError:
+                self._startup_error(spec.name, value)
+
+    def _startup_error(self, name: str, value: Any) -> None:
+        spec = PARAM_BY_NAME[name]
+        message = (f"start-up parameter {name}:={value!r} refused: {name} accepts {spec.accepted()}; "
+                   f"the node stays unconfigured until {name} is set to a valid value")
+        self._startup_errors[name] = message
+        self.get_logger().error(message)
+        self._stats.error(message, time.monotonic())
+
     def _values(self) -> dict[str, Any]:
         return {p.name: self.get_parameter(p.name).value for p in PARAMS}
 
@@ -131,12 +168,17 @@ class CadfdNode(LifecycleNode):
         return SetParametersResult(successful=reason is None, reason=reason or "")
 
     def _apply_parameters(self, params: list[Parameter]) -> None:
+        for p in params:  # a valid value replaces a refused start-up one
+            if self._startup_errors.pop(p.name, None) is not None and not self._startup_errors:
+                self._stats.clear_error()
         # One reference swap: the worker sees the old or the new settings, never a mix.
         self._settings = output_settings(self._values())
 
     # ------------------------------------------------------------------ lifecycle
     @_transition("configure", TransitionCallbackReturn.FAILURE, teardown=True, plain=CONFIGURE_ERRORS)
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._startup_errors:
+            raise CadfdError(next(iter(self._startup_errors.values())))
         self._processor = processor = self._build_processor()
         self._create_publishers()
         self._warned_no_info = False
@@ -313,7 +355,7 @@ def main(args: list[str] | None = None) -> int:
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     try:
-        if node.get_parameter("autostart").value:
+        if node.get_parameter("autostart").value and not node._startup_errors:
             if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
                 node.trigger_activate()
         executor.spin()

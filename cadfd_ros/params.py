@@ -60,6 +60,16 @@ class ParamSpec:
                 raise CadfdError(f"{self.name} must be in [{lo:g}, {hi:g}], got {value!r}")
         return value
 
+    def accepted(self) -> str:
+        """What this parameter accepts, in words (for a refused start-up value)."""
+        kind = {bool: "a bool", int: "an integer", float: "a double", str: "a string"}[type(self.default)]
+        if self.choices:
+            return f"{kind}, one of {', '.join(self.choices)}"
+        if self.value_range is not None:
+            lo, hi = self.value_range
+            return f"{kind} in [{lo:g}, {hi:g}]" + (" or 0 (unset)" if self.zero_is_unset else "")
+        return kind
+
     def to_config(self, value: Any) -> Any:
         """Checked value as a config field: 0 -> None where 0 means unset."""
         value = self.check(value)

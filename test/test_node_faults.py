@@ -1,0 +1,143 @@
+"""cadfd_node under hostile input (issue 12), in process over real rclpy and DDS unless a case
+needs a process of its own: bad start-up parameters, honest reports, camera_info pairing,
+stray metadata, sim time without /clock, oversized frames and lifecycle calls during a long
+solve. Frames are small and the bank has 6 layers, so every case runs in seconds."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
+pytest.importorskip("rclpy.lifecycle", reason="rclpy has no lifecycle support")
+
+from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+
+from ros_test_util import camera_info_msg, simulated_capture, small_bank, unique_domain_id  # noqa: E402
+from test_node import FRAME, Harness  # noqa: E402
+
+pytestmark = pytest.mark.ros
+
+H, W = 96, 128
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _float32_default():
+    torch = pytest.importorskip("torch")
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    yield
+    torch.set_default_dtype(previous)
+
+
+@pytest.fixture(scope="module")
+def context():
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx, domain_id=unique_domain_id())
+    yield ctx
+    rclpy.shutdown(context=ctx)
+
+
+@pytest.fixture(scope="module")
+def bank_path(tmp_path_factory):
+    return small_bank(tmp_path_factory.mktemp("bank") / "bank6.npz")
+
+
+@pytest.fixture(scope="module")
+def scene(bank_path):
+    return simulated_capture(bank_path, H, W, rgb=True)
+
+
+@pytest.fixture
+def harness(context, bank_path):
+    created = []
+
+    def make(ctx=None, **params):
+        if ctx is None:
+            params.setdefault("psf_bank", str(bank_path))
+            params.setdefault("device", "cpu")
+        h = Harness(ctx or context, **params)
+        if ctx is None:  # a test with its own context closes its harness before shutting it down
+            created.append(h)
+        return h
+
+    yield make
+    for h in created:
+        h.close()
+
+
+def _status(statuses: dict, suffix: str) -> dict:
+    return next(v for k, v in statuses.items() if k.endswith(suffix))
+
+
+def _stamp_of(m) -> tuple[int, int]:
+    return (m.header.stamp.sec, m.header.stamp.nanosec)
+
+
+# ---------------------------------------------------------------- item 5: start-up parameters
+def test_bad_startup_parameters_leave_the_node_up_unconfigured_with_an_error(harness, bank_path, tmp_path):
+    params_file = tmp_path / "bad.yaml"
+    params_file.write_text("/**:\n  ros__parameters:\n    input_downscale: 0\n    noise_sigma: 0\n"
+                           f"    psf_bank: {bank_path}\n    device: cpu\n")
+    ctx = rclpy.context.Context()
+    rclpy.init(args=["--ros-args", "--params-file", str(params_file), "-p", "steps:=abc"], context=ctx,
+               domain_id=unique_domain_id())
+    try:
+        h = harness(ctx)  # before the fix: InvalidParameterTypeException out of the constructor
+        node = h.node
+        assert h.state() == "unconfigured"
+        assert set(node._startup_errors) == {"steps", "input_downscale"}  # an int for a double is fine
+        assert "steps accepts an integer in [1, 1000]" in node._startup_errors["steps"]
+        assert "input_downscale accepts an integer in [1, 8]" in node._startup_errors["input_downscale"]
+        assert node.get_parameter("noise_sigma").value == 0.0
+        statuses = h.diagnostics(lambda s: any("start-up parameter" in v["_message"] for v in s.values()))
+        rec = _status(statuses, "reconstruction")
+        assert rec["_level"] == 2 and "accepts" in rec["_message"]
+        # Exactly like a bad value at configure: FAILURE, still unconfigured, ready for a fix.
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert h.state() == "unconfigured"
+        assert node.set_parameters([Parameter("steps", value=5)])[0].successful
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE  # input_downscale still refused
+        assert node.set_parameters([Parameter("input_downscale", value=2)])[0].successful
+        assert not node._startup_errors
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node._processor.input_downscale == 2
+    finally:
+        h.close()
+        rclpy.shutdown(context=ctx)
+
+
+def test_bad_startup_parameter_in_a_process_gives_one_line_and_no_traceback(tmp_path):
+    env = dict(os.environ, ROS_DOMAIN_ID=str(unique_domain_id()), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
+               RCUTILS_LOGGING_BUFFERED_STREAM="0")
+    exe = Path(sys.executable).with_name("cadfd_node")
+    proc = subprocess.Popen([str(exe), "--ros-args", "-r", "__ns:=/faults_startup", "-p", "input_downscale:=0",
+                             "-p", "autostart:=true"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+    lines = []
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "cadfd_node up" in line:
+                break
+        time.sleep(0.5)
+        assert proc.poll() is None, "".join(lines)  # still up
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=10)[0]
+    text = "".join(lines) + out
+    assert "Traceback" not in text, text
+    mentions = [line for line in text.splitlines() if "input_downscale" in line]
+    assert len(mentions) == 1 and "[1, 8]" in mentions[0] and "ERROR" in mentions[0], text
+    assert "configured:" not in text  # autostart does not configure with the refused value replaced
