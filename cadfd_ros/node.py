@@ -322,7 +322,7 @@ class CadfdNode(LifecycleNode):
         latency = (now - stamp).nanoseconds * 1e-9 if stamp.nanoseconds > 0 else None  # unstamped: meaningless
         self._stats.frame_published(out.intrinsics_source, out.reconstruction.steps,
                                     [*out.reconstruction.notes, *out.notes], time.monotonic() - received, latency,
-                                    time.monotonic())
+                                    time.monotonic(), tiles=out.reconstruction.tiles)
 
     # ------------------------------------------------------------------ diagnostics (1 Hz timer)
     def _publish_diagnostics(self) -> None:
@@ -337,6 +337,7 @@ class CadfdNode(LifecycleNode):
         else:
             method, device = str(self.get_parameter("method").value), str(self.get_parameter("device").value)
             steps = int(self.get_parameter("steps").value)
+        steps = steps if method == "dps" else 0  # classical evaluates no network: ~/info says 0 too
         statuses = diagnostic_statuses(snap, state, now, in_rate, out_rate, method, device, steps,
                                        self.get_fully_qualified_name(), self.resolve_topic_name("image_raw"))
         array = DiagnosticArray(status=list(statuses))

@@ -192,7 +192,6 @@ class Reconstructor:
             depth = np.where(inverse_weight > 0, inverse_weight / inverse, np.nan)
         aif /= weight_sum[:, :, None] if capture.ndim == 3 else weight_sum
         timings["total"] = time.perf_counter() - start
-        timings["tiles"] = float(len(rows) * len(cols))
         return Reconstruction(
             depth=depth.astype(np.float32),
             all_in_focus=aif.astype(np.float32),
@@ -204,6 +203,7 @@ class Reconstructor:
             residual=float(np.sqrt(residual_sq / (height * width))),
             noise_sigma=parts.noise_sigma,
             notes=notes,
+            tiles=len(rows) * len(cols),
         )
 
     def warmup(self, height: int = 64, width: int = 64, channels: int = 1) -> None:

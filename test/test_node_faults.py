@@ -141,3 +141,21 @@ def test_bad_startup_parameter_in_a_process_gives_one_line_and_no_traceback(tmp_
     mentions = [line for line in text.splitlines() if "input_downscale" in line]
     assert len(mentions) == 1 and "[1, 8]" in mentions[0] and "ERROR" in mentions[0], text
     assert "configured:" not in text  # autostart does not configure with the refused value replaced
+
+
+# ---------------------------------------------------------------- item 7: honest reports
+def test_info_and_diagnostics_agree_on_steps_and_tiles(harness, scene):
+    capture, _ = scene
+    h = harness(max_pixels=4096, tile_size=64)  # 96 x 128 > 4096 pixels: solved in tiles
+    h.start()
+    if h.node._processor.info_type is None:
+        pytest.skip("cadfd_ros_interfaces not built (make msgs)")
+    stamp = (900, 0)
+    h.roundtrip(capture, "rgb8", stamp)
+    info = h.out.wait_for("info", lambda m: _stamp_of(m) == stamp)
+    assert info.method == "classical" and info.steps == 0 and info.sampler == ""
+    assert "tiles" not in info.stage_names and info.tiles >= 2  # a count, in its own field
+    assert all(0.0 <= s < 60.0 for s in info.stage_seconds)
+    statuses = h.diagnostics(lambda s: any(v.get("frames_processed") == "1" for v in s.values()))
+    rec = _status(statuses, "reconstruction")
+    assert (rec["method"], rec["steps"], rec["tiles"]) == (info.method, str(info.steps), str(info.tiles))

@@ -332,7 +332,7 @@ def test_diagnostics_ok_with_rates_and_exact_keys():
     assert [k for k in inp if not k.startswith("_")] == ["topic", "input_rate_hz", "intrinsics", *counts,
                                                          "last_warning"]
     assert [k for k in rec if not k.startswith("_")] == [
-        "state", "method", "device", "steps", "output_rate_hz", "latency_mean_ms", "latency_max_ms",
+        "state", "method", "device", "steps", "tiles", "output_rate_hz", "latency_mean_ms", "latency_max_ms",
         "processing_mean_ms", "processing_max_ms", *counts, "last_error"]
     assert (inp["input_rate_hz"], inp["intrinsics"], inp["frames_in"], inp["frames_dropped"]) == (
         "29.970", "camera_info", "30", "20")

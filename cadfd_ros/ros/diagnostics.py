@@ -37,6 +37,7 @@ class StatsSnapshot:
     last_note: str = ""
     last_note_mono: float = -1e9
     last_steps: int = 0
+    last_tiles: int = 0
     intrinsics: str = "unknown"
 
 
@@ -61,6 +62,7 @@ class Stats:
     last_note: str = ""  # the solver's latest per-frame warning (an unmet time budget)
     last_note_mono: float = -1e9
     last_steps: int = 0  # network evaluations of the latest frame (a time budget picks them)
+    last_tiles: int = 0  # tiles the latest frame was solved in (0: no frame yet)
     intrinsics: str = "unknown"
 
     def snapshot(self) -> StatsSnapshot:
@@ -107,10 +109,10 @@ class Stats:
             self.last_error = ""
 
     def frame_published(self, intrinsics: str, steps: int, notes: Sequence[str], processing_s: float,
-                        latency_s: float | None, now: float) -> None:
+                        latency_s: float | None, now: float, tiles: int = 1) -> None:
         with self.lock:
             self.processed += 1
-            self.intrinsics, self.last_steps = intrinsics, steps
+            self.intrinsics, self.last_steps, self.last_tiles = intrinsics, steps, tiles
             if notes:
                 self.last_note, self.last_note_mono = notes[-1], now
             self.processing_s.append(processing_s)
@@ -147,7 +149,8 @@ def diagnostic_statuses(snap: StatsSnapshot, state: str, now: float, input_rate_
                         method: str, device: str, steps: int, node_name: str,
                         image_topic: str) -> tuple[DiagnosticStatus, DiagnosticStatus]:
     """The ``<node>: input`` and ``<node>: reconstruction`` statuses; ``steps`` is the configured
-    count, replaced by what the latest frame ran (a time budget chooses it)."""
+    count (the node passes 0 for classical), replaced by what the latest frame ran (a time budget
+    chooses it); ``tiles`` is what the latest frame was solved in (0 before the first frame)."""
     recent_bad = now - snap.last_bad_mono < WARN_WINDOW_S
     recent_fail = now - snap.last_fail_mono < WARN_WINDOW_S
     silent = now - snap.last_input_mono > NO_INPUT_WARN_S
@@ -179,7 +182,8 @@ def diagnostic_statuses(snap: StatsSnapshot, state: str, now: float, input_rate_
     else:
         rec.level, rec.message = DiagnosticStatus.OK, f"publishing {output_rate_hz:.1f} Hz"
     rec.values = _key_values(
-        state=state, method=method, device=device, steps=snap.last_steps or steps, output_rate_hz=output_rate_hz,
+        state=state, method=method, device=device, steps=snap.last_steps or steps,
+        tiles=snap.last_tiles, output_rate_hz=output_rate_hz,
         latency_mean_ms=_mean_ms(snap.latency_s), latency_max_ms=_max_ms(snap.latency_s),
         processing_mean_ms=_mean_ms(snap.processing_s), processing_max_ms=_max_ms(snap.processing_s),
         **counts, last_error=last_error,

@@ -286,9 +286,10 @@ class FrameProcessor:
         msg.header = header
         msg.method = result.method
         msg.sampler = result.sampler or ""
-        msg.steps = int(result.steps)
+        msg.steps = int(result.steps)  # 0 for classical: no network evaluations
+        msg.tiles = int(result.tiles)
         # Solver stages first (from the Reconstructor), then the node's own stages.
-        stages = {k: v for k, v in result.timings.items() if k != "total"}
+        stages = {k: float(v) for k, v in result.timings.items() if k != "total"}
         stages.update({f"node_{k}": v for k, v in seconds.items()})
         msg.stage_names = list(stages)
         msg.stage_seconds = [float(v) for v in stages.values()]
