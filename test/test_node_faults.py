@@ -159,3 +159,32 @@ def test_info_and_diagnostics_agree_on_steps_and_tiles(harness, scene):
     statuses = h.diagnostics(lambda s: any(v.get("frames_processed") == "1" for v in s.values()))
     rec = _status(statuses, "reconstruction")
     assert (rec["method"], rec["steps"], rec["tiles"]) == (info.method, str(info.steps), str(info.tiles))
+
+
+# ---------------------------------------------------------------- item 3: camera_info pairing
+def test_a_stray_camera_info_is_reported_once_and_never_poisons_later_frames(harness, scene):
+    from ros_test_util import FX
+
+    capture, _ = scene
+    h = harness()
+    h.start()
+    h.info_pub.publish(camera_info_msg(320, 240, (700, 0), FRAME))  # another camera's size and stamp
+    time.sleep(0.1)
+    for i in range(3):  # before: every one skipped as "size mismatch"
+        msg = h.roundtrip(capture, "rgb8", (701 + i, 0), info=False)
+        assert (msg.width, msg.height) == (W, H)
+    info = h.out.wait_for("depth/camera_info", lambda m: _stamp_of(m) == (703, 0))
+    assert info.k[0] != FX  # the PSF bank's intrinsics, not the stray's
+    # A camera_info of the frame's size (older stamp) is used although a stray one is newer.
+    h.info_pub.publish(camera_info_msg(W, H, (704, 0), FRAME))
+    time.sleep(0.05)
+    h.info_pub.publish(camera_info_msg(320, 240, (705, 0), FRAME))
+    time.sleep(0.1)
+    h.roundtrip(capture, "rgb8", (706, 0), info=False)
+    info = h.out.wait_for("depth/camera_info", lambda m: _stamp_of(m) == (706, 0))
+    assert info.k[0] == FX and (info.width, info.height) == (W, H)
+    statuses = h.diagnostics(lambda s: any(v.get("frames_processed") == "4" for v in s.values()))
+    inp = _status(statuses, "input")
+    assert inp["frames_bad"] == "0" and inp["metadata_warnings"] == "1"  # reported once
+    assert "320x240 ignored for 128x96" in inp["last_metadata_warning"]
+    assert h.node._stats.bad == 0

@@ -71,6 +71,7 @@ class SolverWorker:
         self._stats, self._logger = stats, logger
         self._image_topic, self._niceness = image_topic, niceness
         self._activated_mono = time.monotonic()
+        self._reported_sizes: set[tuple[tuple[int, int], tuple[int, int]]] = set()
         self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
 
     def start(self) -> None:
@@ -104,7 +105,10 @@ class SolverWorker:
 
     def handle(self, msg: Any, received: float) -> None:
         """One frame: process, sort a failure, or publish."""
-        info = self._infos.match(msg.header.stamp, self._activated_mono)
+        size = (int(msg.width), int(msg.height))
+        info, passed_over = self._infos.pair(msg.header.stamp, self._activated_mono, size)
+        for info_size in passed_over:
+            self._stray_camera_info(info_size, size)
         settings = self._settings()
         try:
             outputs = self._processor.process(msg, info, settings)
@@ -123,6 +127,16 @@ class SolverWorker:
                                    "lower input_downscale or use device cpu")
                 return
         self._publish(outputs, received)
+
+    def _stray_camera_info(self, info_size: tuple[int, int], size: tuple[int, int]) -> None:
+        """Reported once per pair of sizes (a log line and a diagnostics WARN), then ignored."""
+        if (info_size, size) in self._reported_sizes:
+            return
+        self._reported_sizes.add((info_size, size))
+        text = (f"camera_info of size {info_size[0]}x{info_size[1]} ignored for {size[0]}x{size[1]} frames on "
+                f"{self._image_topic} (no camera_info of their size and stamp); reported once")
+        self._logger.warning(text)
+        self._stats.metadata_warning(text, time.monotonic())
 
     def _bad_frame(self, msg: Any, reason: str) -> None:
         text = f"skipped frame {msg.width}x{msg.height} {msg.encoding!r} on {self._image_topic}: {reason}"
