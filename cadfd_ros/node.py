@@ -8,6 +8,7 @@ configure all release everything and leave the node unconfigured, ready to confi
 """
 from __future__ import annotations
 
+import collections
 import copy
 import functools
 import gc
@@ -33,6 +34,7 @@ from cadfd_ros.errors import CadfdError
 from cadfd_ros.params import PARAM_BY_NAME, PARAMS
 from cadfd_ros.ros.diagnostics import RateMeter, Stats, diagnostic_statuses
 from cadfd_ros.ros.mailbox import CameraInfoBuffer, LatestFrame
+from cadfd_ros.ros.metadata import StampChecker
 from cadfd_ros.ros.parameters import build_processor, declarations, output_settings, validate_changes
 from cadfd_ros.ros.processing import FrameOutputs, FrameProcessor, OutputSettings
 from cadfd_ros.ros.worker import SolverWorker, empty_cuda_cache
@@ -116,6 +118,9 @@ class CadfdNode(LifecycleNode):
         self._infos = CameraInfoBuffer()
         self._worker: SolverWorker | None = None
         self._warned_no_info = False
+        self._stamps = StampChecker()
+        # Stamps of frames whose latency is meaningless (zero, backwards, skewed): bounded, checked at publish.
+        self._untrusted: collections.OrderedDict[tuple[int, int], None] = collections.OrderedDict()
         self._subs: list = []
         self._pubs: dict[str, Any] = {}
         self._input_group = MutuallyExclusiveCallbackGroup()
@@ -197,6 +202,7 @@ class CadfdNode(LifecycleNode):
         result = super().on_activate(state)  # enables the lifecycle publishers
         self._slot.open()
         self._processor.restart_frame_clock()  # the scan_time of the first frame after a pause is unknown
+        self._stamps.reset()  # nor is a stamp going backwards across a pause
         self._worker = SolverWorker(
             self._processor, self._slot, self._infos, lambda: self._settings, self._publish, self._stats,
             self.get_logger(), self.resolve_topic_name("image_raw"), int(self.get_parameter("worker_niceness").value),
@@ -296,8 +302,26 @@ class CadfdNode(LifecycleNode):
     def _on_image(self, msg: Image) -> None:
         # Trivial on purpose: the executor must never wait for the solver.
         self._stats.frame_received(time.monotonic())
+        self._check_metadata(msg)
         if self._slot.put((msg, time.monotonic())):
             self._stats.frame_dropped()
+
+    def _check_metadata(self, msg: Image) -> None:
+        """Report a suspect stamp or frame_id (throttled log, diagnostics WARN); the frame goes on."""
+        settings = self._settings
+        stamp = msg.header.stamp
+        stamp_ns = int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+        problems, trusted = self._stamps.check(stamp_ns, msg.header.frame_id, self.get_clock().now().nanoseconds,
+                                               settings.max_stamp_skew, settings.output_frame_id)
+        if not trusted:
+            self._untrusted[(int(stamp.sec), int(stamp.nanosec))] = None
+            while len(self._untrusted) > 64:
+                self._untrusted.popitem(last=False)
+        if problems:
+            text = (f"frame at {stamp.sec}.{stamp.nanosec:09d} on {self.resolve_topic_name('image_raw')}: "
+                    + "; ".join(problems))
+            self.get_logger().warning(text, throttle_duration_sec=5.0)
+            self._stats.metadata_warning(text, time.monotonic())
 
     # ------------------------------------------------------------------ output (worker thread)
     def _publish(self, out: FrameOutputs, received: float) -> None:
@@ -319,7 +343,11 @@ class CadfdNode(LifecycleNode):
         for note in out.notes:  # e.g. a scan_height the frame cannot hold: the rest was published
             self.get_logger().warning(note, throttle_duration_sec=5.0)
         stamp = Time.from_msg(out.header.stamp, clock_type=now.clock_type)
-        latency = (now - stamp).nanoseconds * 1e-9 if stamp.nanoseconds > 0 else None  # unstamped: meaningless
+        key = (int(out.header.stamp.sec), int(out.header.stamp.nanosec))
+        untrusted = key in self._untrusted
+        self._untrusted.pop(key, None)
+        # Zero, backwards or skewed stamps: a latency would be meaningless and swamp the good ones.
+        latency = (now - stamp).nanoseconds * 1e-9 if stamp.nanoseconds > 0 and not untrusted else None
         self._stats.frame_published(out.intrinsics_source, out.reconstruction.steps,
                                     [*out.reconstruction.notes, *out.notes], time.monotonic() - received, latency,
                                     time.monotonic(), tiles=out.reconstruction.tiles)

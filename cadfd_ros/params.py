@@ -126,7 +126,11 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("scan_frame_id", "", "frame_id of scan; empty = the depth frame. Must be an x-forward (body, not "
               "optical) frame at the camera, like depthimage_to_laserscan's output_frame", OUTPUT),
     ParamSpec("publish_confidence", True, "publish confidence/image (32FC1 in [0,1])", OUTPUT),
-    ParamSpec("output_frame_id", "", "frame_id of every output; empty = the input image's frame_id", OUTPUT),
+    ParamSpec("output_frame_id", "", "frame_id of every output; empty = the input image's frame_id (an input "
+              "without one is reported)", OUTPUT),
+    ParamSpec("max_stamp_skew", 5.0, "seconds an input stamp may differ from the node clock before it is reported "
+              "and left out of the latency statistics; 0 = no check", OUTPUT, value_range=(0.001, 1e6),
+              zero_is_unset=True, cli=False),
     ParamSpec("autostart", False, "configure and activate at start-up (without a lifecycle manager)", NODE,
               read_only=True, cli=False),
 )

@@ -188,3 +188,47 @@ def test_a_stray_camera_info_is_reported_once_and_never_poisons_later_frames(har
     assert inp["frames_bad"] == "0" and inp["metadata_warnings"] == "1"  # reported once
     assert "320x240 ignored for 128x96" in inp["last_metadata_warning"]
     assert h.node._stats.bad == 0
+
+
+# ---------------------------------------------------------------- item 4: stray metadata
+def test_suspect_stamps_and_frame_ids_warn_and_stay_out_of_the_latency(harness, scene):
+    capture, _ = scene
+    h = harness(output_frame_id="fallback_frame")
+    h.start()
+
+    def now_plus(seconds: float) -> tuple[int, int]:
+        ns = h.client.get_clock().now().nanoseconds + int(seconds * 1e9)
+        return (ns // 1_000_000_000, ns % 1_000_000_000)
+
+    good = now_plus(0.0)
+    h.roundtrip(capture, "rgb8", good)
+    suspect = [now_plus(-3600.0), (0, 0), now_plus(3600.0)]
+    for stamp in suspect:  # 1 h behind, zero, 1 h ahead: published as they are, each reported
+        h.roundtrip(capture, "rgb8", stamp)
+    msg = h.roundtrip(capture, "rgb8", now_plus(0.0), frame_id="")  # empty frame_id
+    assert msg.header.frame_id == "fallback_frame"
+    statuses = h.diagnostics(lambda s: any(v.get("frames_processed") == "5" for v in s.values()))
+    inp, rec = _status(statuses, "input"), _status(statuses, "reconstruction")
+    assert inp["_level"] == 1 and inp["_message"].startswith("suspect metadata") and "frame_id" in inp["_message"]
+    assert int(inp["metadata_warnings"]) >= 4  # before: none, and latency_max_ms 3,600,677
+    assert "frame_id" in inp["last_metadata_warning"]
+    # Only the two good stamps count: a latency of seconds, not of hours, and never negative.
+    assert 0 < float(rec["latency_mean_ms"]) <= float(rec["latency_max_ms"]) < 30_000
+    assert h.node._stats.bad == 0
+
+
+def test_stamp_checker_policy():
+    from cadfd_ros.ros.metadata import NS, StampChecker
+
+    check = StampChecker()
+    now = 1000 * NS
+    assert check.check(now, "cam", now, 5.0) == ([], True)
+    problems, trusted = check.check(now - 2 * NS, "cam", now, 5.0)  # backwards, within the skew
+    assert not trusted and problems == ["stamp went backwards by 2.000 s"]
+    problems, trusted = check.check(now + 10 * NS, "cam", now, 5.0)
+    assert not trusted and "10.000 s ahead of the node clock" in problems[0]
+    assert check.check(now + 20 * NS, "cam", now, None) == ([], True)  # check off
+    assert check.check(now + 30 * NS, "cam", 0, 5.0) == ([], True)  # sim time before /clock
+    assert check.check(0, "cam", now, 5.0) == (["stamp is zero"], False)
+    check.reset()
+    assert check.check(now, "", now, 5.0, "out")[0] == ["empty frame_id; outputs use output_frame_id 'out'"]

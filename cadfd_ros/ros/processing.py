@@ -37,6 +37,7 @@ class OutputSettings:
     scan_range_max: float | None = None  # metres; None: the bank's farthest depth
     scan_time: float | None = None  # seconds; None: the measured period between frames
     scan_frame_id: str = ""  # empty: the depth's frame_id (should be an x-forward frame)
+    max_stamp_skew: float | None = 5.0  # seconds from the node clock; None: no check (the node's, not per frame)
 
     def __post_init__(self) -> None:
         if self.depth_encoding not in DEPTH_ENCODINGS:
