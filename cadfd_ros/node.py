@@ -19,6 +19,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -129,7 +130,10 @@ class CadfdNode(LifecycleNode):
         # Diagnostics are not a lifecycle publisher: an unconfigured or failed node must still
         # say why it produces nothing.
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics, MutuallyExclusiveCallbackGroup())
+        # On the steady clock: a node timer follows ROS time, which under use_sim_time stands still
+        # until /clock arrives, and diagnostics would stop exactly when something is wrong.
+        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics, MutuallyExclusiveCallbackGroup(),
+                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.get_logger().info("cadfd_node up (unconfigured); configure then activate via the lifecycle services")
 
     # ------------------------------------------------------------------ parameters

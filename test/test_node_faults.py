@@ -232,3 +232,13 @@ def test_stamp_checker_policy():
     assert check.check(0, "cam", now, 5.0) == (["stamp is zero"], False)
     check.reset()
     assert check.check(now, "", now, 5.0, "out")[0] == ["empty frame_id; outputs use output_frame_id 'out'"]
+
+
+# ---------------------------------------------------------------- item 6: sim time without /clock
+def test_diagnostics_keep_publishing_under_sim_time_without_clock(harness):
+    h = harness(use_sim_time=True)  # nothing publishes /clock in this domain
+    assert h.node.get_clock().now().nanoseconds == 0
+    h.diagnostics(lambda s: True, timeout=5.0)  # before: the 1 Hz timer on ROS time never fired
+    count = len(h.out.messages["diagnostics"])
+    time.sleep(2.2)
+    assert len(h.out.messages["diagnostics"]) - count >= 2
