@@ -297,7 +297,7 @@ class CadfdNode(LifecycleNode):
 
     def _release_solver(self) -> None:
         if self._processor is not None:
-            self._processor.reconstructor.release()
+            self._processor.release()
         self._processor = None
         gc.collect()  # drop the solver's tensors before returning the cache to the driver
         empty_cuda_cache()

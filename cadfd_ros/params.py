@@ -17,6 +17,7 @@ METHODS = ("classical", "dps")
 SAMPLERS = ("auto", "diffpir", "dps")  # auto: the benchmarked default (diffpir)
 DEVICES = ("auto", "cpu", "cuda")
 DEPTH_ENCODINGS = ("32FC1", "16UC1")
+OVERSIZE_POLICIES = ("bin", "refuse")
 
 SOLVER = "solver"  # read by ReconstructionConfig; applied on configure
 INPUT = "input"  # read by the frame processor (and the PSF bank it loads); applied on configure
@@ -100,6 +101,12 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("tile_size", 512, "tile side in pixels when tiling", SOLVER, value_range=(64, 65536)),
     ParamSpec("input_downscale", 1, "bin the input by this factor before solving (PSFs follow)", INPUT,
               value_range=(1, 8)),
+    ParamSpec("max_input_pixels", 1_000_000, "largest frame solved as it is, in pixels after input_downscale "
+              "(about 10 s of classical solve on a 2-core CPU); larger frames are binned to fit or refused "
+              "(oversize_policy); 0 = no limit", INPUT, value_range=(4096, 2**31 - 1), zero_is_unset=True, cli=False),
+    ParamSpec("oversize_policy", "bin", "a frame over max_input_pixels: 'bin' picks a larger input_downscale for it "
+              "(camera_info scaled, a WARN once per size), 'refuse' skips it as a bad frame", INPUT,
+              choices=OVERSIZE_POLICIES, cli=False),
     ParamSpec("worker_niceness", 10, "nice increment of the solver thread (Linux), so callbacks and services keep "
               "the CPU first; 0 = same priority", NODE, value_range=(0, 19)),
     ParamSpec("depth_encoding", "32FC1", "depth/image encoding: 32FC1 metres (NaN invalid) or 16UC1 mm (0 invalid)",

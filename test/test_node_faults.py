@@ -242,3 +242,37 @@ def test_diagnostics_keep_publishing_under_sim_time_without_clock(harness):
     count = len(h.out.messages["diagnostics"])
     time.sleep(2.2)
     assert len(h.out.messages["diagnostics"]) - count >= 2
+
+
+# ---------------------------------------------------------------- item 1: frame-size policy
+def test_an_oversized_frame_is_binned_with_camera_info_scaled_and_one_warning(harness, scene):
+    from ros_test_util import CX, FX
+
+    capture, _ = scene
+    h = harness(max_input_pixels=4096)  # 128 x 96 = 12288 pixels: binned 2x2 to 64 x 48
+    h.start()
+    depth = h.roundtrip(capture, "rgb8", (600, 0))
+    assert (depth.width, depth.height) == (W // 2, H // 2)  # before: solved at full size, silently
+    info = h.out.wait_for("depth/camera_info", lambda m: _stamp_of(m) == (600, 0))
+    assert (info.width, info.height) == (W // 2, H // 2) and info.k[0] == pytest.approx(FX / 2)
+    assert info.k[2] == pytest.approx((CX + 0.5) / 2 - 0.5)
+    statuses = h.diagnostics(lambda s: any("max_input_pixels" in v["_message"] for v in s.values()))
+    rec = _status(statuses, "reconstruction")
+    assert rec["_level"] == 1 and "binned 2x2 to 64x48" in rec["_message"]
+    noted = h.node._stats.last_note_mono
+    h.roundtrip(capture, "rgb8", (601, 0))
+    assert h.node._stats.last_note_mono == noted  # once per size
+    assert h.node._stats.bad == 0 and h.node._processor.reconstructor.psf_bank.kernel_size > 0
+
+
+def test_an_oversized_frame_is_refused_when_asked(harness, scene):
+    capture, _ = scene
+    h = harness(max_input_pixels=4096, oversize_policy="refuse")
+    h.start()
+    h.send(capture, "rgb8", (610, 0))
+    statuses = h.diagnostics(lambda s: any(v.get("frames_bad") == "1" for v in s.values()), timeout=8.0)
+    inp = _status(statuses, "input")
+    assert "over max_input_pixels 4096" in inp["last_warning"] and inp["frames_processed"] == "0"
+    small = np.ascontiguousarray(capture[:64, :64])  # 4096 pixels: within the limit
+    depth = h.roundtrip(small, "rgb8", (611, 0))
+    assert (depth.width, depth.height) == (64, 64)

@@ -146,10 +146,18 @@ def _load_info_type() -> type | None:
 class FrameProcessor:
     """Turns sensor_msgs/Image (+ optional CameraInfo) into the node's output messages."""
 
-    def __init__(self, reconstructor: Reconstructor, input_downscale: int = 1) -> None:
-        # The reconstructor must already hold the bank matching ``input_downscale``.
+    def __init__(self, reconstructor: Reconstructor, input_downscale: int = 1, max_input_pixels: int | None = None,
+                 oversize_policy: str = "bin", full_bank: PSFBank | None = None) -> None:
+        # The reconstructor must already hold the bank matching ``input_downscale``; ``full_bank``
+        # (unbinned) is what a larger, per-frame binning factor is derived from.
         self.reconstructor = reconstructor
         self.input_downscale = int(input_downscale)
+        self.max_input_pixels = max_input_pixels
+        self.oversize_policy = oversize_policy
+        self._full_bank = full_bank if full_bank is not None else (reconstructor.psf_bank if input_downscale == 1
+                                                                   else None)
+        self._binned: dict[int, Reconstructor] = {}  # per-frame binning factor -> its solver (at most 2)
+        self._reported_sizes: set[tuple[int, int]] = set()
         self.info_type = _load_info_type()
         self._previous_stamp_ns: int | None = None  # of the previous frame: the scan's measured period
 
@@ -193,11 +201,55 @@ class FrameProcessor:
     def bank(self) -> PSFBank:
         return self.reconstructor.psf_bank
 
-    def bank_camera_info(self, header: object, width: int, height: int) -> object | None:
+    def binning_for(self, width: int, height: int) -> int:
+        """The binning factor of a ``width`` x ``height`` frame: ``input_downscale``, or the
+        smallest larger one that brings it within ``max_input_pixels``."""
+        factor, limit = self.input_downscale, self.max_input_pixels
+        if limit:
+            while (width // factor) * (height // factor) > limit and factor < min(width, height):
+                factor += 1
+        return factor
+
+    def reconstructor_for(self, factor: int) -> Reconstructor:
+        """The solver of a binning factor, built from the full bank on first use (method dps: with
+        its own sampler), the two most recent kept."""
+        if factor == self.input_downscale or self._full_bank is None:
+            return self.reconstructor
+        if factor not in self._binned:
+            while len(self._binned) >= 2:
+                self._binned.pop(next(iter(self._binned))).release()
+            self._binned[factor] = Reconstructor(downscale_psf_bank(self._full_bank, factor), self.reconstructor.config)
+        return self._binned[factor]
+
+    def release(self) -> None:
+        """Drop the solvers of per-frame binning factors, then the configured one's caches."""
+        for recon in self._binned.values():
+            recon.release()
+        self._binned.clear()
+        self.reconstructor.release()
+
+    def _oversize(self, width: int, height: int) -> tuple[int, list[str]]:
+        """(binning factor, notes) of a frame; raises InputImageError when it is refused."""
+        factor = self.binning_for(width, height)
+        if factor == self.input_downscale:
+            return factor, []
+        limit = self.max_input_pixels
+        if self.oversize_policy == "refuse" or self._full_bank is None:
+            raise InputImageError(
+                f"{width}x{height} is {width * height} pixels (after input_downscale {self.input_downscale}: "
+                f"{(width // self.input_downscale) * (height // self.input_downscale)}), over max_input_pixels "
+                f"{limit}; oversize_policy refuse: bin it upstream, raise max_input_pixels or set oversize_policy bin")
+        if (width, height) in self._reported_sizes:
+            return factor, []
+        self._reported_sizes.add((width, height))
+        return factor, [f"{width}x{height} frames are over max_input_pixels {limit}: binned {factor}x{factor} to "
+                        f"{width // factor}x{height // factor}, camera_info scaled (reported once per size)"]
+
+    def bank_camera_info(self, header: object, width: int, height: int, bank: PSFBank | None = None) -> object | None:
         """Intrinsics from the bank's optics: fx = fy = focal_length_m / pixel_pitch_m, centred."""
         from cadfd_ros.ros.conversions import camera_info_from_intrinsics
 
-        focal_px = self.bank.focal_length_px()
+        focal_px = (bank or self.bank).focal_length_px()
         if focal_px is None:
             return None
         cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
@@ -218,11 +270,13 @@ class FrameProcessor:
 
         seconds: dict[str, float] = {}
         start = time.perf_counter()
+        factor, notes = self._oversize(int(image_msg.width), int(image_msg.height))  # before decoding it
+        recon = self.reconstructor_for(factor)
         capture = conv.image_msg_to_capture(image_msg)
         in_h, in_w = capture.shape[:2]
         if camera_info is not None:
             conv.check_camera_info(camera_info, in_w, in_h)
-        capture = downscale_capture(capture, self.input_downscale)
+        capture = downscale_capture(capture, factor)
         height, width = capture.shape[:2]
 
         header = Header()
@@ -233,12 +287,12 @@ class FrameProcessor:
             info = _with_header(info, header)
             source = "camera_info"
         else:
-            info = self.bank_camera_info(header, width, height)
+            info = self.bank_camera_info(header, width, height, recon.psf_bank)
             source = "psf_bank" if info is not None else "none"
         seconds["convert"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        solve = self.reconstructor.reconstruct_tiled if tiled else self.reconstructor.reconstruct
+        solve = recon.reconstruct_tiled if tiled else recon.reconstruct
         result = solve(capture)
         seconds["solve"] = time.perf_counter() - start
 
@@ -253,7 +307,7 @@ class FrameProcessor:
             rgb = result.all_in_focus if settings.points_colored else None
             points = conv.depth_to_pointcloud2(depth, info, header, rgb=rgb, decimation=settings.points_decimation)
         period = self.frame_period(header.stamp)
-        scan, notes = None, []
+        scan = None
         if settings.publish_scan and info is not None:
             # From the published message, as depthimage_to_laserscan would read it (16UC1: whole mm).
             range_min, range_max = self.scan_range(settings)
