@@ -275,16 +275,23 @@ class CadfdNode(LifecycleNode):
         else:
             self.get_logger().warning("cadfd_ros_interfaces not built (make msgs): ~/info is not published")
 
-    def _stop_input(self) -> None:
-        """Unsubscribe, then stop the worker (waits for the frame in flight, at most one solve)."""
+    def _stop_input(self, wait_s: float = 0.0) -> None:
+        """Unsubscribe and stop the worker without waiting for its frame in flight: that frame is
+        abandoned (its solve ends in the background, its outputs are never published), so
+        deactivate, cleanup and shutdown return at once during a long solve. ``wait_s``: how long
+        to wait for it anyway (process exit)."""
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
         self._slot.close()
         self._infos.clear()
         if self._worker is not None:
-            self._worker.join()
+            self._worker.abandon()
+            self._worker.join(wait_s)
             self._worker = None
+            # The abandoned worker may still be solving, then return to its (closed) slot: give the
+            # next activation's worker a slot of its own, so the two never share a frame.
+            self._slot = LatestFrame()
 
     def _teardown(self) -> None:
         """Stop input, destroy the publishers, release solver memory (GPU included): unconfigured."""
@@ -378,7 +385,7 @@ class CadfdNode(LifecycleNode):
 
     def stop(self) -> None:
         """Stop the worker and release the solver (process exit without a shutdown transition)."""
-        self._stop_input()
+        self._stop_input(wait_s=2.0)
         self._release_solver()
 
 

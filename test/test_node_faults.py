@@ -276,3 +276,58 @@ def test_an_oversized_frame_is_refused_when_asked(harness, scene):
     small = np.ascontiguousarray(capture[:64, :64])  # 4096 pixels: within the limit
     depth = h.roundtrip(small, "rgb8", (611, 0))
     assert (depth.width, depth.height) == (64, 64)
+
+
+# ---------------------------------------------------------------- item 2: lifecycle during a long solve
+def test_lifecycle_services_answer_within_a_second_during_a_long_solve(harness, scene):
+    import threading
+
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    capture, _ = scene
+    h = harness()
+    h.start()
+    recon = h.node._processor.reconstructor
+    original, solving, solved = recon.reconstruct, threading.Event(), threading.Event()
+
+    def long_solve(c):  # a frame that takes 6 s (as a big frame does), then its real result
+        solving.set()
+        time.sleep(6.0)
+        try:
+            return original(c)
+        finally:
+            solved.set()
+
+    recon.reconstruct = long_solve
+    get_state = h.client.create_client(GetState, f"{h.ns}/cadfd_node/get_state")
+    change = h.client.create_client(ChangeState, f"{h.ns}/cadfd_node/change_state")
+    assert get_state.wait_for_service(5.0) and change.wait_for_service(5.0)
+
+    def call(client, request) -> tuple[float, object]:
+        start = time.monotonic()
+        future = client.call_async(request)
+        deadline = start + 10.0
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert future.done(), "no answer within 10 s"
+        return time.monotonic() - start, future.result()
+
+    h.send(capture, "rgb8", (500, 0))
+    assert solving.wait(5.0)
+    seconds, state = call(get_state, GetState.Request())
+    assert seconds < 1.0 and state.current_state.label == "active"
+    seconds, result = call(change, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_DEACTIVATE)))
+    assert result.success and seconds < 1.0, f"deactivate took {seconds:.2f} s"  # before: the whole solve
+    seconds, state = call(get_state, GetState.Request())
+    assert seconds < 1.0 and state.current_state.label == "inactive"
+    # Activate again while the abandoned solve still runs; its frame is never published.
+    recon.reconstruct = original
+    seconds, result = call(change, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_ACTIVATE)))
+    assert result.success and seconds < 1.0
+    assert not solved.is_set()
+    h.wait_connected()
+    h.roundtrip(capture, "rgb8", (501, 0))  # the new session works meanwhile
+    assert solved.wait(10.0)
+    time.sleep(0.5)
+    assert not [m for m in h.out.messages.get("depth/image", []) if _stamp_of(m) == (500, 0)]

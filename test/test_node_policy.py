@@ -478,3 +478,11 @@ def test_worker_reports_a_stray_camera_info_once_and_uses_none():
     assert [c[0] for c in processor.calls] == [None, None] and len(published) == 2
     assert stats.metadata_warnings == 1 and stats.bad == 0 and len(logger.lines) == 1
     assert "8x6 ignored for 4x3" in logger.lines[0][1]
+
+
+def test_an_abandoned_worker_publishes_nothing_more():
+    processor = FakeProcessor("late")
+    worker, published, stats, logger, _ = make_worker(processor)
+    worker.abandon()  # deactivate during the solve
+    worker.handle(image_at(1), 0.0)
+    assert len(processor.calls) == 1 and published == []

@@ -72,22 +72,29 @@ class SolverWorker:
         self._image_topic, self._niceness = image_topic, niceness
         self._activated_mono = time.monotonic()
         self._reported_sizes: set[tuple[tuple[int, int], tuple[int, int]]] = set()
+        self._abandoned = threading.Event()
         self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
 
     def start(self) -> None:
         sys.setswitchinterval(min(sys.getswitchinterval(), WORKER_SWITCH_INTERVAL_S))
         self._thread.start()
 
-    def join(self) -> None:
+    def join(self, timeout: float | None = None) -> None:
         """Wait for the frame in flight (at most one solve); close ``frames`` first."""
-        self._thread.join()
+        self._thread.join(timeout)
+
+    def abandon(self) -> None:
+        """Publish nothing more, not even the frame in flight: a solve cannot be interrupted, so
+        it finishes in the background and its outputs are dropped; then the thread ends (once
+        ``frames`` is closed). Lets deactivate return at once, whatever a solve takes."""
+        self._abandoned.set()
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
     def _run(self) -> None:
         self._lower_priority()
-        while True:
+        while not self._abandoned.is_set():
             item = self._frames.take()
             if item is None:
                 return
@@ -126,6 +133,8 @@ class SolverWorker:
                 self._failed_frame(f"reconstruction out of memory ({exc}); the tiled retry failed too ({retry_exc}); "
                                    "lower input_downscale or use device cpu")
                 return
+        if self._abandoned.is_set():
+            return  # deactivated during the solve: these outputs belong to no active session
         self._publish(outputs, received)
 
     def _stray_camera_info(self, info_size: tuple[int, int], size: tuple[int, int]) -> None:
