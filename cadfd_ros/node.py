@@ -98,6 +98,13 @@ class CadfdNode(LifecycleNode):
         # get/set. Initialise the two bases ourselves to give lifecycle its own group.
         Node.__init__(self, node_name, **kwargs)
         LifecycleNodeMixin.__init__(self, callback_group=MutuallyExclusiveCallbackGroup())
+        # The read-only lifecycle services (get_state, available states and transitions) get a
+        # group of their own too: in the transitions' group they waited for a whole configure.
+        queries = MutuallyExclusiveCallbackGroup()
+        for service in (self._service_get_state, self._service_get_available_states,
+                        self._service_get_available_transitions, self._service_get_transition_graph):
+            service.callback_group = queries
+            queries.add_entity(service)
         self._stats = Stats()
         # Start-up values (command line, YAML) that were refused: name -> the one line that says
         # why. Configure fails while any is left; setting a valid value clears it.

@@ -331,3 +331,30 @@ def test_lifecycle_services_answer_within_a_second_during_a_long_solve(harness, 
     assert solved.wait(10.0)
     time.sleep(0.5)
     assert not [m for m in h.out.messages.get("depth/image", []) if _stamp_of(m) == (500, 0)]
+
+
+def test_get_state_answers_within_a_second_during_a_long_configure(harness, monkeypatch):
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    from cadfd_ros.ros.processing import FrameProcessor
+
+    original = FrameProcessor.warmup
+    monkeypatch.setattr(FrameProcessor, "warmup", lambda self: (time.sleep(3.0), original(self)))
+    h = harness()
+    get_state = h.client.create_client(GetState, f"{h.ns}/cadfd_node/get_state")
+    change = h.client.create_client(ChangeState, f"{h.ns}/cadfd_node/change_state")
+    assert get_state.wait_for_service(5.0) and change.wait_for_service(5.0)
+    configure = change.call_async(ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE)))
+    time.sleep(0.5)  # inside the 3 s warm-up
+    start = time.monotonic()
+    future = get_state.call_async(GetState.Request())
+    while not future.done() and time.monotonic() - start < 10.0:
+        time.sleep(0.005)
+    seconds = time.monotonic() - start
+    assert future.done() and seconds < 1.0, f"get_state took {seconds:.2f} s during configure"
+    assert future.result().current_state.label == "configuring" and not configure.done()
+    deadline = time.monotonic() + 20.0
+    while not configure.done() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert configure.result().success and h.state() == "inactive"
