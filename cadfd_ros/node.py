@@ -12,6 +12,7 @@ import collections
 import copy
 import functools
 import gc
+import threading
 import time
 from typing import Any, Callable
 
@@ -129,6 +130,7 @@ class CadfdNode(LifecycleNode):
         self._stamps = StampChecker()
         # Stamps of frames whose latency is meaningless (zero, backwards, skewed): bounded, checked at publish.
         self._untrusted: collections.OrderedDict[tuple[int, int], None] = collections.OrderedDict()
+        self._untrusted_lock = threading.Lock()  # executor threads add, the worker takes
         self._subs: list = []
         self._pubs: dict[str, Any] = {}
         self._input_group = MutuallyExclusiveCallbackGroup()
@@ -332,9 +334,10 @@ class CadfdNode(LifecycleNode):
         problems, trusted = self._stamps.check(stamp_ns, msg.header.frame_id, self.get_clock().now().nanoseconds,
                                                settings.max_stamp_skew, settings.output_frame_id)
         if not trusted:
-            self._untrusted[(int(stamp.sec), int(stamp.nanosec))] = None
-            while len(self._untrusted) > 64:
-                self._untrusted.popitem(last=False)
+            with self._untrusted_lock:
+                self._untrusted[(int(stamp.sec), int(stamp.nanosec))] = None
+                while len(self._untrusted) > 64:
+                    self._untrusted.popitem(last=False)
         if problems:
             text = (f"frame at {stamp.sec}.{stamp.nanosec:09d} on {self.resolve_topic_name('image_raw')}: "
                     + "; ".join(problems))
@@ -362,8 +365,8 @@ class CadfdNode(LifecycleNode):
             self.get_logger().warning(note, throttle_duration_sec=5.0)
         stamp = Time.from_msg(out.header.stamp, clock_type=now.clock_type)
         key = (int(out.header.stamp.sec), int(out.header.stamp.nanosec))
-        untrusted = key in self._untrusted
-        self._untrusted.pop(key, None)
+        with self._untrusted_lock:
+            untrusted = self._untrusted.pop(key, False) is None
         # Zero, backwards or skewed stamps: a latency would be meaningless and swamp the good ones.
         latency = (now - stamp).nanoseconds * 1e-9 if stamp.nanoseconds > 0 and not untrusted else None
         self._stats.frame_published(out.intrinsics_source, out.reconstruction.steps,
