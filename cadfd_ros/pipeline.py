@@ -212,6 +212,12 @@ class Reconstructor:
         shape = (size, size) if channels == 1 else (size, size, 3)
         self.reconstruct(np.full(shape, 0.5, np.float32))
 
+    def drop_caches(self) -> None:
+        """Forget the per-frame-size operators (PSF spectra at that size): after a one-off big
+        frame they would hold its memory, over 100 MB at 1000x750, until evicted."""
+        self.classical._operators.clear()
+        self.classical._null_cache.clear()
+
     def release(self) -> None:
         """Drop cached tensors, including GPU memory."""
         self.sampler = None

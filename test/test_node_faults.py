@@ -358,3 +358,20 @@ def test_get_state_answers_within_a_second_during_a_long_configure(harness, monk
     while not configure.done() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert configure.result().success and h.state() == "inactive"
+
+
+def test_an_oversized_frame_leaves_no_per_size_caches(bank_path, scene):
+    # RSS returns to where it was after a big frame only if its per-size operators are dropped
+    # (measured on 4000x3000 mono8: 303 -> 609 MiB with them kept, 306 MiB without).
+    from ros_test_util import image_msg
+
+    from cadfd_ros.params import PARAMS
+    from cadfd_ros.ros.parameters import build_processor, output_settings
+
+    values = {p.name: p.default for p in PARAMS}
+    values.update(psf_bank=str(bank_path), device="cpu", max_input_pixels=4096)
+    processor = build_processor(values)
+    out = processor.process(image_msg(scene[0], "rgb8", (1, 0), FRAME), None, output_settings(values))
+    assert (out.depth.width, out.depth.height) == (W // 2, H // 2) and out.notes
+    (binned,) = processor._binned.values()
+    assert binned.classical._operators == {} and binned.classical._null_cache == {}
