@@ -8,9 +8,11 @@ configure all release everything and leave the node unconfigured, ready to confi
 """
 from __future__ import annotations
 
+import collections
 import copy
 import functools
 import gc
+import threading
 import time
 from typing import Any, Callable
 
@@ -18,7 +20,9 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleNodeMixin, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
@@ -29,9 +33,10 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image, LaserScan, PointCloud2
 
 from cadfd_ros.errors import CadfdError
-from cadfd_ros.params import PARAMS
+from cadfd_ros.params import PARAM_BY_NAME, PARAMS
 from cadfd_ros.ros.diagnostics import RateMeter, Stats, diagnostic_statuses
 from cadfd_ros.ros.mailbox import CameraInfoBuffer, LatestFrame
+from cadfd_ros.ros.metadata import StampChecker
 from cadfd_ros.ros.parameters import build_processor, declarations, output_settings, validate_changes
 from cadfd_ros.ros.processing import FrameOutputs, FrameProcessor, OutputSettings
 from cadfd_ros.ros.worker import SolverWorker, empty_cuda_cache
@@ -94,9 +99,20 @@ class CadfdNode(LifecycleNode):
         # get/set. Initialise the two bases ourselves to give lifecycle its own group.
         Node.__init__(self, node_name, **kwargs)
         LifecycleNodeMixin.__init__(self, callback_group=MutuallyExclusiveCallbackGroup())
+        # The read-only lifecycle services (get_state, available states and transitions) get a
+        # group of their own too: in the transitions' group they waited for a whole configure.
+        queries = MutuallyExclusiveCallbackGroup()
+        for service in (self._service_get_state, self._service_get_available_states,
+                        self._service_get_available_transitions, self._service_get_transition_graph):
+            service.callback_group = queries
+            queries.add_entity(service)
         self._stats = Stats()
+        # Start-up values (command line, YAML) that were refused: name -> the one line that says
+        # why. Configure fails while any is left; setting a valid value clears it.
+        self._startup_errors: dict[str, str] = {}
         for name, default, desc in declarations():
-            self.declare_parameter(name, default, desc)
+            self._declare(name, default, desc)
+        self._check_startup_values()
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
 
@@ -111,6 +127,10 @@ class CadfdNode(LifecycleNode):
         self._infos = CameraInfoBuffer()
         self._worker: SolverWorker | None = None
         self._warned_no_info = False
+        self._stamps = StampChecker()
+        # Stamps of frames whose latency is meaningless (zero, backwards, skewed): bounded, checked at publish.
+        self._untrusted: collections.OrderedDict[tuple[int, int], None] = collections.OrderedDict()
+        self._untrusted_lock = threading.Lock()  # executor threads add, the worker takes
         self._subs: list = []
         self._pubs: dict[str, Any] = {}
         self._input_group = MutuallyExclusiveCallbackGroup()
@@ -119,10 +139,45 @@ class CadfdNode(LifecycleNode):
         # Diagnostics are not a lifecycle publisher: an unconfigured or failed node must still
         # say why it produces nothing.
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics, MutuallyExclusiveCallbackGroup())
+        # On the steady clock: a node timer follows ROS time, which under use_sim_time stands still
+        # until /clock arrives, and diagnostics would stop exactly when something is wrong.
+        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics, MutuallyExclusiveCallbackGroup(),
+                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.get_logger().info("cadfd_node up (unconfigured); configure then activate via the lifecycle services")
 
     # ------------------------------------------------------------------ parameters
+    def _declare(self, name: str, default: Any, desc: Any) -> None:
+        """Declare one parameter; a start-up value of the wrong type or out of range (which rclpy
+        raises on, killing the process with a traceback) is replaced by the default and reported."""
+        override = self._parameter_overrides.get(name)
+        if override is not None and isinstance(default, float) and type(override.value) is int:
+            # YAML `noise_sigma: 0` and `-p noise_sigma:=0` are integers: take them as doubles.
+            self._parameter_overrides[name] = Parameter(name, value=float(override.value))
+        try:
+            self.declare_parameter(name, default, desc)
+        except (InvalidParameterTypeException, InvalidParameterValueException):
+            self.declare_parameter(name, default, desc, ignore_override=True)
+            self._startup_error(name, override.value if override is not None else None)
+
+    def _check_startup_values(self) -> None:
+        """Values rclpy accepted that the schema refuses (a zero_is_unset range, a choice)."""
+        for spec in PARAMS:
+            if spec.name in self._startup_errors:
+                continue
+            value = self.get_parameter(spec.name).value
+            try:
+                spec.check(value)
+            except CadfdError:
+                self._startup_error(spec.name, value)
+
+    def _startup_error(self, name: str, value: Any) -> None:
+        spec = PARAM_BY_NAME[name]
+        message = (f"start-up parameter {name}:={value!r} refused: {name} accepts {spec.accepted()}; "
+                   f"the node stays unconfigured until {name} is set to a valid value")
+        self._startup_errors[name] = message
+        self.get_logger().error(message)
+        self._stats.error(message, time.monotonic())
+
     def _values(self) -> dict[str, Any]:
         return {p.name: self.get_parameter(p.name).value for p in PARAMS}
 
@@ -131,12 +186,17 @@ class CadfdNode(LifecycleNode):
         return SetParametersResult(successful=reason is None, reason=reason or "")
 
     def _apply_parameters(self, params: list[Parameter]) -> None:
+        for p in params:  # a valid value replaces a refused start-up one
+            if self._startup_errors.pop(p.name, None) is not None and not self._startup_errors:
+                self._stats.clear_error()
         # One reference swap: the worker sees the old or the new settings, never a mix.
         self._settings = output_settings(self._values())
 
     # ------------------------------------------------------------------ lifecycle
     @_transition("configure", TransitionCallbackReturn.FAILURE, teardown=True, plain=CONFIGURE_ERRORS)
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._startup_errors:
+            raise CadfdError(next(iter(self._startup_errors.values())))
         self._processor = processor = self._build_processor()
         self._create_publishers()
         self._warned_no_info = False
@@ -155,6 +215,7 @@ class CadfdNode(LifecycleNode):
         result = super().on_activate(state)  # enables the lifecycle publishers
         self._slot.open()
         self._processor.restart_frame_clock()  # the scan_time of the first frame after a pause is unknown
+        self._stamps.reset()  # nor is a stamp going backwards across a pause
         self._worker = SolverWorker(
             self._processor, self._slot, self._infos, lambda: self._settings, self._publish, self._stats,
             self.get_logger(), self.resolve_topic_name("image_raw"), int(self.get_parameter("worker_niceness").value),
@@ -223,16 +284,23 @@ class CadfdNode(LifecycleNode):
         else:
             self.get_logger().warning("cadfd_ros_interfaces not built (make msgs): ~/info is not published")
 
-    def _stop_input(self) -> None:
-        """Unsubscribe, then stop the worker (waits for the frame in flight, at most one solve)."""
+    def _stop_input(self, wait_s: float = 0.0) -> None:
+        """Unsubscribe and stop the worker without waiting for its frame in flight: that frame is
+        abandoned (its solve ends in the background, its outputs are never published), so
+        deactivate, cleanup and shutdown return at once during a long solve. ``wait_s``: how long
+        to wait for it anyway (process exit)."""
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
         self._slot.close()
         self._infos.clear()
         if self._worker is not None:
-            self._worker.join()
+            self._worker.abandon()
+            self._worker.join(wait_s)
             self._worker = None
+            # The abandoned worker may still be solving, then return to its (closed) slot: give the
+            # next activation's worker a slot of its own, so the two never share a frame.
+            self._slot = LatestFrame()
 
     def _teardown(self) -> None:
         """Stop input, destroy the publishers, release solver memory (GPU included): unconfigured."""
@@ -245,7 +313,7 @@ class CadfdNode(LifecycleNode):
 
     def _release_solver(self) -> None:
         if self._processor is not None:
-            self._processor.reconstructor.release()
+            self._processor.release()
         self._processor = None
         gc.collect()  # drop the solver's tensors before returning the cache to the driver
         empty_cuda_cache()
@@ -254,8 +322,27 @@ class CadfdNode(LifecycleNode):
     def _on_image(self, msg: Image) -> None:
         # Trivial on purpose: the executor must never wait for the solver.
         self._stats.frame_received(time.monotonic())
+        self._check_metadata(msg)
         if self._slot.put((msg, time.monotonic())):
             self._stats.frame_dropped()
+
+    def _check_metadata(self, msg: Image) -> None:
+        """Report a suspect stamp or frame_id (throttled log, diagnostics WARN); the frame goes on."""
+        settings = self._settings
+        stamp = msg.header.stamp
+        stamp_ns = int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+        problems, trusted = self._stamps.check(stamp_ns, msg.header.frame_id, self.get_clock().now().nanoseconds,
+                                               settings.max_stamp_skew, settings.output_frame_id)
+        if not trusted:
+            with self._untrusted_lock:
+                self._untrusted[(int(stamp.sec), int(stamp.nanosec))] = None
+                while len(self._untrusted) > 64:
+                    self._untrusted.popitem(last=False)
+        if problems:
+            text = (f"frame at {stamp.sec}.{stamp.nanosec:09d} on {self.resolve_topic_name('image_raw')}: "
+                    + "; ".join(problems))
+            self.get_logger().warning(text, throttle_duration_sec=5.0)
+            self._stats.metadata_warning(text, time.monotonic())
 
     # ------------------------------------------------------------------ output (worker thread)
     def _publish(self, out: FrameOutputs, received: float) -> None:
@@ -277,10 +364,14 @@ class CadfdNode(LifecycleNode):
         for note in out.notes:  # e.g. a scan_height the frame cannot hold: the rest was published
             self.get_logger().warning(note, throttle_duration_sec=5.0)
         stamp = Time.from_msg(out.header.stamp, clock_type=now.clock_type)
-        latency = (now - stamp).nanoseconds * 1e-9 if stamp.nanoseconds > 0 else None  # unstamped: meaningless
+        key = (int(out.header.stamp.sec), int(out.header.stamp.nanosec))
+        with self._untrusted_lock:
+            untrusted = self._untrusted.pop(key, False) is None
+        # Zero, backwards or skewed stamps: a latency would be meaningless and swamp the good ones.
+        latency = (now - stamp).nanoseconds * 1e-9 if stamp.nanoseconds > 0 and not untrusted else None
         self._stats.frame_published(out.intrinsics_source, out.reconstruction.steps,
                                     [*out.reconstruction.notes, *out.notes], time.monotonic() - received, latency,
-                                    time.monotonic())
+                                    time.monotonic(), tiles=out.reconstruction.tiles)
 
     # ------------------------------------------------------------------ diagnostics (1 Hz timer)
     def _publish_diagnostics(self) -> None:
@@ -295,6 +386,7 @@ class CadfdNode(LifecycleNode):
         else:
             method, device = str(self.get_parameter("method").value), str(self.get_parameter("device").value)
             steps = int(self.get_parameter("steps").value)
+        steps = steps if method == "dps" else 0  # classical evaluates no network: ~/info says 0 too
         statuses = diagnostic_statuses(snap, state, now, in_rate, out_rate, method, device, steps,
                                        self.get_fully_qualified_name(), self.resolve_topic_name("image_raw"))
         array = DiagnosticArray(status=list(statuses))
@@ -303,7 +395,7 @@ class CadfdNode(LifecycleNode):
 
     def stop(self) -> None:
         """Stop the worker and release the solver (process exit without a shutdown transition)."""
-        self._stop_input()
+        self._stop_input(wait_s=2.0)
         self._release_solver()
 
 
@@ -313,7 +405,7 @@ def main(args: list[str] | None = None) -> int:
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     try:
-        if node.get_parameter("autostart").value:
+        if node.get_parameter("autostart").value and not node._startup_errors:
             if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
                 node.trigger_activate()
         executor.spin()

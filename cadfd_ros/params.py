@@ -17,6 +17,7 @@ METHODS = ("classical", "dps")
 SAMPLERS = ("auto", "diffpir", "dps")  # auto: the benchmarked default (diffpir)
 DEVICES = ("auto", "cpu", "cuda")
 DEPTH_ENCODINGS = ("32FC1", "16UC1")
+OVERSIZE_POLICIES = ("bin", "refuse")
 
 SOLVER = "solver"  # read by ReconstructionConfig; applied on configure
 INPUT = "input"  # read by the frame processor (and the PSF bank it loads); applied on configure
@@ -60,6 +61,16 @@ class ParamSpec:
                 raise CadfdError(f"{self.name} must be in [{lo:g}, {hi:g}], got {value!r}")
         return value
 
+    def accepted(self) -> str:
+        """What this parameter accepts, in words (for a refused start-up value)."""
+        kind = {bool: "a bool", int: "an integer", float: "a double", str: "a string"}[type(self.default)]
+        if self.choices:
+            return f"{kind}, one of {', '.join(self.choices)}"
+        if self.value_range is not None:
+            lo, hi = self.value_range
+            return f"{kind} in [{lo:g}, {hi:g}]" + (" or 0 (unset)" if self.zero_is_unset else "")
+        return kind
+
     def to_config(self, value: Any) -> Any:
         """Checked value as a config field: 0 -> None where 0 means unset."""
         value = self.check(value)
@@ -93,6 +104,12 @@ PARAMS: tuple[ParamSpec, ...] = (
               "either way", INPUT, choices=("linear", "srgb")),
     ParamSpec("input_downscale", 1, "bin the input by this factor before solving (PSFs follow)", INPUT,
               value_range=(1, 8)),
+    ParamSpec("max_input_pixels", 1_000_000, "largest frame solved as it is, in pixels after input_downscale "
+              "(about 10 s of classical solve on a 2-core CPU); larger frames are binned to fit or refused "
+              "(oversize_policy); 0 = no limit", INPUT, value_range=(4096, 2**31 - 1), zero_is_unset=True, cli=False),
+    ParamSpec("oversize_policy", "bin", "a frame over max_input_pixels: 'bin' picks a larger input_downscale for it "
+              "(camera_info scaled, a WARN once per size), 'refuse' skips it as a bad frame", INPUT,
+              choices=OVERSIZE_POLICIES, cli=False),
     ParamSpec("worker_niceness", 10, "nice increment of the solver thread (Linux), so callbacks and services keep "
               "the CPU first; 0 = same priority", NODE, value_range=(0, 19)),
     ParamSpec("depth_encoding", "32FC1", "depth/image encoding: 32FC1 metres (NaN invalid) or 16UC1 mm (0 invalid)",
@@ -119,7 +136,11 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("scan_frame_id", "", "frame_id of scan; empty = the depth frame. Must be an x-forward (body, not "
               "optical) frame at the camera, like depthimage_to_laserscan's output_frame", OUTPUT),
     ParamSpec("publish_confidence", True, "publish confidence/image (32FC1 in [0,1])", OUTPUT),
-    ParamSpec("output_frame_id", "", "frame_id of every output; empty = the input image's frame_id", OUTPUT),
+    ParamSpec("output_frame_id", "", "frame_id of every output; empty = the input image's frame_id (an input "
+              "without one is reported)", OUTPUT),
+    ParamSpec("max_stamp_skew", 5.0, "seconds an input stamp may differ from the node clock before it is reported "
+              "and left out of the latency statistics; 0 = no check", OUTPUT, value_range=(0.001, 1e6),
+              zero_is_unset=True, cli=False),
     ParamSpec("autostart", False, "configure and activate at start-up (without a lifecycle manager)", NODE,
               read_only=True, cli=False),
 )

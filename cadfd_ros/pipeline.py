@@ -193,7 +193,6 @@ class Reconstructor:
             depth = np.where(inverse_weight > 0, inverse_weight / inverse, np.nan)
         aif /= weight_sum[:, :, None] if capture.ndim == 3 else weight_sum
         timings["total"] = time.perf_counter() - start
-        timings["tiles"] = float(len(rows) * len(cols))
         return Reconstruction(
             depth=depth.astype(np.float32),
             all_in_focus=aif.astype(np.float32),
@@ -206,6 +205,7 @@ class Reconstructor:
             residual=float(np.sqrt(residual_sq / (height * width))),
             noise_sigma=parts.noise_sigma,
             notes=notes,
+            tiles=len(rows) * len(cols),
         )
 
     def warmup(self, height: int = 64, width: int = 64, channels: int = 1) -> None:
@@ -213,6 +213,12 @@ class Reconstructor:
         size = max(height, width, 2 * self.psf_bank.kernel_size)
         shape = (size, size) if channels == 1 else (size, size, 3)
         self.reconstruct(np.full(shape, 0.5, np.float32))
+
+    def drop_caches(self) -> None:
+        """Forget the per-frame-size operators (PSF spectra at that size): after a one-off big
+        frame they would hold its memory, over 100 MB at 1000x750, until evicted."""
+        self.classical._operators.clear()
+        self.classical._null_cache.clear()
 
     def release(self) -> None:
         """Drop cached tensors, including GPU memory."""

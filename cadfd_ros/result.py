@@ -27,6 +27,7 @@ class Reconstruction:
     residual: float = float("nan")  # RMS of capture - forward(all_in_focus, depth)
     noise_sigma: float = float("nan")
     notes: list[str] = field(default_factory=list)  # this frame's solver warnings (an unmet time budget)
+    tiles: int = 1  # tiles the frame was solved in (1: whole); a count, so not in ``timings``
 
     @property
     def valid_fraction(self) -> float:

@@ -330,9 +330,10 @@ def test_diagnostics_ok_with_rates_and_exact_keys():
         0, "publishing 10.0 Hz", "/ns/cadfd_node: reconstruction", "cpu")
     counts = ["frames_in", "frames_processed", "frames_dropped", "frames_lost", "frames_bad", "frames_failed"]
     assert [k for k in inp if not k.startswith("_")] == ["topic", "input_rate_hz", "intrinsics", *counts,
-                                                         "last_warning"]
+                                                         "last_warning", "metadata_warnings",
+                                                         "last_metadata_warning"]
     assert [k for k in rec if not k.startswith("_")] == [
-        "state", "method", "device", "steps", "output_rate_hz", "latency_mean_ms", "latency_max_ms",
+        "state", "method", "device", "steps", "tiles", "output_rate_hz", "latency_mean_ms", "latency_max_ms",
         "processing_mean_ms", "processing_max_ms", *counts, "last_error"]
     assert (inp["input_rate_hz"], inp["intrinsics"], inp["frames_in"], inp["frames_dropped"]) == (
         "29.970", "camera_info", "30", "20")
@@ -448,3 +449,40 @@ def test_processing_uses_the_schema_depth_encodings():
     import cadfd_ros.ros.processing
 
     assert cadfd_ros.ros.processing.DEPTH_ENCODINGS is cadfd_ros.params.DEPTH_ENCODINGS
+
+
+def sized_info(sec: int, width: int, height: int) -> CameraInfo:
+    info = info_at(sec)
+    info.width, info.height = width, height
+    return info
+
+
+def test_fallback_is_the_newest_camera_info_of_the_frame_size():
+    infos = CameraInfoBuffer(wait_s=0.0)
+    right, stray, exact_other = sized_info(1, 4, 3), sized_info(2, 8, 6), sized_info(5, 8, 6)
+    for info in (right, stray, exact_other):
+        infos.add(info)
+    assert infos.pair(stamp(9), -1e9, (4, 3)) == (right, [(8, 6)])
+    assert infos.pair(stamp(5), -1e9, (4, 3)) == (exact_other, [])  # the exact stamp wins (then checked)
+    assert infos.pair(stamp(9), -1e9, (2, 2)) == (None, [(8, 6), (4, 3)])
+    assert infos.match(stamp(9), -1e9) is exact_other  # no size: the newest, as before
+
+
+def test_worker_reports_a_stray_camera_info_once_and_uses_none():
+    infos = CameraInfoBuffer(wait_s=0.0)
+    infos.add(sized_info(1, 8, 6))
+    processor = FakeProcessor("a", "b")
+    worker, published, stats, logger, _ = make_worker(processor, infos)
+    worker.handle(image_at(2), 0.0)
+    worker.handle(image_at(3), 0.0)
+    assert [c[0] for c in processor.calls] == [None, None] and len(published) == 2
+    assert stats.metadata_warnings == 1 and stats.bad == 0 and len(logger.lines) == 1
+    assert "8x6 ignored for 4x3" in logger.lines[0][1]
+
+
+def test_an_abandoned_worker_publishes_nothing_more():
+    processor = FakeProcessor("late")
+    worker, published, stats, logger, _ = make_worker(processor)
+    worker.abandon()  # deactivate during the solve
+    worker.handle(image_at(1), 0.0)
+    assert len(processor.calls) == 1 and published == []

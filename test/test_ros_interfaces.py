@@ -66,6 +66,7 @@ def test_fields_match_the_specification() -> None:
         "network_seconds": "float",
         "stage_names": "sequence<string>",
         "stage_seconds": "sequence<float>",
+        "tiles": "uint32",
         "total_seconds": "float",
         "final_residual": "float",
         "min_depth": "float",

@@ -36,7 +36,11 @@ class StatsSnapshot:
     last_error: str = ""
     last_note: str = ""
     last_note_mono: float = -1e9
+    metadata_warnings: int = 0
+    last_metadata_warning: str = ""
+    last_metadata_mono: float = -1e9
     last_steps: int = 0
+    last_tiles: int = 0
     intrinsics: str = "unknown"
 
 
@@ -60,7 +64,11 @@ class Stats:
     last_error: str = ""
     last_note: str = ""  # the solver's latest per-frame warning (an unmet time budget)
     last_note_mono: float = -1e9
+    metadata_warnings: int = 0  # frames published with suspect metadata (stamp, frame_id, camera_info)
+    last_metadata_warning: str = ""
+    last_metadata_mono: float = -1e9
     last_steps: int = 0  # network evaluations of the latest frame (a time budget picks them)
+    last_tiles: int = 0  # tiles the latest frame was solved in (0: no frame yet)
     intrinsics: str = "unknown"
 
     def snapshot(self) -> StatsSnapshot:
@@ -92,6 +100,12 @@ class Stats:
             self.bad += 1
             self.last_warning, self.last_bad_mono = text, now
 
+    def metadata_warning(self, text: str, now: float) -> None:
+        """A frame with suspect metadata that is still published (a stamp, frame_id, camera_info)."""
+        with self.lock:
+            self.metadata_warnings += 1
+            self.last_metadata_warning, self.last_metadata_mono = text, now
+
     def error(self, text: str, now: float) -> None:
         """A failure that is not a frame's (a lifecycle transition)."""
         with self.lock:
@@ -107,10 +121,10 @@ class Stats:
             self.last_error = ""
 
     def frame_published(self, intrinsics: str, steps: int, notes: Sequence[str], processing_s: float,
-                        latency_s: float | None, now: float) -> None:
+                        latency_s: float | None, now: float, tiles: int = 1) -> None:
         with self.lock:
             self.processed += 1
-            self.intrinsics, self.last_steps = intrinsics, steps
+            self.intrinsics, self.last_steps, self.last_tiles = intrinsics, steps, tiles
             if notes:
                 self.last_note, self.last_note_mono = notes[-1], now
             self.processing_s.append(processing_s)
@@ -147,10 +161,12 @@ def diagnostic_statuses(snap: StatsSnapshot, state: str, now: float, input_rate_
                         method: str, device: str, steps: int, node_name: str,
                         image_topic: str) -> tuple[DiagnosticStatus, DiagnosticStatus]:
     """The ``<node>: input`` and ``<node>: reconstruction`` statuses; ``steps`` is the configured
-    count, replaced by what the latest frame ran (a time budget chooses it)."""
+    count (the node passes 0 for classical), replaced by what the latest frame ran (a time budget
+    chooses it); ``tiles`` is what the latest frame was solved in (0 before the first frame)."""
     recent_bad = now - snap.last_bad_mono < WARN_WINDOW_S
     recent_fail = now - snap.last_fail_mono < WARN_WINDOW_S
     silent = now - snap.last_input_mono > NO_INPUT_WARN_S
+    recent_metadata = now - snap.last_metadata_mono < WARN_WINDOW_S
     recent_note = snap.last_note if now - snap.last_note_mono < WARN_WINDOW_S else ""
     counts = dict(frames_in=snap.frames_in, frames_processed=snap.processed, frames_dropped=snap.dropped,
                   frames_lost=snap.lost, frames_bad=snap.bad, frames_failed=snap.failed)
@@ -160,12 +176,15 @@ def diagnostic_statuses(snap: StatsSnapshot, state: str, now: float, input_rate_
         inp.level, inp.message = DiagnosticStatus.OK, f"not subscribed ({state})"
     elif recent_bad:
         inp.level, inp.message = DiagnosticStatus.WARN, "bad frames skipped: " + snap.last_warning
+    elif recent_metadata:
+        inp.level, inp.message = DiagnosticStatus.WARN, "suspect metadata: " + snap.last_metadata_warning
     elif silent:
         inp.level, inp.message = DiagnosticStatus.WARN, f"no frames on {image_topic} for {NO_INPUT_WARN_S:.0f} s"
     else:
         inp.level, inp.message = DiagnosticStatus.OK, f"receiving {input_rate_hz:.1f} Hz"
     inp.values = _key_values(topic=image_topic, input_rate_hz=input_rate_hz, intrinsics=snap.intrinsics, **counts,
-                             last_warning=snap.last_warning)
+                             last_warning=snap.last_warning, metadata_warnings=snap.metadata_warnings,
+                             last_metadata_warning=snap.last_metadata_warning)
 
     rec = DiagnosticStatus(name=f"{node_name}: reconstruction", hardware_id=device)
     last_error = snap.last_error
@@ -179,7 +198,8 @@ def diagnostic_statuses(snap: StatsSnapshot, state: str, now: float, input_rate_
     else:
         rec.level, rec.message = DiagnosticStatus.OK, f"publishing {output_rate_hz:.1f} Hz"
     rec.values = _key_values(
-        state=state, method=method, device=device, steps=snap.last_steps or steps, output_rate_hz=output_rate_hz,
+        state=state, method=method, device=device, steps=snap.last_steps or steps,
+        tiles=snap.last_tiles, output_rate_hz=output_rate_hz,
         latency_mean_ms=_mean_ms(snap.latency_s), latency_max_ms=_max_ms(snap.latency_s),
         processing_mean_ms=_mean_ms(snap.processing_s), processing_max_ms=_max_ms(snap.processing_s),
         **counts, last_error=last_error,

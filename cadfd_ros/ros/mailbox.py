@@ -71,10 +71,18 @@ class CameraInfoBuffer:
             self._last_info_mono = time.monotonic()
             self._cond.notify_all()
 
-    def match(self, image_header_stamp: Any, activated_mono: float) -> Any | None:
-        """The camera_info with the image's stamp; else the newest; else None (bank intrinsics).
+    def match(self, image_header_stamp: Any, activated_mono: float, size: tuple[int, int] | None = None) -> Any | None:
+        """The camera_info with the image's stamp; else the newest whose (width, height) is
+        ``size`` (the newest of any size when ``size`` is None); else None (bank intrinsics)."""
+        return self.pair(image_header_stamp, activated_mono, size)[0]
 
-        Waits up to ``wait_s`` for the matching one, but only while a camera_info stream exists
+    def pair(self, image_header_stamp: Any, activated_mono: float,
+             size: tuple[int, int] | None = None) -> tuple[Any | None, list[tuple[int, int]]]:
+        """(camera_info, sizes passed over): ``match``'s answer, and the sizes of the newer
+        camera_infos that were not used because they describe another image size. A stray
+        camera_info of another size therefore never poisons frames that lack their own.
+
+        Waits up to ``wait_s`` for the exact stamp, but only while a camera_info stream exists
         (or may still start, just after activation); otherwise answers at once.
         """
         key = (image_header_stamp.sec, image_header_stamp.nanosec)
@@ -87,7 +95,16 @@ class CameraInfoBuffer:
                     break
                 self._cond.wait(deadline - now)
             exact = self._infos.get(key)
-            return exact or (next(reversed(self._infos.values())) if self._infos else None)
+            if exact is not None:
+                return exact, []
+            passed_over: list[tuple[int, int]] = []
+            for info in reversed(self._infos.values()):
+                info_size = (int(info.width), int(info.height))
+                if size is None or info_size == tuple(size):
+                    return info, passed_over
+                if info_size not in passed_over:
+                    passed_over.append(info_size)
+            return None, passed_over
 
     def clear(self) -> None:
         with self._cond:

@@ -89,8 +89,13 @@ def build_processor(values: Mapping[str, Any]) -> FrameProcessor:
     from cadfd_ros.pipeline import ReconstructionConfig, Reconstructor
 
     check_values(values)
-    bank = load_psf_bank(values["psf_bank"] or str(default_psf_bank_path()))
-    factor = int(values["input_downscale"])
-    bank = downscale_psf_bank(bank, factor)
+    def value(name: str) -> Any:
+        return PARAM_BY_NAME[name].to_config(values.get(name, PARAM_BY_NAME[name].default))
+
+    full = load_psf_bank(value("psf_bank") or str(default_psf_bank_path()))
+    factor = int(value("input_downscale"))
+    bank = downscale_psf_bank(full, factor)
     config = ReconstructionConfig.from_values(values)
-    return FrameProcessor(Reconstructor(bank, config), factor, str(values.get("input_transfer", "linear")))
+    return FrameProcessor(Reconstructor(bank, config), factor, str(values.get("input_transfer", "linear")),
+                          max_input_pixels=value("max_input_pixels"), oversize_policy=value("oversize_policy"),
+                          full_bank=full)

@@ -71,22 +71,30 @@ class SolverWorker:
         self._stats, self._logger = stats, logger
         self._image_topic, self._niceness = image_topic, niceness
         self._activated_mono = time.monotonic()
+        self._reported_sizes: set[tuple[tuple[int, int], tuple[int, int]]] = set()
+        self._abandoned = threading.Event()
         self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
 
     def start(self) -> None:
         sys.setswitchinterval(min(sys.getswitchinterval(), WORKER_SWITCH_INTERVAL_S))
         self._thread.start()
 
-    def join(self) -> None:
+    def join(self, timeout: float | None = None) -> None:
         """Wait for the frame in flight (at most one solve); close ``frames`` first."""
-        self._thread.join()
+        self._thread.join(timeout)
+
+    def abandon(self) -> None:
+        """Publish nothing more, not even the frame in flight: a solve cannot be interrupted, so
+        it finishes in the background and its outputs are dropped; then the thread ends (once
+        ``frames`` is closed). Lets deactivate return at once, whatever a solve takes."""
+        self._abandoned.set()
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
     def _run(self) -> None:
         self._lower_priority()
-        while True:
+        while not self._abandoned.is_set():
             item = self._frames.take()
             if item is None:
                 return
@@ -104,7 +112,10 @@ class SolverWorker:
 
     def handle(self, msg: Any, received: float) -> None:
         """One frame: process, sort a failure, or publish."""
-        info = self._infos.match(msg.header.stamp, self._activated_mono)
+        size = (int(msg.width), int(msg.height))
+        info, passed_over = self._infos.pair(msg.header.stamp, self._activated_mono, size)
+        for info_size in passed_over:
+            self._stray_camera_info(info_size, size)
         settings = self._settings()
         try:
             outputs = self._processor.process(msg, info, settings)
@@ -122,7 +133,19 @@ class SolverWorker:
                 self._failed_frame(f"reconstruction out of memory ({exc}); the tiled retry failed too ({retry_exc}); "
                                    "lower input_downscale or use device cpu")
                 return
+        if self._abandoned.is_set():
+            return  # deactivated during the solve: these outputs belong to no active session
         self._publish(outputs, received)
+
+    def _stray_camera_info(self, info_size: tuple[int, int], size: tuple[int, int]) -> None:
+        """Reported once per pair of sizes (a log line and a diagnostics WARN), then ignored."""
+        if (info_size, size) in self._reported_sizes:
+            return
+        self._reported_sizes.add((info_size, size))
+        text = (f"camera_info of size {info_size[0]}x{info_size[1]} ignored for {size[0]}x{size[1]} frames on "
+                f"{self._image_topic} (no camera_info of their size and stamp); reported once")
+        self._logger.warning(text)
+        self._stats.metadata_warning(text, time.monotonic())
 
     def _bad_frame(self, msg: Any, reason: str) -> None:
         text = f"skipped frame {msg.width}x{msg.height} {msg.encoding!r} on {self._image_topic}: {reason}"
