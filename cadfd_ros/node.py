@@ -32,8 +32,9 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image, LaserScan, PointCloud2
 
-from cadfd_ros.errors import CadfdError
+from cadfd_ros.errors import CadfdError, InputImageError
 from cadfd_ros.params import PARAM_BY_NAME, PARAMS
+from cadfd_ros.ros.conversions import check_image_layout
 from cadfd_ros.ros.diagnostics import RateMeter, Stats, diagnostic_statuses
 from cadfd_ros.ros.mailbox import CameraInfoBuffer, LatestFrame
 from cadfd_ros.ros.metadata import StampChecker
@@ -322,6 +323,12 @@ class CadfdNode(LifecycleNode):
     def _on_image(self, msg: Image) -> None:
         # Trivial on purpose: the executor must never wait for the solver.
         self._stats.frame_received(time.monotonic())
+        try:  # layout only, no decoding: a malformed frame is counted even when it would be dropped
+            check_image_layout(msg)
+        except InputImageError as exc:
+            if self._worker is not None:
+                self._worker.report_bad_frame(msg, str(exc))
+            return
         self._check_metadata(msg)
         if self._slot.put((msg, time.monotonic())):
             self._stats.frame_dropped()

@@ -19,7 +19,7 @@ pytest.importorskip("rclpy.lifecycle", reason="rclpy has no lifecycle support")
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 
-from ros_test_util import camera_info_msg, simulated_capture, small_bank, unique_domain_id  # noqa: E402
+from ros_test_util import camera_info_msg, image_msg, simulated_capture, small_bank, unique_domain_id  # noqa: E402
 from test_node import FRAME, Harness  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -363,7 +363,6 @@ def test_get_state_answers_within_a_second_during_a_long_configure(harness, monk
 def test_an_oversized_frame_leaves_no_per_size_caches(bank_path, scene):
     # RSS returns to where it was after a big frame only if its per-size operators are dropped
     # (measured on 4000x3000 mono8: 303 -> 609 MiB with them kept, 306 MiB without).
-    from ros_test_util import image_msg
 
     from cadfd_ros.params import PARAMS
     from cadfd_ros.ros.parameters import build_processor, output_settings
@@ -375,3 +374,33 @@ def test_an_oversized_frame_leaves_no_per_size_caches(bank_path, scene):
     assert (out.depth.width, out.depth.height) == (W // 2, H // 2) and out.notes
     (binned,) = processor._binned.values()
     assert binned.classical._operators == {} and binned.classical._null_cache == {}
+
+
+# ---------------------------------------------------------------- item 9: every bad frame counted
+def test_malformed_frames_are_counted_even_while_the_solver_is_busy(harness, scene):
+    import threading
+
+    capture, _ = scene
+    h = harness()
+    h.start()
+    recon = h.node._processor.reconstructor
+    original, solving = recon.reconstruct, threading.Event()
+
+    def slow_solve(c):  # the solver busy for 2 s: frames arriving meanwhile would replace each other
+        solving.set()
+        time.sleep(2.0)
+        return original(c)
+
+    recon.reconstruct = slow_solve
+    h.send(capture, "rgb8", (700, 0))
+    assert solving.wait(5.0)
+    for i in range(5):  # burst inside the solve: before, at most one reached the decoder
+        bad = image_msg(capture, "rgb8", (701 + i, 0), FRAME)
+        bad.data = bytes(bad.data)[: len(bad.data) // 2]
+        h.send(None, "", (701 + i, 0), msg=bad)
+        time.sleep(0.05)
+    statuses = h.diagnostics(lambda s: any(v.get("frames_bad") == "5" for v in s.values()), timeout=8.0)
+    inp = _status(statuses, "input")
+    assert inp["frames_bad"] == "5" and "truncated" in inp["last_warning"]
+    recon.reconstruct = original
+    assert h.roundtrip(capture, "rgb8", (720, 0)).width == W

@@ -65,20 +65,17 @@ _FLOAT32 = PointField.FLOAT32  # 7
 # --------------------------------------------------------------------------- input images
 
 
-def image_msg_to_capture(msg: Image) -> np.ndarray:
-    """Decode a ``sensor_msgs/Image`` into float32 linear intensity in [0, 1].
-
-    Returns H x W for mono encodings and H x W x 3 (RGB order) for colour and Bayer encodings.
-    Raises InputImageError naming the field at fault for an unsupported encoding, a zero size,
-    a ``step`` shorter than a row, or ``data`` whose length is not ``step * height``.
-    """
+def check_image_layout(msg: Image) -> np.ndarray:
+    """The checks of ``image_msg_to_capture`` that need no decoding (encoding, size, step, data length):
+    cheap enough for the subscription callback, so a malformed frame is counted even when the solver is
+    busy and the frame would have been dropped. Returns the data as uint8 (no copy)."""
     encoding = str(msg.encoding)
     if encoding not in _ENCODINGS:
         raise InputImageError(
             f"image encoding {encoding!r} is not supported; supported encodings: "
             + ", ".join(SUPPORTED_ENCODINGS)
         )
-    dtype_code, channels, layout = _ENCODINGS[encoding]
+    dtype_code, channels, _ = _ENCODINGS[encoding]
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height <= 0 or width <= 0:
         raise InputImageError(f"{encoding} image has zero size (width={width}, height={height})")
@@ -96,7 +93,22 @@ def image_msg_to_capture(msg: Image) -> np.ndarray:
             f"{encoding} image data is {problem}: len(data)={raw.size} bytes, expected "
             f"step*height = {step}*{height} = {step * height}"
         )
+    return raw
 
+
+def image_msg_to_capture(msg: Image) -> np.ndarray:
+    """Decode a ``sensor_msgs/Image`` into float32 linear intensity in [0, 1].
+
+    Returns H x W for mono encodings and H x W x 3 (RGB order) for colour and Bayer encodings.
+    Raises InputImageError naming the field at fault for an unsupported encoding, a zero size,
+    a ``step`` shorter than a row, or ``data`` whose length is not ``step * height``.
+    """
+    raw = check_image_layout(msg)
+    encoding = str(msg.encoding)
+    dtype_code, channels, layout = _ENCODINGS[encoding]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    item = np.dtype(dtype_code).itemsize
+    row_bytes = width * channels * item
     rows = raw.reshape(height, step)
     if step != row_bytes:
         # Row padding: drop it. The copy makes the rows contiguous for the dtype view below.

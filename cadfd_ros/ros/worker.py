@@ -120,7 +120,7 @@ class SolverWorker:
         try:
             outputs = self._processor.process(msg, info, settings)
         except InputImageError as exc:
-            self._bad_frame(msg, str(exc))
+            self.report_bad_frame(msg, str(exc))
             return
         except Exception as exc:  # noqa: BLE001 - a failed frame must not stop the node
             if not is_out_of_memory(exc):
@@ -147,7 +147,7 @@ class SolverWorker:
         self._logger.warning(text)
         self._stats.metadata_warning(text, time.monotonic())
 
-    def _bad_frame(self, msg: Any, reason: str) -> None:
+    def report_bad_frame(self, msg: Any, reason: str) -> None:
         text = f"skipped frame {msg.width}x{msg.height} {msg.encoding!r} on {self._image_topic}: {reason}"
         self._logger.warning(text, throttle_duration_sec=LOG_THROTTLE_S)
         self._stats.bad_frame(text, time.monotonic())
