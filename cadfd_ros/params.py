@@ -83,6 +83,12 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("device", "auto", "compute device: auto picks cuda when torch sees one", SOLVER, choices=DEVICES),
     ParamSpec("noise_sigma", 0.0, "capture noise std in [0,1] intensity; 0 = estimate per frame", SOLVER,
               value_range=(1e-4, 0.5), zero_is_unset=True),
+    ParamSpec("black_level", 0.0, "sensor black level in [0,1] linear units (after input_transfer): subtracted, "
+              "and the range rescaled so the saturation level maps to 1, before solving", SOLVER,
+              value_range=(0.0, 0.9)),
+    ParamSpec("saturation_level", 0.0, "capture values at or above this (in [0,1] units, before black-level "
+              "removal) are saturated: left out of the depth evidence, depth invalid; 0 = the 8/16-bit maximum",
+              SOLVER, value_range=(1e-3, 1.0), zero_is_unset=True),
     ParamSpec("min_confidence", 0.0, "depth with lower solver confidence becomes invalid", SOLVER,
               value_range=(0.0, 1.0)),
     ParamSpec("max_pixels", 2_000_000, "frames with more pixels are solved in overlapping tiles (bounded memory)",

@@ -223,7 +223,11 @@ class FrameProcessor:
         in_h, in_w = capture.shape[:2]
         if camera_info is not None:
             conv.check_camera_info(camera_info, in_w, in_h)
-        capture = downscale_capture(apply_input_transfer(capture, self.input_transfer), self.input_downscale)
+        capture = apply_input_transfer(capture, self.input_transfer)
+        # Clipping is found at full resolution: a binned clipped pixel averages below the level.
+        saturated = self.reconstructor.saturation_mask(capture)
+        capture = downscale_capture(capture, self.input_downscale)
+        saturated = downscale_capture(saturated.astype(np.float32), self.input_downscale) > 0
         height, width = capture.shape[:2]
 
         header = Header()
@@ -240,7 +244,7 @@ class FrameProcessor:
 
         start = time.perf_counter()
         solve = self.reconstructor.reconstruct_tiled if tiled else self.reconstructor.reconstruct
-        result = solve(capture)
+        result = solve(capture, saturated=saturated) if saturated.any() else solve(capture)
         seconds["solve"] = time.perf_counter() - start
 
         start = time.perf_counter()

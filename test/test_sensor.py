@@ -1,0 +1,99 @@
+"""The sensor as it is (issue 13, section 3): black level, saturation, noise model, flat field."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cadfd_ros.errors import CadfdError
+from cadfd_ros.pipeline import ReconstructionConfig, Reconstructor
+from cadfd_ros.solvers.noise import estimate_noise_sigma
+
+
+@pytest.fixture(scope="module")
+def clipped_scene(default_bank):
+    """A bright mono scene whose highlights clip at 1.0 (about 1 % of the pixels)."""
+    from cadfd_ros.bench.scenes import load_photo, make_scene
+
+    return make_scene(load_photo("coffee") * 4.0, default_bank, 96, 128, noise_sigma=0.01, seed=1, channels=1)
+
+
+def test_black_and_saturation_levels_in_the_schema_and_config():
+    from cadfd_ros.params import PARAM_BY_NAME, SOLVER
+
+    assert PARAM_BY_NAME["black_level"].scope == SOLVER and PARAM_BY_NAME["black_level"].default == 0.0
+    assert PARAM_BY_NAME["saturation_level"].zero_is_unset
+    config = ReconstructionConfig.from_values({"black_level": 0.05, "saturation_level": 0.0})
+    assert config.black_level == 0.05 and config.saturation_level is None
+    assert ReconstructionConfig.from_values({"saturation_level": 0.8}).saturation_level == 0.8
+    with pytest.raises(CadfdError, match="black_level .* must be below the saturation level"):
+        ReconstructionConfig(black_level=0.5, saturation_level=0.4)
+    with pytest.raises(CadfdError, match="black_level must be in"):
+        ReconstructionConfig(black_level=0.95)
+
+
+def test_black_level_is_subtracted_and_the_range_rescaled(default_bank):
+    capture = np.array([[0.05, 0.2, 0.8, 0.9]], np.float32)
+    recon = Reconstructor(default_bank, ReconstructionConfig(device="cpu", black_level=0.05, saturation_level=0.8))
+    prepared, saturated = recon.prepare(capture)
+    np.testing.assert_allclose(prepared, [[0.0, 0.2, 1.0, 0.85 / 0.75]], atol=1e-6)
+    np.testing.assert_array_equal(saturated, [[False, False, True, True]])
+    # By default the level is the 8/16-bit maximum (1.0), found in any channel.
+    recon = Reconstructor(default_bank, ReconstructionConfig(device="cpu"))
+    rgb = np.full((1, 3, 3), 0.5, np.float32)
+    rgb[0, 1, 2] = 1.0
+    prepared, saturated = recon.prepare(rgb)
+    np.testing.assert_array_equal(prepared, rgb)
+    np.testing.assert_array_equal(saturated, [[False, True, False]])
+    assert recon.prepare(np.full((2, 2), 0.99, np.float32))[1] is None  # nothing clipped
+
+
+def test_evidence_weight_excludes_a_margin_around_clipped_pixels(default_bank):
+    recon = Reconstructor(default_bank, ReconstructionConfig(device="cpu"))
+    mask = np.zeros((60, 60), bool)
+    mask[30, 30] = True
+    weight = recon.classical.evidence_weight(mask)
+    side = 2 * int(recon.classical.params.saturation_dilation * default_bank.kernel_size) + 1
+    assert weight.dtype == np.float32 and int((weight == 0).sum()) == side * side
+    assert weight[30, 30] == 0 and weight[0, 0] == 1
+    assert recon.classical.evidence_weight(np.zeros((8, 8), bool)) is None
+
+
+def test_noise_estimate_ignores_clipped_pixels(rng):
+    capture = 0.4 + rng.normal(0, 0.02, (128, 128))
+    capture[:, :80] = 1.0  # clipped: no noise there
+    valid = capture < 1.0
+    assert estimate_noise_sigma(capture) < 0.01  # the old estimate: pulled down by the clipped zeros
+    assert estimate_noise_sigma(capture, valid) == pytest.approx(0.02, rel=0.1)
+
+
+def test_saturated_pixels_get_no_depth_and_lower_the_valid_fraction(default_bank, clipped_scene):
+    saturated = clipped_scene.capture >= 1.0
+    assert 0.005 < saturated.mean() < 0.05
+    result = Reconstructor(default_bank, ReconstructionConfig(device="cpu")).reconstruct(clipped_scene.capture)
+    assert np.isnan(result.depth[saturated]).all() and np.isfinite(result.depth[~saturated]).all()
+    assert (result.confidence[saturated] == 0).all()
+    assert result.valid_fraction == pytest.approx(1.0 - saturated.mean())
+    assert any("saturated" in note for note in result.notes)
+    # Tiled frames carry the mask into every tile.
+    tiled = Reconstructor(default_bank, ReconstructionConfig(device="cpu")).reconstruct_tiled(
+        clipped_scene.capture, tile_size=100)
+    assert tiled.timings["tiles"] > 1 and np.isnan(tiled.depth[saturated]).all()
+    assert tiled.valid_fraction == pytest.approx(1.0 - saturated.mean())
+
+
+def test_cli_and_node_take_the_levels(tmp_path, default_bank, clipped_scene):
+    from cadfd_ros.cli import main
+    from cadfd_ros.io.images import write_png
+    from cadfd_ros.params import INPUT, SOLVER, defaults
+    from cadfd_ros.ros.parameters import build_processor
+
+    write_png(tmp_path / "capture.png", clipped_scene.capture, bits=16)
+    level = 0.9
+    expected = np.round(np.clip(clipped_scene.capture, 0, 1) * 65535) / 65535 >= level
+    assert main(["reconstruct", str(tmp_path / "capture.png"), "--out-dir", str(tmp_path / "out"), "--device", "cpu",
+                 "--saturation-level", str(level), "--black-level", "0.01"]) == 0
+    depth = np.load(tmp_path / "out" / "depth.npy")
+    np.testing.assert_array_equal(np.isnan(depth), expected)
+    values = {**defaults([INPUT, SOLVER]), "device": "cpu", "black_level": 0.02, "saturation_level": level}
+    config = build_processor(values).reconstructor.config
+    assert (config.black_level, config.saturation_level) == (0.02, level)
