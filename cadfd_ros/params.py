@@ -89,6 +89,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("saturation_level", 0.0, "capture values at or above this (in [0,1] units, before black-level "
               "removal) are saturated: left out of the depth evidence, depth invalid; 0 = the 8/16-bit maximum",
               SOLVER, value_range=(1e-3, 1.0), zero_is_unset=True),
+    ParamSpec("flat_field", "", "flat-field (vignetting) image, PNG/TIFF/.npy at the capture's size, normalised to "
+              "max 1; the capture is divided by it (after black-level removal) before solving; empty = none",
+              SOLVER),
     ParamSpec("min_confidence", 0.0, "depth with lower solver confidence becomes invalid", SOLVER,
               value_range=(0.0, 1.0)),
     ParamSpec("max_pixels", 2_000_000, "frames with more pixels are solved in overlapping tiles (bounded memory)",

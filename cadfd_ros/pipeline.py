@@ -38,13 +38,14 @@ class ReconstructionConfig:
     noise_sigma: float | None = None  # None: estimated from the capture
     black_level: float = 0.0  # subtracted (and the range rescaled) before solving
     saturation_level: float | None = None  # None: 1.0, the 8/16-bit maximum
+    flat_field: str = ""  # path of a flat-field image the capture is divided by; "" = none
     min_confidence: float = 0.0  # depth below this confidence becomes NaN
     max_pixels: int = 2_000_000  # larger frames are solved in overlapping tiles (bounded memory)
     tile_size: int = 512  # tile side when tiling
 
     def __post_init__(self) -> None:
         for name in ("method", "sampler", "steps", "time_budget_ms", "seed", "device", "noise_sigma",
-                     "black_level", "saturation_level", "min_confidence", "max_pixels", "tile_size"):
+                     "black_level", "saturation_level", "flat_field", "min_confidence", "max_pixels", "tile_size"):
             value = getattr(self, name)
             spec = PARAM_BY_NAME[name]
             if value is None and spec.zero_is_unset:
@@ -131,6 +132,11 @@ class Reconstructor:
         self.psf_bank = psf_bank
         self.config = config or ReconstructionConfig()
         self.device = resolve_device(self.config.device)
+        self.flat_field = None  # normalised to max 1
+        if self.config.flat_field:
+            from cadfd_ros.io.images import read_flat_field
+
+            self.flat_field = read_flat_field(self.config.flat_field)
         self.classical = ClassicalSolver(psf_bank, device=self.device, noise_sigma=self.config.noise_sigma)
         self.sampler = None  # the DiffusionPosteriorSampler for method dps
         if self.config.method == "dps":
@@ -169,7 +175,25 @@ class Reconstructor:
         black, white = self.config.black_level, self.config.saturation_level or 1.0
         if black > 0 or white < 1.0:
             capture = ((capture - black) / (white - black)).astype(np.float32)
+        if self.flat_field is not None:
+            capture = (capture / self.flat_for(capture)).astype(np.float32)
         return capture, (mask if mask.any() else None)
+
+    def flat_for(self, capture: np.ndarray) -> np.ndarray:
+        """The flat field at the capture's size: as given, or area-binned by an integer factor (the node
+        bins frames by input_downscale); mono flats apply to every channel."""
+        flat = self.flat_field
+        height, width = capture.shape[:2]
+        fh, fw = flat.shape[:2]
+        factor = fh // height if height else 0
+        if (fh, fw) != (height, width):
+            if factor < 2 or (fh, fw) != (factor * height, factor * width):
+                raise InputImageError(f"flat_field {self.config.flat_field}: {fw}x{fh} does not match the "
+                                      f"{width}x{height} capture")
+            flat = flat.reshape(height, factor, width, factor, *flat.shape[2:]).mean(axis=(1, 3))
+        if flat.ndim == 3 and capture.ndim == 2:
+            raise InputImageError(f"flat_field {self.config.flat_field}: RGB flat field for a mono capture")
+        return flat[:, :, None] if flat.ndim == 2 and capture.ndim == 3 else flat
 
     def _solve_whole(self, capture: np.ndarray, start: float, saturated: np.ndarray | None = None) -> Reconstruction:
         result, solver_start = self.classical.estimate(capture, saturated)

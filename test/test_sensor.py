@@ -97,3 +97,62 @@ def test_cli_and_node_take_the_levels(tmp_path, default_bank, clipped_scene):
     values = {**defaults([INPUT, SOLVER]), "device": "cpu", "black_level": 0.02, "saturation_level": level}
     config = build_processor(values).reconstructor.config
     assert (config.black_level, config.saturation_level) == (0.02, level)
+
+
+def _vignette(height: int, width: int) -> np.ndarray:
+    yy, xx = np.mgrid[:height, :width]
+    r2 = ((yy - (height - 1) / 2) ** 2 + (xx - (width - 1) / 2) ** 2) / ((height / 2) ** 2 + (width / 2) ** 2)
+    v = 1.0 - 0.5 * r2  # 1 at the centre, 0.5 in the corners
+    return (v / v.max()).astype(np.float32)
+
+
+def test_flat_field_files_and_their_errors(tmp_path, default_bank):
+    from cadfd_ros.errors import InputImageError
+    from cadfd_ros.io.images import read_flat_field, write_png
+
+    np.save(tmp_path / "flat.npy", np.array([[1.0, 2.0], [0.5, 1.5]]))
+    np.testing.assert_allclose(read_flat_field(tmp_path / "flat.npy"), [[0.5, 1.0], [0.25, 0.75]])
+    write_png(tmp_path / "flat.png", np.array([[0.2, 0.4]]), bits=16)
+    np.testing.assert_allclose(read_flat_field(tmp_path / "flat.png"), [[0.5, 1.0]], atol=1e-4)
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(InputImageError, match=r"^flat_field .*objects.npy: cannot read"):
+        read_flat_field(tmp_path / "objects.npy")  # never unpickled
+    with pytest.raises(InputImageError, match=r"^flat_field .*missing.png: file not found$"):
+        read_flat_field(tmp_path / "missing.png")
+    np.save(tmp_path / "zero.npy", np.array([[0.0, 1.0]]))
+    with pytest.raises(InputImageError, match=r"zero.npy: has zero or negative pixels"):
+        read_flat_field(tmp_path / "zero.npy")
+    with pytest.raises(InputImageError, match=r"missing.npy: file not found"):
+        Reconstructor(default_bank, ReconstructionConfig(device="cpu", flat_field=str(tmp_path / "missing.npy")))
+    np.save(tmp_path / "small.npy", np.ones((50, 60), np.float32))
+    recon = Reconstructor(default_bank, ReconstructionConfig(device="cpu", flat_field=str(tmp_path / "small.npy")))
+    with pytest.raises(InputImageError, match=r"^flat_field .*small.npy: 60x50 does not match the 128x96 capture$"):
+        recon.reconstruct(np.full((96, 128), 0.5, np.float32))
+
+
+def test_flat_field_divides_the_capture_before_solving(tmp_path, default_bank, clipped_scene):
+    from cadfd_ros.bench.scenes import make_scene
+    from cadfd_ros.cli import main
+    from cadfd_ros.io.images import write_png
+
+    scene = make_scene("astronaut", default_bank, 96, 128, noise_sigma=0.005, seed=3, channels=1)
+    vignette = _vignette(96, 128)
+    np.save(tmp_path / "flat.npy", 0.8 * vignette)  # any scale: normalised to max 1
+    # At twice the size it is binned to the capture (the node's input_downscale).
+    np.save(tmp_path / "flat2.npy", np.repeat(np.repeat(vignette, 2, axis=0), 2, axis=1))
+    for name in ("flat.npy", "flat2.npy"):
+        recon = Reconstructor(default_bank, ReconstructionConfig(device="cpu", flat_field=str(tmp_path / name)))
+        prepared, _ = recon.prepare(scene.capture * vignette)
+        np.testing.assert_allclose(prepared, scene.capture, atol=1e-5)
+    write_png(tmp_path / "vignetted.png", scene.capture * vignette, bits=16)
+    write_png(tmp_path / "clean.png", scene.capture, bits=16)
+    runs = {"clean": ["clean.png"], "flat": ["vignetted.png", "--flat-field", str(tmp_path / "flat.npy")],
+            "raw": ["vignetted.png"]}
+    aif = {}
+    for name, extra in runs.items():
+        out = tmp_path / name
+        assert main(["reconstruct", str(tmp_path / extra[0]), "--out-dir", str(out), "--device", "cpu",
+                     *extra[1:]]) == 0
+        aif[name] = np.load(out / "aif.npy")
+    assert np.abs(aif["flat"] - aif["clean"]).mean() < 2e-3
+    assert np.abs(aif["raw"] - aif["clean"]).mean() > 0.02  # the lens falloff stays in the AIF
