@@ -36,6 +36,7 @@ class ReconstructionConfig:
     device: str = "auto"
     prior: str = "default"
     noise_sigma: float | None = None  # None: estimated from the capture
+    noise_model: str = "gaussian"  # or poisson_gaussian: sigma^2 = a*x + b, estimated per frame
     black_level: float = 0.0  # subtracted (and the range rescaled) before solving
     saturation_level: float | None = None  # None: 1.0, the 8/16-bit maximum
     flat_field: str = ""  # path of a flat-field image the capture is divided by; "" = none
@@ -45,7 +46,7 @@ class ReconstructionConfig:
 
     def __post_init__(self) -> None:
         for name in ("method", "sampler", "steps", "time_budget_ms", "seed", "device", "noise_sigma",
-                     "black_level", "saturation_level", "flat_field", "min_confidence", "max_pixels", "tile_size"):
+                     "noise_model", "black_level", "saturation_level", "flat_field", "min_confidence", "max_pixels", "tile_size"):
             value = getattr(self, name)
             spec = PARAM_BY_NAME[name]
             if value is None and spec.zero_is_unset:
@@ -137,7 +138,8 @@ class Reconstructor:
             from cadfd_ros.io.images import read_flat_field
 
             self.flat_field = read_flat_field(self.config.flat_field)
-        self.classical = ClassicalSolver(psf_bank, device=self.device, noise_sigma=self.config.noise_sigma)
+        self.classical = ClassicalSolver(psf_bank, device=self.device, noise_sigma=self.config.noise_sigma,
+                                        noise_model=self.config.noise_model)
         self.sampler = None  # the DiffusionPosteriorSampler for method dps
         if self.config.method == "dps":
             from cadfd_ros.solvers.dps import DiffusionPosteriorSampler

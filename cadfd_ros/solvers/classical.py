@@ -25,7 +25,7 @@ from cadfd_ros.forward.operators import LayeredBlur, difference_power
 from cadfd_ros.optics.psf_bank import PSFBank
 from cadfd_ros.result import Reconstruction, SolverStart
 from cadfd_ros.solvers.filters import fast_guided_filter, gaussian_blur, luminance
-from cadfd_ros.solvers.noise import estimate_noise_sigma
+from cadfd_ros.solvers.noise import NOISE_MODELS, estimate_noise_model, estimate_noise_sigma
 
 
 DELTA_RATIO = 1.25  # the delta<1.25 metric's depth ratio: what "the depth is right" means for confidence
@@ -119,7 +119,11 @@ class ClassicalSolver:
         device: str = "cpu",
         noise_sigma: float | None = None,
         params: ClassicalParams | None = None,
+        noise_model: str = "gaussian",
     ) -> None:
+        if noise_model not in NOISE_MODELS:
+            raise ValueError(f"noise_model must be one of {', '.join(NOISE_MODELS)}, got {noise_model!r}")
+        self.noise_model = noise_model  # poisson_gaussian: a per-pixel sigma map whitens the evidence
         self.bank = psf_bank
         self.device = torch.device(device)
         self.noise_sigma = noise_sigma
@@ -188,7 +192,7 @@ class ClassicalSolver:
         return 1.0 - maximum_filter(np.asarray(saturated, np.uint8), size=size).astype(np.float32)
 
     def layer_evidence(self, capture: torch.Tensor, sigma: float, calibrate: bool = True,
-                       weight: torch.Tensor | None = None) -> torch.Tensor:
+                       weight: torch.Tensor | None = None, sigma_map: torch.Tensor | None = None) -> torch.Tensor:
         """Local reconstruction error per pixel and layer, windowed: (1, L, H, W), lower is better.
 
         x_k is the sparse-prior deconvolution by layer k with the prior weighed against the
@@ -199,15 +203,22 @@ class ClassicalSolver:
         sparsity term to this error made depth worse: both favour the sharpest layer.
 
         ``weight`` (H x W, 0..1) leaves pixels out of the windowed error (normalised convolution);
-        windows with almost no weight get the noise-only level, i.e. no preference between layers."""
+        windows with almost no weight get the noise-only level, i.e. no preference between layers.
+        ``sigma_map`` (H x W): per-pixel noise std (signal-dependent noise) that whitens the error
+        instead of the scalar ``sigma``, which still sets the deconvolution's prior weight."""
         p = self.params
         y = luminance(capture)
         x, y_pad, pad = self.deconvolve_layers(y, sigma)
         height, width = y.shape[-2:]
         op = self.operator(height, width, 1)
         reblur = torch.fft.irfft2(torch.fft.rfft2(x) * op.capture_otf, s=op.capture_grid)
-        data = (reblur - y_pad.unsqueeze(0)) ** 2 / (sigma * sigma)
         crop = (slice(None), 0, slice(pad, pad + height), slice(pad, pad + width))
+        if sigma_map is None:
+            data = (reblur - y_pad.unsqueeze(0)) ** 2 / (sigma * sigma)
+        else:
+            data = torch.zeros_like(reblur)
+            s2 = sigma_map.to(data.device, data.dtype).view(1, height, width) ** 2
+            data[crop] = (reblur[crop] - y_pad.unsqueeze(0)[crop]) ** 2 / s2
         # The window is wide, so the energy is smooth: aggregate it at 1/stride resolution.
         stride = p.evidence_stride
         low = (max(1, height // stride), max(1, width // stride))
@@ -281,16 +292,25 @@ class ClassicalSolver:
         timings: dict[str, float] = {}
         start = time.perf_counter()
         weight = self.evidence_weight(saturated)
-        if self.noise_sigma is not None:
-            sigma = self.noise_sigma
-        else:
-            sigma = estimate_noise_sigma(capture, None if weight is None else weight > 0)
-        timings["noise_estimate"] = time.perf_counter() - start
+        valid = None if weight is None else weight > 0
         image = torch.from_numpy(capture if capture.ndim == 3 else capture[:, :, None]).permute(2, 0, 1)
         image = image[None].to(self.device, torch.float32)
+        sigma_map = None
+        if self.noise_sigma is not None:  # a fixed sigma overrides any model
+            sigma = self.noise_sigma
+        elif self.noise_model == "poisson_gaussian":
+            a, b = estimate_noise_model(capture, valid)
+            local = gaussian_blur(luminance(image), 1.0)[0, 0].clamp(min=0)
+            variance = a * local + b
+            sigma_map = variance.sqrt()
+            sigma = float(np.sqrt(variance.mean().item()))  # the frame's average level: the prior weight
+        else:
+            sigma = estimate_noise_sigma(capture, valid)
+        timings["noise_estimate"] = time.perf_counter() - start
 
         t = time.perf_counter()
-        evidence = self.layer_evidence(image, sigma, weight=None if weight is None else torch.from_numpy(weight))
+        evidence = self.layer_evidence(image, sigma, weight=None if weight is None else torch.from_numpy(weight),
+                                       sigma_map=sigma_map)
         timings["evidence"] = time.perf_counter() - t
 
         t = time.perf_counter()
