@@ -83,7 +83,7 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("device", "auto", "compute device: auto picks cuda when torch sees one", SOLVER, choices=DEVICES),
     ParamSpec("noise_sigma", 0.0, "capture noise std in [0,1] intensity; 0 = estimate per frame", SOLVER,
               value_range=(1e-4, 0.5), zero_is_unset=True),
-    ParamSpec("noise_model", "gaussian", "noise model estimated when noise_sigma is 0: gaussian (one sigma per "
+    ParamSpec("noise_model", "poisson_gaussian", "noise model estimated when noise_sigma is 0: gaussian (one sigma per "
               "frame) or poisson_gaussian (sigma^2 = a*x + b fitted per frame, a per-pixel sigma in the classical "
               "evidence)", SOLVER, choices=("gaussian", "poisson_gaussian")),
     ParamSpec("black_level", 0.0, "sensor black level in [0,1] linear units (after input_transfer): subtracted, "

@@ -36,7 +36,7 @@ class ReconstructionConfig:
     device: str = "auto"
     prior: str = "default"
     noise_sigma: float | None = None  # None: estimated from the capture
-    noise_model: str = "gaussian"  # or poisson_gaussian: sigma^2 = a*x + b, estimated per frame
+    noise_model: str = "poisson_gaussian"  # sigma^2 = a*x + b estimated per frame, or gaussian (one sigma)
     black_level: float = 0.0  # subtracted (and the range rescaled) before solving
     saturation_level: float | None = None  # None: 1.0, the 8/16-bit maximum
     flat_field: str = ""  # path of a flat-field image the capture is divided by; "" = none
