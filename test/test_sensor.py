@@ -208,3 +208,42 @@ def test_poisson_gaussian_evidence_pays_on_signal_dependent_noise(default_bank):
         result = Reconstructor(default_bank, ReconstructionConfig(device="cpu", noise_model=model)).reconstruct(capture)
         delta[model] = depth_metrics(result.depth, scene.depth, mask)["delta1"]
     assert delta["poisson_gaussian"] > delta["gaussian"] + 0.1, delta
+
+
+def test_dps_depth_evidence_leaves_clipped_pixels_out(default_bank):
+    """The sampler's own depth evidence (each depth update) is weighted like the classical one:
+    windows of clipped pixels carry no layer preference, the rest still pick the true layer."""
+    import torch
+
+    from cadfd_ros.bench.scenes import fit_photo, load_photo
+    from cadfd_ros.solvers.dps import DiffusionPosteriorSampler, SamplerConfig, depth_update
+
+    sampler = DiffusionPosteriorSampler(default_bank, SamplerConfig(sampler="diffpir"), "cpu", prior=object())
+    sharp = fit_photo(load_photo("brick"), 96, 160)
+    sharp = sharp.mean(axis=-1) if sharp.ndim == 3 else sharp
+    op = sampler.operator(96, 160, 1)
+    x = op.pad_image(torch.from_numpy(np.ascontiguousarray(sharp, np.float32))[None, None])
+    blurred = op.blur_layers(x)
+    y = blurred[:, 10] + 0.01 * torch.randn(1, 1, 96, 160, generator=torch.Generator().manual_seed(0))
+    y[..., :60] = 1.0  # clipped
+    saturated = np.zeros((96, 160), bool)
+    saturated[:, :60] = True
+    from cadfd_ros.solvers.classical import ClassicalSolver
+
+    weight = torch.from_numpy(ClassicalSolver(default_bank).evidence_weight(saturated))
+    coord = torch.full((1, 96, 160), 5.0)
+    _, energy, _ = depth_update(sampler.frame_context(y, 0.01, weight), blurred, coord, None)
+    assert float(energy[..., :4].abs().max()) == 0.0  # old behaviour: the clipped error decided these
+    best = energy[0, :, :, -20:-6].mean(dim=(1, 2)).argmin()
+    assert abs(int(best) - 10) <= 1
+    _, unweighted, _ = depth_update(sampler.frame_context(y, 0.01), blurred, coord, None)
+    assert float(unweighted[..., :4].abs().max()) > 1.0
+
+
+def test_dps_reconstruction_of_a_clipped_capture(default_bank, clipped_scene):
+    pytest.importorskip("diffusers")
+    saturated = clipped_scene.capture >= 1.0
+    config = ReconstructionConfig(device="cpu", method="dps", steps=2)
+    result = Reconstructor(default_bank, config).reconstruct(clipped_scene.capture)
+    assert np.isnan(result.depth[saturated]).all() and (result.confidence[saturated] == 0).all()
+    assert result.valid_fraction == pytest.approx(1.0 - saturated.mean())

@@ -337,4 +337,5 @@ class ClassicalSolver:
             noise_sigma=sigma,
         )
         return result, SolverStart(layer_coord=coord.cpu(), padded_image=x.cpu(), noise_sigma=sigma,
-                                   timings=dict(timings))
+                                   timings=dict(timings),
+                                   evidence_weight=None if weight is None else torch.from_numpy(weight))
