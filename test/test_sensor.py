@@ -176,6 +176,10 @@ def test_noise_model_fit_recovers_a_and_b(default_bank):
     a, b = estimate_noise_model(_poisson_gaussian(ramp, 1e-3, 0.005**2, 3))
     assert a == pytest.approx(1e-3, rel=0.15)  # b is small beside a*x here: check the level it gives
     assert a * 0.5 + b == pytest.approx(1e-3 * 0.5 + 0.005**2, rel=0.1)
+    # RGB: per-channel a and b against the intensity itself (not the sqrt(3)-scaled mean)
+    rgb = _poisson_gaussian(np.repeat(ramp[:, :, None], 3, axis=2), 1e-3, 0.005**2, 5)
+    a, b = estimate_noise_model(rgb)
+    assert a == pytest.approx(1e-3, rel=0.15) and a * 0.5 + b == pytest.approx(1e-3 * 0.5 + 0.005**2, rel=0.1)
 
 
 def test_noise_model_parameter_and_the_sigma_map(default_bank):

@@ -48,8 +48,10 @@ def estimate_noise_model(capture: np.ndarray, valid: np.ndarray | None = None, b
     from scipy.ndimage import gaussian_filter
 
     image = np.asarray(capture, np.float64)
-    image = image if image.ndim == 2 else image.mean(axis=2) * np.sqrt(image.shape[2])
-    diagonal, mean, (h, w) = _haar_diagonal(image)
+    intensity = image if image.ndim == 2 else image.mean(axis=2)
+    scale = 1.0 if image.ndim == 2 else np.sqrt(image.shape[2])  # per-channel noise, as estimate_noise_sigma
+    diagonal, mean, (h, w) = _haar_diagonal(intensity)
+    diagonal = diagonal * scale
     mean = gaussian_filter(mean, 1.0)
     keep = np.ones(diagonal.shape, bool)
     if valid is not None:
