@@ -251,3 +251,25 @@ def test_dps_reconstruction_of_a_clipped_capture(default_bank, clipped_scene):
     result = Reconstructor(default_bank, config).reconstruct(clipped_scene.capture)
     assert np.isnan(result.depth[saturated]).all() and (result.confidence[saturated] == 0).all()
     assert result.valid_fraction == pytest.approx(1.0 - saturated.mean())
+
+
+def test_node_finds_clipping_before_binning(default_bank, clipped_scene):
+    """With input_downscale 2, a clipped pixel averages below the level once binned; the node finds
+    clipping at full resolution, so the binned pixel holding it gets no depth."""
+    pytest.importorskip("sensor_msgs")
+    from sensor_msgs.msg import Image
+
+    from cadfd_ros.params import INPUT, OUTPUT, SOLVER, defaults
+    from cadfd_ros.ros.parameters import build_processor, output_settings
+
+    values = {**defaults([INPUT, SOLVER, OUTPUT]), "device": "cpu", "input_downscale": 2}
+    processor = build_processor(values)
+    full = np.kron(np.clip(clipped_scene.capture, 0, 0.9), np.ones((2, 2))).astype(np.float32)
+    full[41, 61] = 1.0  # one clipped pixel in the binned pixel (20, 30)
+    raw = np.round(full * 65535).astype(np.uint16)
+    msg = Image(height=raw.shape[0], width=raw.shape[1], encoding="mono16", is_bigendian=0,
+                step=raw.shape[1] * 2, data=raw.tobytes())
+    result = processor.process(msg, None, output_settings(values)).reconstruction
+    assert result.depth.shape == (96, 128)
+    assert np.isnan(result.depth[20, 30]) and int(np.isnan(result.depth).sum()) == 1
+    assert result.confidence[20, 30] == 0
