@@ -273,3 +273,27 @@ def test_node_finds_clipping_before_binning(default_bank, clipped_scene):
     assert result.depth.shape == (96, 128)
     assert np.isnan(result.depth[20, 30]) and int(np.isnan(result.depth).sum()) == 1
     assert result.confidence[20, 30] == 0
+
+
+def test_final_data_step_ignores_clipped_pixels(small_bank):
+    """The sampler's last exact data step (CG on A^T W A + R) with weight 0 on clipped pixels: its
+    solution does not depend on what the clipped pixels hold; unweighted, it does."""
+    import torch
+
+    from cadfd_ros.forward.operators import LayeredBlur
+
+    op = LayeredBlur(torch.from_numpy(small_bank.psfs_for_channels(1)), 48, 64)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 1, *op.padded_shape, generator=gen)
+    coord = torch.full((1, 48, 64), 3.0)
+    from cadfd_ros.forward.layers import soft_layer_weights
+
+    y = op(x, soft_layer_weights(coord, op.num_layers))
+    clipped = y.clone()
+    clipped[..., 10:20, 10:30] = 1.0
+    weight = torch.ones(1, 1, 48, 64)
+    weight[..., 5:25, 5:35] = 0.0
+    x_ref = torch.full_like(x, 0.5)
+    solve = lambda obs, w: op.least_squares(obs, coord, x_ref, 1e-3, x_ref, 200, 1e-6, data_weight=w)[0]
+    assert float((solve(clipped, weight) - solve(y, weight)).abs().max()) < 1e-4
+    assert float((solve(clipped, None) - solve(y, None)).abs().max()) > 0.05

@@ -538,7 +538,8 @@ class DiffusionPosteriorSampler:
                 g = p.final_gradient_weight
                 x_prox = ctx.operator.prox_l2(x0, state.layer_coord, rho, ctx.spectra, g)
                 x0, trace.final_cg_iterations = ctx.operator.least_squares(
-                    y, state.layer_coord, x0, rho, x_prox, p.final_cg_iterations, p.final_cg_tolerance, g)
+                    y, state.layer_coord, x0, rho, x_prox, p.final_cg_iterations, p.final_cg_tolerance, g,
+                    data_weight=ctx.evidence_weight)
                 x0 = x0.clamp(0, 1)
             confidence = state.confidence
             if confidence is None:  # the dps sampler: evidence of the final estimate
