@@ -94,6 +94,18 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("device", "auto", "compute device: auto picks cuda when torch sees one", SOLVER, choices=DEVICES),
     ParamSpec("noise_sigma", 0.0, "capture noise std in [0,1] intensity; 0 = estimate per frame", SOLVER,
               value_range=(1e-4, 0.5), zero_is_unset=True),
+    ParamSpec("noise_model", "poisson_gaussian", "noise model estimated when noise_sigma is 0: gaussian (one sigma per "
+              "frame) or poisson_gaussian (sigma^2 = a*x + b fitted per frame, a per-pixel sigma in the classical "
+              "evidence)", SOLVER, choices=("gaussian", "poisson_gaussian")),
+    ParamSpec("black_level", 0.0, "sensor black level in [0,1] linear units (after input_transfer): subtracted, "
+              "and the range rescaled so the saturation level maps to 1, before solving", SOLVER,
+              value_range=(0.0, 0.9)),
+    ParamSpec("saturation_level", 0.0, "capture values at or above this (in [0,1] units, before black-level "
+              "removal) are saturated: left out of the depth evidence, depth invalid; 0 = the 8/16-bit maximum",
+              SOLVER, value_range=(1e-3, 1.0), zero_is_unset=True),
+    ParamSpec("flat_field", "", "flat-field (vignetting) image, PNG/TIFF/.npy at the capture's size, normalised to "
+              "max 1; the capture is divided by it (after black-level removal) before solving; empty = none",
+              SOLVER),
     ParamSpec("min_confidence", 0.0, "depth with lower solver confidence becomes invalid", SOLVER,
               value_range=(0.0, 1.0)),
     ParamSpec("max_pixels", 2_000_000, "frames with more pixels are solved in overlapping tiles (bounded memory)",

@@ -36,18 +36,25 @@ class ReconstructionConfig:
     device: str = "auto"
     prior: str = "default"
     noise_sigma: float | None = None  # None: estimated from the capture
+    noise_model: str = "poisson_gaussian"  # sigma^2 = a*x + b estimated per frame, or gaussian (one sigma)
+    black_level: float = 0.0  # subtracted (and the range rescaled) before solving
+    saturation_level: float | None = None  # None: 1.0, the 8/16-bit maximum
+    flat_field: str = ""  # path of a flat-field image the capture is divided by; "" = none
     min_confidence: float = 0.0  # depth below this confidence becomes NaN
     max_pixels: int = 2_000_000  # larger frames are solved in overlapping tiles (bounded memory)
     tile_size: int = 512  # tile side when tiling
 
     def __post_init__(self) -> None:
         for name in ("method", "sampler", "steps", "time_budget_ms", "seed", "device", "noise_sigma",
-                     "min_confidence", "max_pixels", "tile_size"):
+                     "noise_model", "black_level", "saturation_level", "flat_field", "min_confidence", "max_pixels", "tile_size"):
             value = getattr(self, name)
             spec = PARAM_BY_NAME[name]
             if value is None and spec.zero_is_unset:
                 continue
             spec.check(value)
+        if self.black_level >= (self.saturation_level or 1.0):
+            raise CadfdError(f"black_level ({self.black_level:g}) must be below the saturation level "
+                             f"({self.saturation_level or 1.0:g})")
 
     @classmethod
     def from_values(cls, values: dict) -> "ReconstructionConfig":
@@ -126,7 +133,13 @@ class Reconstructor:
         self.psf_bank = psf_bank
         self.config = config or ReconstructionConfig()
         self.device = resolve_device(self.config.device)
-        self.classical = ClassicalSolver(psf_bank, device=self.device, noise_sigma=self.config.noise_sigma)
+        self.flat_field = None  # normalised to max 1
+        if self.config.flat_field:
+            from cadfd_ros.io.images import read_flat_field
+
+            self.flat_field = read_flat_field(self.config.flat_field)
+        self.classical = ClassicalSolver(psf_bank, device=self.device, noise_sigma=self.config.noise_sigma,
+                                        noise_model=self.config.noise_model)
         self.sampler = None  # the DiffusionPosteriorSampler for method dps
         if self.config.method == "dps":
             from cadfd_ros.solvers.dps import DiffusionPosteriorSampler
@@ -134,32 +147,86 @@ class Reconstructor:
             self.sampler = DiffusionPosteriorSampler(psf_bank, self.config.sampler_config(), self.device,
                                                      start_solver=self.classical)
 
-    def reconstruct(self, capture: np.ndarray) -> Reconstruction:
+    def reconstruct(self, capture: np.ndarray, saturated: np.ndarray | None = None) -> Reconstruction:
+        """``saturated`` (H x W bool): pixels known to be clipped, e.g. found before binning; by default
+        those at or above the saturation level in ``capture``."""
         start = time.perf_counter()
         capture = check_capture(capture, self.psf_bank)
+        capture, saturated = self.prepare(capture, saturated)
         if capture.shape[0] * capture.shape[1] > self.config.max_pixels:
-            return self.reconstruct_tiled(capture)
-        return self._solve_whole(capture, start)
+            result = self._tiled(capture, saturated, None, start)
+        else:
+            result = self._solve_whole(capture, start, saturated)
+        if saturated is not None:
+            result.notes.append(f"{saturated.mean():.1%} of pixels saturated: depth invalid there")
+        return result
 
-    def _solve_whole(self, capture: np.ndarray, start: float) -> Reconstruction:
-        result, solver_start = self.classical.estimate(capture)
+    def saturation_mask(self, capture: np.ndarray) -> np.ndarray:
+        """Pixels (any channel) at or above the saturation level, in the capture before black-level removal."""
+        level = self.config.saturation_level or 1.0
+        hit = capture >= level * (1.0 - 1e-6)
+        return hit.any(axis=2) if hit.ndim == 3 else hit
+
+    def prepare(self, capture: np.ndarray, saturated: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The saturation mask (None when nothing is clipped), then the black level subtracted and the
+        range rescaled so that the saturation level maps to 1."""
+        mask = self.saturation_mask(capture) if saturated is None else np.asarray(saturated, bool)
+        if mask.shape != capture.shape[:2]:
+            raise InputImageError(f"saturation mask {mask.shape} does not match the capture {capture.shape[:2]}")
+        black, white = self.config.black_level, self.config.saturation_level or 1.0
+        if black > 0 or white < 1.0:
+            capture = ((capture - black) / (white - black)).astype(np.float32)
+        if self.flat_field is not None:
+            capture = (capture / self.flat_for(capture)).astype(np.float32)
+        return capture, (mask if mask.any() else None)
+
+    def flat_for(self, capture: np.ndarray) -> np.ndarray:
+        """The flat field at the capture's size: as given, or area-binned by an integer factor (the node
+        bins frames by input_downscale); mono flats apply to every channel."""
+        flat = self.flat_field
+        height, width = capture.shape[:2]
+        fh, fw = flat.shape[:2]
+        factor = fh // height if height else 0
+        if (fh, fw) != (height, width):
+            if factor < 2 or (fh, fw) != (factor * height, factor * width):
+                raise InputImageError(f"flat_field {self.config.flat_field}: {fw}x{fh} does not match the "
+                                      f"{width}x{height} capture")
+            flat = flat.reshape(height, factor, width, factor, *flat.shape[2:]).mean(axis=(1, 3))
+        if flat.ndim == 3 and capture.ndim == 2:
+            raise InputImageError(f"flat_field {self.config.flat_field}: RGB flat field for a mono capture")
+        return flat[:, :, None] if flat.ndim == 2 and capture.ndim == 3 else flat
+
+    def _solve_whole(self, capture: np.ndarray, start: float, saturated: np.ndarray | None = None) -> Reconstruction:
+        result, solver_start = self.classical.estimate(capture, saturated)
         if self.sampler is not None:
             result = self.sampler.solve(capture, solver_start)
         if self.config.min_confidence > 0:
             result.depth = np.where(result.confidence >= self.config.min_confidence, result.depth, np.nan).astype(
                 np.float32
             )
+        if saturated is not None:  # their re-blur error is meaningless: no depth, no confidence
+            result.depth = np.where(saturated, np.nan, result.depth).astype(np.float32)
+            result.confidence = np.where(saturated, 0.0, result.confidence).astype(np.float32)
         result.timings["total"] = time.perf_counter() - start
         return result
 
-    def reconstruct_tiled(self, capture: np.ndarray, tile_size: int | None = None) -> Reconstruction:
+    def reconstruct_tiled(self, capture: np.ndarray, tile_size: int | None = None,
+                          saturated: np.ndarray | None = None) -> Reconstruction:
         """Solve overlapping tiles and blend them with linear ramps across the overlaps.
 
         The overlap is two PSF widths, so every blended pixel is at least one PSF width from
         the border of the tiles that contribute to it. Peak memory is that of one tile.
         Depth is blended in inverse depth (linear in blur)."""
         start = time.perf_counter()
-        capture = check_capture(capture, self.psf_bank)
+        capture, saturated = self.prepare(check_capture(capture, self.psf_bank), saturated)
+        result = self._tiled(capture, saturated, tile_size, start)
+        if saturated is not None:
+            result.notes.append(f"{saturated.mean():.1%} of pixels saturated: depth invalid there")
+        return result
+
+    def _tiled(self, capture: np.ndarray, saturated: np.ndarray | None, tile_size: int | None,
+               start: float) -> Reconstruction:
         height, width = capture.shape[:2]
         overlap = 2 * self.psf_bank.kernel_size
         tile = max(tile_size or self.config.tile_size, 2 * overlap + 8)
@@ -175,7 +242,8 @@ class Reconstructor:
         for top in rows:
             for left in cols:
                 window = (slice(top, min(top + tile, height)), slice(left, min(left + tile, width)))
-                part = self._solve_whole(capture[window], time.perf_counter())
+                part_mask = None if saturated is None or not saturated[window].any() else saturated[window]
+                part = self._solve_whole(capture[window], time.perf_counter(), part_mask)
                 ramp = _ramp(part.depth.shape, overlap, top > 0, top + tile < height, left > 0, left + tile < width)
                 valid = np.isfinite(part.depth)
                 inverse[window] += np.where(valid, ramp / np.where(valid, part.depth, 1.0), 0.0)

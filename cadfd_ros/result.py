@@ -49,6 +49,7 @@ class SolverStart:
     padded_image: torch.Tensor  # (1, C, H + 2p, W + 2p) linear all-in-focus image
     noise_sigma: float
     timings: dict[str, float] = field(default_factory=dict)
+    evidence_weight: torch.Tensor | None = None  # (H, W): 0 where clipped pixels leave the depth evidence
 
 
 class Solver(Protocol):

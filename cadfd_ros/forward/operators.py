@@ -190,13 +190,15 @@ class LayeredBlur:
         return out.unsqueeze(0)
 
     def least_squares(self, y: torch.Tensor, layer_coord: torch.Tensor, x_ref: torch.Tensor, rho: float,
-                      x_start: torch.Tensor, iterations: int, tolerance: float = 0.0, gradient_weight: float = 0.0
-                      ) -> tuple[torch.Tensor, int]:
+                      x_start: torch.Tensor, iterations: int, tolerance: float = 0.0, gradient_weight: float = 0.0,
+                      data_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
         """Preconditioned conjugate gradients on (A^T A + R) x = A^T y + R x_ref, R = rho (I + g D^T D), at
         the soft weights of ``layer_coord``, from ``x_start``: exact where depth changes within a PSF
         footprint (occlusion edges, slanted planes), where ``prox_l2``'s per-layer blend is not. The
         preconditioner is the circulant sum_k mean(w_k) |H_k|^2 + R. Stops after ``iterations`` or once
-        the preconditioned residual has fallen by ``tolerance``; returns x and the iterations run."""
+        the preconditioned residual has fallen by ``tolerance``; returns x and the iterations run.
+        ``data_weight`` (capture-sized, 0..1) weighs the data term per pixel, A^T W A: clipped pixels
+        (weight 0) leave it, and x there follows x_ref."""
         if iterations <= 0:
             return x_start, 0
         weights = soft_layer_weights(layer_coord, self.num_layers)
@@ -213,13 +215,16 @@ class LayeredBlur:
             return torch.fft.irfft2(torch.fft.rfft2(v) * pull, s=self.padded_shape)
 
         def normal(v: torch.Tensor) -> torch.Tensor:
+            if data_weight is not None:
+                return sub.A_adjoint(data_weight * sub(v, weights), weights) + regulariser(v)
             return sub.A_adjoint_A(v, weights) + regulariser(v)
 
         def precondition(v: torch.Tensor) -> torch.Tensor:
             return torch.fft.irfft2(torch.fft.rfft2(v) / diagonal, s=sub.padded_shape)
 
         x = x_start
-        residual = sub.A_adjoint(y, weights) + regulariser(x_ref) - normal(x)
+        data = y if data_weight is None else data_weight * y
+        residual = sub.A_adjoint(data, weights) + regulariser(x_ref) - normal(x)
         preconditioned = precondition(residual)
         direction = preconditioned
         power = (residual * preconditioned).sum()

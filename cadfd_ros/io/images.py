@@ -83,6 +83,49 @@ def apply_input_transfer(image: np.ndarray, transfer: str) -> np.ndarray:
     raise ValueError(f"input_transfer must be one of {', '.join(INPUT_TRANSFERS)}, got {transfer!r}")
 
 
+def read_flat_field(path: str | Path) -> np.ndarray:
+    """A flat-field (vignetting) image -> float32 H x W or H x W x 3, normalised to max 1.
+
+    8/16-bit PNG or TIFF (linear values, as captures), float TIFF, or .npy (read without pickle).
+    Errors are one line naming the file."""
+    path = Path(path)
+    name = f"flat_field {path}"
+    if not path.is_file():
+        raise InputImageError(f"{name}: file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            raw = np.load(path, allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001 - a bad header, an object array, truncation
+            raise InputImageError(f"{name}: cannot read ({exc})") from None
+    elif suffix in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            raw = tifffile.imread(path)
+        except Exception as exc:  # noqa: BLE001
+            raise InputImageError(f"{name}: cannot decode ({exc})") from None
+    elif suffix == ".png":
+        raw = None
+    else:
+        raise InputImageError(f"{name}: unsupported format {suffix or '(none)'}; use PNG, TIFF or .npy")
+    if raw is None:
+        flat = read_capture(path)
+    elif raw.dtype.kind == "f":
+        flat = np.asarray(raw, np.float32)
+        if flat.ndim == 3 and flat.shape[2] == 1:
+            flat = flat[:, :, 0]
+        if flat.ndim not in (2, 3) or (flat.ndim == 3 and flat.shape[2] != 3):
+            raise InputImageError(f"{name}: expected a mono or RGB image, got shape {flat.shape}")
+    else:
+        flat = capture_to_float(raw, name)
+    if not np.all(np.isfinite(flat)):
+        raise InputImageError(f"{name}: contains NaN or Inf")
+    if flat.min() <= 0:
+        raise InputImageError(f"{name}: has zero or negative pixels; a flat field must be positive everywhere")
+    return (flat / flat.max()).astype(np.float32)
+
+
 def read_photo_linear(path: str | Path) -> np.ndarray:
     """An sRGB photo (PNG/JPEG/...) -> linear float32 RGB or mono."""
     from PIL import Image

@@ -292,7 +292,11 @@ class FrameProcessor:
         in_h, in_w = capture.shape[:2]
         if camera_info is not None:
             conv.check_camera_info(camera_info, in_w, in_h)
-        capture = downscale_capture(apply_input_transfer(capture, self.input_transfer), factor)
+        capture = apply_input_transfer(capture, self.input_transfer)
+        # Clipping is found at full resolution: a binned clipped pixel averages below the level.
+        saturated = recon.saturation_mask(capture)
+        capture = downscale_capture(capture, factor)
+        saturated = downscale_capture(saturated.astype(np.float32), factor) > 0
         height, width = capture.shape[:2]
 
         header = Header()
@@ -309,7 +313,7 @@ class FrameProcessor:
 
         start = time.perf_counter()
         solve = recon.reconstruct_tiled if tiled else recon.reconstruct
-        result = solve(capture)
+        result = solve(capture, saturated=saturated) if saturated.any() else solve(capture)
         seconds["solve"] = time.perf_counter() - start
 
         start = time.perf_counter()

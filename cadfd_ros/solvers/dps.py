@@ -176,6 +176,7 @@ class FrameContext:
     noise_sigma: float
     params: SamplerParams
     layer_depths: torch.Tensor  # (L,) metres, nearest first
+    evidence_weight: torch.Tensor | None = None  # (1, 1, H, W): 0 where clipped pixels leave the evidence
 
 
 @dataclass
@@ -245,6 +246,8 @@ def layer_error(ctx: FrameContext, blurred: torch.Tensor) -> torch.Tensor:
     """Per-pixel -2 log p(y | layer k, x0) up to a constant, from x0 blurred by every layer: (1, L, H, W)."""
     y, sigma_y = ctx.capture, ctx.noise_sigma
     residual = y.unsqueeze(1) - blurred  # (1, L, C, H, W)
+    if ctx.evidence_weight is not None:  # clipped pixels' error would leak through the whitening filter
+        residual = residual * ctx.evidence_weight.unsqueeze(1)
     if ctx.params.evidence == "residual":
         return (residual**2).sum(dim=2) / (sigma_y * sigma_y)
     op = ctx.operator
@@ -264,7 +267,14 @@ def depth_update(ctx: FrameContext, blurred: torch.Tensor, coord: torch.Tensor, 
     height, width = y.shape[-2:]
     error = layer_error(ctx, blurred)  # (1, L, H, W)
     low = (max(1, height // cp.evidence_stride), max(1, width // cp.evidence_stride))
-    energy = gaussian_blur(F.interpolate(error, size=low, mode="area"), cp.window_sigma * low[0] / height)
+    window = cp.window_sigma * low[0] / height
+    if ctx.evidence_weight is None:
+        energy = gaussian_blur(F.interpolate(error, size=low, mode="area"), window)
+    else:  # normalised convolution; windows without evidence get no layer preference (zero cost)
+        w = ctx.evidence_weight
+        energy = gaussian_blur(F.interpolate(error * w, size=low, mode="area"), window)
+        mass = gaussian_blur(F.interpolate(w, size=low, mode="area"), window)
+        energy = torch.where(mass > 1e-3, energy / mass.clamp(min=1e-6), torch.zeros_like(energy))
     energy = energy / y.shape[1]
     if evidence is not None:
         energy = p.evidence_momentum * evidence + (1 - p.evidence_momentum) * energy
@@ -405,14 +415,18 @@ class DiffusionPosteriorSampler:
             self._operators = {key: LayeredBlur(psfs, height, width)}  # keep one size: bounded memory
         return self._operators[key]
 
-    def frame_context(self, y: torch.Tensor, noise_sigma: float) -> FrameContext:
-        """The frozen per-frame context of capture y (1, C, H, W)."""
+    def frame_context(self, y: torch.Tensor, noise_sigma: float, evidence_weight: torch.Tensor | None = None
+                      ) -> FrameContext:
+        """The frozen per-frame context of capture y (1, C, H, W); ``evidence_weight`` (H, W) leaves
+        clipped pixels out of the depth evidence."""
         op = self.operator(y.shape[-2], y.shape[-1], y.shape[1])
         spectra = op.capture_spectra(y)
         return FrameContext(capture=y, operator=op, spectra=spectra,
                             evidence=MarginalEvidence.from_spectra(spectra, self.params.evidence_prior_std / noise_sigma),
                             guide=luminance(y), noise_sigma=noise_sigma, params=self.params,
-                            layer_depths=torch.from_numpy(self.bank.depths).to(self.device))
+                            layer_depths=torch.from_numpy(self.bank.depths).to(self.device),
+                            evidence_weight=None if evidence_weight is None else
+                            evidence_weight.to(self.device, torch.float32).view(1, 1, *y.shape[-2:]))
 
     def network_seconds(self, capture_shape: tuple[int, ...], repeats: int = 1, cached: bool = True) -> float:
         """Time of one prior network call on this capture size (after a warm-up call); cached per
@@ -479,7 +493,8 @@ class DiffusionPosteriorSampler:
         image = torch.from_numpy(capture if capture.ndim == 3 else capture[:, :, None]).permute(2, 0, 1)
         y = image[None].to(self.device, torch.float32)
         out = self.sample(y, start.padded_image.to(self.device, torch.float32),
-                          start.layer_coord.to(self.device, torch.float32), sigma_y, steps)
+                          start.layer_coord.to(self.device, torch.float32), sigma_y, steps,
+                          evidence_weight=start.evidence_weight)
         timings["dps"] = time.perf_counter() - began
         op = self.operator(*y.shape[-2:], y.shape[1])
         with torch.no_grad():
@@ -503,13 +518,13 @@ class DiffusionPosteriorSampler:
         )
         return result, out.trace
 
-    def sample(self, y: torch.Tensor, x_init: torch.Tensor, coord_init: torch.Tensor, sigma_y: float, steps: int
-               ) -> SampleOutput:
+    def sample(self, y: torch.Tensor, x_init: torch.Tensor, coord_init: torch.Tensor, sigma_y: float, steps: int,
+               evidence_weight: torch.Tensor | None = None) -> SampleOutput:
         """Run the sampler. y (1,C,H,W) linear; x_init (1,C,Hp,Wp) linear; coord_init (1,H,W)."""
         p, prior = self.params, self.prior
         denoiser = _CountingDenoiser(prior, self.device, self.network_dtype)
         generator = torch.Generator(device=self.device).manual_seed(int(self.config.seed))
-        ctx = self.frame_context(y, sigma_y)
+        ctx = self.frame_context(y, sigma_y, evidence_weight)
         t_start = prior.num_train_timesteps - 1 if p.start == "noise" else prior.timestep_for_sigma(p.start_sigma)
         scheduler = PosteriorScheduler.from_start(prior.alphas_cumprod, t_start, steps)
         x0_model = prior.to_model_space(x_init.clamp(0, 1))
@@ -533,7 +548,8 @@ class DiffusionPosteriorSampler:
                 g = p.final_gradient_weight
                 x_prox = ctx.operator.prox_l2(x0, state.layer_coord, rho, ctx.spectra, g)
                 x0, trace.final_cg_iterations = ctx.operator.least_squares(
-                    y, state.layer_coord, x0, rho, x_prox, p.final_cg_iterations, p.final_cg_tolerance, g)
+                    y, state.layer_coord, x0, rho, x_prox, p.final_cg_iterations, p.final_cg_tolerance, g,
+                    data_weight=ctx.evidence_weight)
                 x0 = x0.clamp(0, 1)
             confidence = state.confidence
             if confidence is None:  # the dps sampler: evidence of the final estimate

@@ -6,11 +6,12 @@ import numpy as np
 MIN_SIGMA = 1e-3  # about the quantisation noise of an 8-bit capture
 
 
-def estimate_noise_sigma(capture: np.ndarray) -> float:
+def estimate_noise_sigma(capture: np.ndarray, valid: np.ndarray | None = None) -> float:
     """Donoho's MAD estimate on the finest diagonal Haar band, in linear units.
 
     Defocus removes the finest image detail, so that band of a coded capture is dominated
-    by noise; the estimate is floored at quantisation level.
+    by noise; the estimate is floored at quantisation level. ``valid`` (H x W bool) restricts it
+    to those pixels (clipped regions have no noise and would pull the median down).
     """
     image = np.asarray(capture, np.float64)
     image = image if image.ndim == 2 else image.mean(axis=2) * np.sqrt(image.shape[2])  # keep per-channel sigma
@@ -18,4 +19,73 @@ def estimate_noise_sigma(capture: np.ndarray) -> float:
     a, b = image[0:h:2, 0:w:2], image[0:h:2, 1:w:2]
     c, d = image[1:h:2, 0:w:2], image[1:h:2, 1:w:2]
     diagonal = (a - b - c + d) / 2.0
+    if valid is not None:
+        v = np.asarray(valid, bool)
+        keep = v[0:h:2, 0:w:2] & v[0:h:2, 1:w:2] & v[1:h:2, 0:w:2] & v[1:h:2, 1:w:2]
+        if keep.sum() >= 64:
+            diagonal = diagonal[keep]
     return float(max(np.median(np.abs(diagonal)) / 0.6745, MIN_SIGMA))
+
+
+NOISE_MODELS = ("gaussian", "poisson_gaussian")
+
+
+def _haar_diagonal(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """The finest diagonal Haar band (noise std preserved) and the 2x2 block means beside it."""
+    h, w = (image.shape[0] // 2) * 2, (image.shape[1] // 2) * 2
+    a, b = image[0:h:2, 0:w:2], image[0:h:2, 1:w:2]
+    c, d = image[1:h:2, 0:w:2], image[1:h:2, 1:w:2]
+    return (a - b - c + d) / 2.0, (a + b + c + d) / 4.0, (h, w)
+
+
+def estimate_noise_model(capture: np.ndarray, valid: np.ndarray | None = None, bins: int = 12
+                         ) -> tuple[float, float]:
+    """Poisson-Gaussian noise sigma^2(x) = a*x + b fitted to the capture, in linear units.
+
+    The finest diagonal Haar band carries the noise (defocus removed the detail); its variance in
+    bins of local mean intensity (robust: MAD, so leftover texture and edges barely count) is fitted
+    by a line, weighted by the samples per bin. a >= 0; b is floored at quantisation level."""
+    from scipy.ndimage import gaussian_filter
+
+    image = np.asarray(capture, np.float64)
+    intensity = image if image.ndim == 2 else image.mean(axis=2)
+    scale = 1.0 if image.ndim == 2 else np.sqrt(image.shape[2])  # per-channel noise, as estimate_noise_sigma
+    diagonal, mean, (h, w) = _haar_diagonal(intensity)
+    diagonal = diagonal * scale
+    mean = gaussian_filter(mean, 1.0)
+    keep = np.ones(diagonal.shape, bool)
+    if valid is not None:
+        v = np.asarray(valid, bool)
+        keep = v[0:h:2, 0:w:2] & v[0:h:2, 1:w:2] & v[1:h:2, 0:w:2] & v[1:h:2, 1:w:2]
+    r, m = diagonal[keep], mean[keep]
+    if r.size < 64 * 4:
+        sigma = estimate_noise_sigma(capture, valid)
+        return 0.0, sigma * sigma
+    edges = np.unique(np.quantile(m, np.linspace(0, 1, bins + 1)))
+    index = np.clip(np.searchsorted(edges, m, side="right") - 1, 0, len(edges) - 2)
+    xs, vs, ns = [], [], []
+    for k in range(len(edges) - 1):
+        sel = index == k
+        if sel.sum() < 32:
+            continue
+        xs.append(m[sel].mean())
+        vs.append((np.median(np.abs(r[sel])) / 0.6745) ** 2)
+        ns.append(sel.sum())
+    xs, vs, ns = np.array(xs), np.array(vs), np.array(ns, float)
+    floor = MIN_SIGMA * MIN_SIGMA
+    if len(xs) < 3 or np.ptp(xs) < 1e-3:
+        return 0.0, max(float(np.average(vs, weights=ns)) if len(vs) else floor, floor)
+    # Each bin's variance is a minimum over what texture adds, so fit robustly: drop bins far above
+    # the first line (texture-dominated), then refit.
+    for _ in range(2):
+        A = np.stack([xs, np.ones_like(xs)], axis=1)
+        coef, *_ = np.linalg.lstsq(A * np.sqrt(ns)[:, None], vs * np.sqrt(ns), rcond=None)
+        a, b = float(max(coef[0], 0.0)), float(coef[1])
+        if coef[0] < 0:  # no signal dependence: a constant level
+            a, b = 0.0, float(np.average(vs, weights=ns))
+        fit = a * xs + b
+        good = vs <= 2.0 * np.maximum(fit, floor)
+        if good.all() or good.sum() < 3:
+            break
+        xs, vs, ns = xs[good], vs[good], ns[good]
+    return a, max(b, floor)
