@@ -19,40 +19,14 @@ pytest.importorskip("rclpy.lifecycle", reason="rclpy has no lifecycle support")
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 
-from ros_test_util import camera_info_msg, image_msg, simulated_capture, small_bank, unique_domain_id  # noqa: E402
-from test_node import FRAME, Harness  # noqa: E402
+from ros_test_util import camera_info_msg, image_msg, unique_domain_id  # noqa: E402
+# the same fixtures as test_node: float32 default, a DDS context, the small bank and its scene
+from test_node import FRAME, Harness, _float32_default, bank_path, context, scene  # noqa: E402,F401
 
 pytestmark = pytest.mark.ros
 
 H, W = 96, 128
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _float32_default():
-    torch = pytest.importorskip("torch")
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_default_dtype(previous)
-
-
-@pytest.fixture(scope="module")
-def context():
-    ctx = rclpy.context.Context()
-    rclpy.init(context=ctx, domain_id=unique_domain_id())
-    yield ctx
-    rclpy.shutdown(context=ctx)
-
-
-@pytest.fixture(scope="module")
-def bank_path(tmp_path_factory):
-    return small_bank(tmp_path_factory.mktemp("bank") / "bank6.npz")
-
-
-@pytest.fixture(scope="module")
-def scene(bank_path):
-    return simulated_capture(bank_path, H, W, rgb=True)
 
 
 @pytest.fixture
