@@ -28,7 +28,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from cadfd_ros.io.images import srgb_to_linear, write_png
-    from cadfd_ros.optics.calibration_sim import SimulatedLens, capture_homography, simulate_capture
+    from cadfd_ros.optics.calibration_sim import SimulatedLens, random_capture
     from cadfd_ros.optics.masks import load_pattern
     from cadfd_ros.optics.psf_bank import PSFBank, save_psf_bank
     from cadfd_ros.optics.target import make_target, save_target, target_layout
@@ -46,10 +46,7 @@ def main() -> int:
     specs = {"calibrate": [], "check": []}
     for use, distances in (("calibrate", (0.55, 0.7, 1.4, 2.0, 4.0)), ("check", (1.7, 3.0))):
         for d in distances:
-            H = capture_homography(layout, shape, rng.uniform(0.78, 0.86), rng.uniform(-3, 3),
-                                   tuple(rng.uniform(-5, 5, 2)), tilt=rng.uniform(-3e-5, 3e-5))
-            capture = simulate_capture(linear, layout, shape, lens, d, H, gain=rng.uniform(0.6, 0.9),
-                                       offset=rng.uniform(0.02, 0.08), noise=0.003, rng=rng)
+            capture = random_capture(linear, layout, shape, lens, d, rng)
             path = out / f"{use}_{d:g}m.png"
             write_png(path, capture, bits=16)
             specs[use].append(f"--capture {d:g}={path}")

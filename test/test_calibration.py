@@ -53,7 +53,8 @@ def test_load_target_refuses_other_images(tmp_path):
 
 # ----------------------------------------------------------------------------- calibration core
 from cadfd_ros.optics import calibration as cal  # noqa: E402
-from cadfd_ros.optics.calibration_sim import SimulatedLens, capture_homography, simulate_capture  # noqa: E402
+from cadfd_ros.optics.calibration_sim import (SimulatedLens, capture_homography, random_capture,  # noqa: E402
+                                              simulate_capture)
 
 SHAPE = (240, 320)
 
@@ -169,10 +170,7 @@ def capture_set(tmp_path_factory, small_target, true_lens):
     rng = np.random.default_rng(7)
     specs, linear_captures = [], {}
     for d in DISTANCES:
-        H = capture_homography(layout, SHAPE, rng.uniform(0.78, 0.86), rng.uniform(-3, 3),
-                               tuple(rng.uniform(-5, 5, 2)), tilt=rng.uniform(-3e-5, 3e-5))
-        capture = simulate_capture(linear, layout, SHAPE, true_lens, d, H, gain=rng.uniform(0.6, 0.9),
-                                   offset=rng.uniform(0.02, 0.08), noise=0.003, rng=rng)
+        capture = random_capture(linear, layout, SHAPE, true_lens, d, rng)
         path = folder / f"cap_{d:g}m.png"
         write_png(path, capture, bits=16)
         specs.append(f"{d:g}={path}")

@@ -79,3 +79,13 @@ def simulate_capture(target: np.ndarray, layout: TargetLayout, shape: tuple[int,
     binned = blurred.reshape(h, up, w, up).mean(axis=(1, 3))
     capture = gain * binned + offset + rng.normal(0, noise, binned.shape)
     return np.clip(capture, 0, 1)
+
+
+def random_capture(target: np.ndarray, layout: TargetLayout, shape: tuple[int, int], lens: SimulatedLens,
+                   distance_m: float, rng: np.random.Generator) -> np.ndarray:
+    """A hand-held photo of the target: 78–86% fill, ±3° rotation, ±5 px shift, slight tilt, gain
+    0.6–0.9, offset 0.02–0.08 and noise 0.003, drawn from ``rng`` (the simulated round trip's set)."""
+    H = capture_homography(layout, shape, rng.uniform(0.78, 0.86), rng.uniform(-3, 3),
+                           tuple(rng.uniform(-5, 5, 2)), tilt=rng.uniform(-3e-5, 3e-5))
+    return simulate_capture(target, layout, shape, lens, distance_m, H, gain=rng.uniform(0.6, 0.9),
+                            offset=rng.uniform(0.02, 0.08), noise=0.003, rng=rng)
