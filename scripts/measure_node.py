@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -40,7 +39,6 @@ def main() -> int:
     parser.add_argument("--stream-seconds", type=float, default=10.0)
     args = parser.parse_args()
 
-    import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from lifecycle_msgs.msg import Transition
     from lifecycle_msgs.srv import ChangeState
@@ -49,7 +47,8 @@ def main() -> int:
     from rclpy.time import Time
     from sensor_msgs.msg import CameraInfo, Image
 
-    from ros_test_util import camera_info_msg, diagnostic_values, image_msg, simulated_capture, unique_domain_id
+    from ros_test_util import (camera_info_msg, client_node, diagnostic_values, image_msg, simulated_capture,
+                               stop_client, unique_domain_id)
 
     exe = Path(sys.executable).parent / "cadfd_node"
     domain, ns = unique_domain_id(), f"/measure_{uuid.uuid4().hex[:6]}"
@@ -59,9 +58,7 @@ def main() -> int:
          "-p", f"qos_overrides.{ns}/image_raw.subscription.reliability:=reliable"],
         env=dict(os.environ, ROS_DOMAIN_ID=str(domain)), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )
-    context = rclpy.context.Context()
-    rclpy.init(context=context, domain_id=domain)
-    node = rclpy.create_node("measure_client", context=context)
+    context, node = client_node(domain, "measure_client")
     got: dict[tuple[int, int], float] = {}
     diags: list = []
     cond = threading.Condition()
@@ -156,14 +153,7 @@ def main() -> int:
               f"newest frame processed: {last in got}; RSS before {rss_before:.1f} MiB, peak {peak:.1f} MiB, "
               f"after {rss_after:.1f} MiB")
     finally:
-        executor.shutdown(timeout_sec=2)
-        node.destroy_node()
-        rclpy.shutdown(context=context)
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_client(executor, node, context, proc)
     return 0
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -46,7 +45,6 @@ def main() -> int:
     parser.add_argument("--method", default="classical")
     args = parser.parse_args()
 
-    import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from lifecycle_msgs.msg import Transition
     from lifecycle_msgs.srv import ChangeState, GetState
@@ -54,7 +52,8 @@ def main() -> int:
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CameraInfo, Image
 
-    from ros_test_util import camera_info_msg, diagnostic_values, image_msg, simulated_capture, unique_domain_id
+    from ros_test_util import (camera_info_msg, client_node, diagnostic_values, image_msg, simulated_capture,
+                               stop_client, unique_domain_id)
 
     domain, ns = unique_domain_id(), f"/soak_{uuid.uuid4().hex[:6]}"
     node_cmd = [str(Path(sys.executable).parent / "cadfd_node"), "--ros-args", "-r", f"__ns:={ns}",
@@ -62,9 +61,7 @@ def main() -> int:
                 "-p", f"qos_overrides.{ns}/image_raw.subscription.reliability:=reliable"]
     proc = subprocess.Popen(node_cmd, env=dict(os.environ, ROS_DOMAIN_ID=str(domain)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    context = rclpy.context.Context()
-    rclpy.init(context=context, domain_id=domain)
-    client = rclpy.create_node("soak_client", context=context)
+    context, client = client_node(domain, "soak_client")
     received: dict[tuple[int, int], float] = {}
     diagnostics: list = []
     lock = threading.Lock()
@@ -151,14 +148,7 @@ def main() -> int:
         time.sleep(2.5)  # the last frames and one more diagnostics period
         final_bad = int(counters().get("frames_bad", -1))
     finally:
-        executor.shutdown(timeout_sec=2)
-        client.destroy_node()
-        rclpy.shutdown(context=context)
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_client(executor, client, context, proc)
     if len(rows) < 3:
         print("too short for a drift figure: run at least three periods")
         return 1

@@ -185,3 +185,29 @@ def diagnostic_values(array: Any, name_part: str) -> dict[str, dict[str, str]]:
             values["_message"] = status.message
             out[status.name] = values
     return out
+
+
+def client_node(domain: int, name: str) -> tuple[Any, Any]:
+    """A fresh rclpy context on ``domain`` and one plain node in it, for a client of a node process."""
+    import rclpy
+
+    context = rclpy.context.Context()
+    rclpy.init(context=context, domain_id=domain)
+    return context, rclpy.create_node(name, context=context)
+
+
+def stop_client(executor: Any, node: Any, context: Any, process: Any) -> None:
+    """Undo ``client_node`` and stop the node process with SIGINT (killed after 10 s)."""
+    import signal
+    import subprocess
+
+    import rclpy
+
+    executor.shutdown(timeout_sec=2)
+    node.destroy_node()
+    rclpy.shutdown(context=context)
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
