@@ -23,6 +23,11 @@ out) x transport setting. The settings are applied through the environment of bo
 - ``profile_pub`` / ``profile_sub``: that profile on the publisher / subscriber only.
 - ``udp``: UDPv4 only, default socket buffers (as between two hosts, here over loopback).
 - ``udp_4mb``: UDPv4 only, 4 MiB socket buffers (the profile's UDP part).
+- ``shm<N>`` (e.g. ``shm8``): the profile with an N MiB segment instead, on both ends.
+- ``PUB/SUB``: one setting per end, e.g. ``profile/udp``: the profile's publisher and a
+  subscriber without shared memory, as on another host (here over loopback).
+
+``--env KEY=VALUE`` adds a variable to both processes (e.g. ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST).
 
 Raw JSON per cell goes to ``--out`` (default out/large_messages.json).
 """
@@ -32,6 +37,7 @@ import argparse
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -209,6 +215,9 @@ def run_publisher(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------- orchestration
 def setting_envs(setting: str, workdir: Path) -> tuple[dict[str, str], dict[str, str]]:
     """(publisher env additions, subscriber env additions) for a transport setting."""
+    if "/" in setting:  # PUB/SUB: one setting per end, e.g. profile/udp (a consumer without SHM)
+        pub_setting, sub_setting = setting.split("/", 1)
+        return setting_envs(pub_setting, workdir)[0], setting_envs(sub_setting, workdir)[1]
     profile = {"FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE)}
     if setting == "default":
         return {}, {}
@@ -218,6 +227,14 @@ def setting_envs(setting: str, workdir: Path) -> tuple[dict[str, str], dict[str,
         return profile, {}
     if setting == "profile_sub":
         return {}, profile
+    if setting.startswith("shm") and setting[3:].isdigit():
+        # The shipped profile with another segment size (MiB), on both ends: how much is needed.
+        path = workdir / f"{setting}.xml"
+        text = re.sub(r"<segment_size>\d+</segment_size>", f"<segment_size>{int(setting[3:]) << 20}</segment_size>",
+                      PROFILE.read_text())
+        path.write_text(text)
+        env = {"FASTDDS_DEFAULT_PROFILES_FILE": str(path)}
+        return env, env
     if setting in ("udp", "udp_4mb"):
         path = workdir / f"{setting}.xml"
         path.write_text(UDP_ONLY_XML.format(buffers=BUFFERS_4MB if setting == "udp_4mb" else ""))
@@ -227,6 +244,7 @@ def setting_envs(setting: str, workdir: Path) -> tuple[dict[str, str], dict[str,
 
 
 SETTINGS = ("default", "profile", "profile_pub", "profile_sub", "udp", "udp_4mb")
+# plus shm<N>: the profile with an N MiB segment, on both ends (not in the default matrix)
 
 
 def role_argv(args: argparse.Namespace, role: str, pub_qos: str, sub_qos: str, prefix: str) -> list[str]:
@@ -242,8 +260,9 @@ def run_cell(args: argparse.Namespace, setting: str, pub_qos: str, sub_qos: str,
     pub_add, sub_add = setting_envs(setting, workdir)
     base = {k: v for k, v in os.environ.items() if k not in DDS_ENV}
     base.update(ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED="1")
+    base.update(item.split("=", 1) for item in args.env)
     prefix = f"/lm_{os.getpid()}_{random.randrange(1 << 30):x}"
-    sub_log = (workdir / f"sub_{setting}_{pub_qos}_{sub_qos}.log").open("w+")
+    sub_log = (workdir / f"sub_{setting.replace('/', '-')}_{pub_qos}_{sub_qos}.log").open("w+")
     sub = subprocess.Popen(role_argv(args, "sub", pub_qos, sub_qos, prefix), env=dict(base, **sub_add), cwd=workdir,
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=sub_log, text=True)
     try:
@@ -309,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma list of {', '.join(SETTINGS)}")
     parser.add_argument("--pairs", default="best_effort:best_effort,reliable:best_effort,reliable:reliable",
                         help="publisher:subscriber QoS pairs")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment for both processes (repeatable)")
     parser.add_argument("--domain", type=int, default=0, help="ROS_DOMAIN_ID (0: pick one in 150-230)")
     parser.add_argument("--discovery-timeout", type=float, default=20.0)
     parser.add_argument("--linger", type=float, default=1.0, help="wait after the publisher exits (s)")
@@ -322,8 +343,12 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = [s for s in args.settings.split(",") if s]
     for s in settings:
-        if s not in SETTINGS:
-            parser.error(f"unknown setting {s!r}; choose from {', '.join(SETTINGS)}")
+        for end in s.split("/", 1):
+            if end not in SETTINGS and not (end.startswith("shm") and end[3:].isdigit()):
+                parser.error(f"unknown setting {end!r}; choose from {', '.join(SETTINGS)}, shm<MiB>, PUB/SUB")
+    for item in args.env:
+        if "=" not in item or not item.split("=", 1)[0]:
+            parser.error(f"--env {item!r} is not KEY=VALUE")
     pairs = [tuple(p.split(":")) for p in args.pairs.split(",") if p]
     for pair in pairs:
         if len(pair) != 2 or any(q not in QOS_NAMES for q in pair):
@@ -336,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         for setting in settings:
             for pub_qos, sub_qos in pairs:
                 name = f"{setting} {'BE' if pub_qos == 'best_effort' else 'R'}->{'BE' if sub_qos == 'best_effort' else 'R'}"
+                repeat = sum(1 for n in cells if n == name or n.startswith(name + " #"))
+                name += f" #{repeat + 1}" if repeat else ""  # a setting given twice is a repeat run
                 print(f"cell {name} ...", file=sys.stderr, flush=True)
                 cells[name] = run_cell(args, setting, pub_qos, sub_qos, domain, Path(tmp))
                 if "error" in cells[name]:
