@@ -148,7 +148,7 @@ def run_subscriber(args: argparse.Namespace) -> int:
 
     qos = subscriber_qos(args.sub_qos)
     for size in args.sizes:
-        for kind in KINDS:
+        for kind in args.kinds:
             name = topic(args.prefix, size, kind)
             node.create_subscription(message_type(kind), name, counter(name), qos, raw=True)
     executor = SingleThreadedExecutor()
@@ -175,7 +175,7 @@ def run_publisher(args: argparse.Namespace) -> int:
     node = rclpy.create_node(f"large_msg_pub_{os.getpid()}")
     qos = qos_profile(args.pub_qos)
     pubs = {(size, kind): node.create_publisher(message_type(kind), topic(args.prefix, size, kind), qos)
-            for size in args.sizes for kind in KINDS}
+            for size in args.sizes for kind in args.kinds}
     deadline = time.monotonic() + args.discovery_timeout
     while any(p.get_subscription_count() < 1 for p in pubs.values()):
         if time.monotonic() > deadline:
@@ -190,15 +190,16 @@ def run_publisher(args: argparse.Namespace) -> int:
     period = 1.0 / args.rate
     for size in args.sizes:
         # Serialised once: the publisher's Python cost must not lower the rate.
-        frame = {kind: serialize_message(msg) for kind, msg in frame_messages(size, args.point_step).items()}
+        frame = {kind: serialize_message(msg) for kind, msg in frame_messages(size, args.point_step).items()
+                 if kind in args.kinds}
         start = time.monotonic()
         for i in range(args.count):
-            for kind in KINDS:  # camera_info last, as the node publishes it after the images
+            for kind in args.kinds:  # camera_info last, as the node publishes it after the images
                 pubs[(size, kind)].publish(frame[kind])
             wait = start + (i + 1) * period - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
-        for kind in KINDS:
+        for kind in args.kinds:
             name = topic(args.prefix, size, kind)
             sent[name] = args.count
             bytes_per[name] = len(frame[kind])
@@ -250,7 +251,7 @@ SETTINGS = ("default", "profile", "profile_pub", "profile_sub", "udp", "udp_4mb"
 def role_argv(args: argparse.Namespace, role: str, pub_qos: str, sub_qos: str, prefix: str) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--role", role, "--pub-qos", pub_qos,
             "--sub-qos", sub_qos, "--prefix", prefix, "--count", str(args.count), "--rate", str(args.rate),
-            "--point-step", str(args.point_step), "--gap", str(args.gap),
+            "--point-step", str(args.point_step), "--gap", str(args.gap), "--kinds", ",".join(args.kinds),
             "--sizes", ",".join(f"{w}x{h}" for w, h in args.sizes)]
 
 
@@ -296,7 +297,7 @@ def markdown_table(args: argparse.Namespace, cells: dict[str, dict[str, Any]]) -
     lines = [header, "|" + "---|" * (3 + len(names))]
     any_bytes = next((c["bytes"] for c in cells.values() if "bytes" in c), {})
     for size in args.sizes:
-        for kind in KINDS:
+        for kind in args.kinds:
             label = {"depth": "depth 32FC1", "aif": "AIF rgb8", "points": f"cloud {args.point_step} B/pt",
                      "camera_info": "camera_info"}[kind]
             key = topic("", size, kind)
@@ -321,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", default="/large_msg", help=argparse.SUPPRESS)
     parser.add_argument("--sizes", default="160x120,320x240,640x480,1280x960",
                         type=lambda s: [parse_size(v) for v in s.split(",")], help="WxH[,WxH...]")
+    parser.add_argument("--kinds", default=",".join(KINDS), type=lambda s: [k for k in KINDS if k in s.split(",")],
+                        help=f"messages per frame, of {','.join(KINDS)} (aif,camera_info: a camera's image stream)")
     parser.add_argument("--count", type=int, default=20, help="frames per size")
     parser.add_argument("--rate", type=float, default=10.0, help="frames per second")
     parser.add_argument("--point-step", type=int, choices=(12, 16), default=16, help="cloud bytes per point")
@@ -346,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         for end in s.split("/", 1):
             if end not in SETTINGS and not (end.startswith("shm") and end[3:].isdigit()):
                 parser.error(f"unknown setting {end!r}; choose from {', '.join(SETTINGS)}, shm<MiB>, PUB/SUB")
+    if not args.kinds or len(args.kinds) != len(set(args.kinds)):
+        parser.error(f"--kinds takes a comma list of {', '.join(KINDS)}")
     for item in args.env:
         if "=" not in item or not item.split("=", 1)[0]:
             parser.error(f"--env {item!r} is not KEY=VALUE")

@@ -83,7 +83,8 @@ def test_profile_loads_without_xml_errors_and_sets_the_segment(tmp_path):
 
 def cell(setting: str, pub_qos: str, tmp_path: Path) -> dict:
     script = measure_script()
-    args = argparse.Namespace(sizes=[(640, 480)], count=10, rate=10.0, point_step=16, gap=0.2, env=[],
+    args = argparse.Namespace(sizes=[(640, 480)], kinds=list(script.KINDS), count=10, rate=10.0, point_step=16,
+                              gap=0.2, env=[],
                               discovery_timeout=20.0, linger=1.0, cell_timeout=90.0)
     result = script.run_cell(args, setting, pub_qos, "best_effort", unique_domain_id(), tmp_path)
     assert "error" not in result, result
