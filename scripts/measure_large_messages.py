@@ -30,6 +30,13 @@ out) x transport setting. The settings are applied through the environment of bo
 ``--env KEY=VALUE`` adds a variable to both processes (e.g. ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST).
 
 Raw JSON per cell goes to ``--out`` (default out/large_messages.json).
+
+``--node WxH`` measures cadfd_node itself instead: the node as a process (classical, CPU) with
+Fast DDS's defaults and then with the profile (the launch file's setting), and a best-effort
+subscriber without it in this process (as Nav2 subscribes), for ``--count`` frames sent one at a
+time:
+
+    nice .venv/bin/python scripts/measure_large_messages.py --node 640x480 --count 6
 """
 from __future__ import annotations
 
@@ -103,9 +110,9 @@ def frame_messages(size: tuple[int, int], point_step: int) -> dict[str, Any]:
     return {"depth": depth, "aif": aif, "points": cloud, "camera_info": info}
 
 
-def qos_profile(name: str) -> Any:
-    """The QoS each side uses in the field: the node publishes reliable keep-last-1 (REP 2003
-    SystemDefaultsQoS), a camera driver best effort; subscribers use SensorDataQoS's depth 5."""
+def publisher_qos(name: str) -> Any:
+    """As publishers use it in the field: the node reliable keep-last-1 (REP 2003
+    SystemDefaultsQoS), a camera driver best effort keep-last-5 (SensorDataQoS)."""
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
     reliable = name == "reliable"
@@ -115,11 +122,9 @@ def qos_profile(name: str) -> Any:
 
 
 def subscriber_qos(name: str) -> Any:
-    from rclpy.qos import ReliabilityPolicy
-
-    qos = qos_profile(name)
+    """SensorDataQoS's keep-last-5 (Nav2, slam_toolbox), best effort or reliable."""
+    qos = publisher_qos(name)
     qos.depth = 5
-    qos.reliability = ReliabilityPolicy.RELIABLE if name == "reliable" else ReliabilityPolicy.BEST_EFFORT
     return qos
 
 
@@ -173,7 +178,7 @@ def run_publisher(args: argparse.Namespace) -> int:
 
     rclpy.init()
     node = rclpy.create_node(f"large_msg_pub_{os.getpid()}")
-    qos = qos_profile(args.pub_qos)
+    qos = publisher_qos(args.pub_qos)
     pubs = {(size, kind): node.create_publisher(message_type(kind), topic(args.prefix, size, kind), qos)
             for size in args.sizes for kind in args.kinds}
     deadline = time.monotonic() + args.discovery_timeout
@@ -313,6 +318,103 @@ def markdown_table(args: argparse.Namespace, cells: dict[str, dict[str, Any]]) -
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------- the node itself
+NODE_TOPICS = ("depth/image", "aif/image", "confidence/image", "points", "depth/camera_info", "aif/camera_info")
+
+
+def run_node_check(size: tuple[int, int], frames: int, with_profile: bool) -> dict[str, tuple[int, int]]:
+    """cadfd_node as a process (classical, CPU), with the profile or Fast DDS's defaults; this
+    process subscribes best effort (SensorDataQoS, no profile: a Nav2-like consumer) and sends
+    ``frames`` coded captures one at a time (reliably, so the input is not what is measured).
+    Returns {topic: (frames received, frames sent)}."""
+    import signal
+
+    sys.path.insert(0, str(REPO / "test"))
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import qos_profile_sensor_data
+    from ros_test_util import camera_info_msg, client_node, image_msg, simulated_capture, unique_domain_id
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+    from cadfd_ros_interfaces.msg import ReconstructionInfo
+
+    width, height = size
+    domain, ns = unique_domain_id(), f"/lm_node_{os.getpid()}_{random.randrange(1 << 24):x}"
+    env = {k: v for k, v in os.environ.items() if k not in DDS_ENV}
+    env["ROS_DOMAIN_ID"] = str(domain)
+    if with_profile:
+        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(PROFILE)
+    exe = Path(sys.executable).parent / "cadfd_node"
+    with tempfile.TemporaryDirectory(prefix="large_msg_node_") as tmp:
+        proc = subprocess.Popen(
+            [str(exe), "--ros-args", "-r", f"__ns:={ns}", "-p", "device:=cpu", "-p", "autostart:=true",
+             "-p", f"qos_overrides.{ns}/image_raw.subscription.reliability:=reliable"],
+            env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        context, node = client_node(domain, f"large_msg_node_client_{os.getpid()}")
+        received: dict[str, set] = {t: set() for t in NODE_TOPICS}
+        done: set = set()
+        cond = threading.Condition()
+
+        def counter(name: str):
+            def count(msg: Any) -> None:
+                with cond:
+                    received[name].add((msg.header.stamp.sec, msg.header.stamp.nanosec))
+            return count
+
+        def on_info(msg: Any) -> None:
+            with cond:
+                done.add((msg.header.stamp.sec, msg.header.stamp.nanosec))
+                cond.notify_all()
+
+        types = {"points": PointCloud2, "depth/camera_info": CameraInfo, "aif/camera_info": CameraInfo}
+        for name in NODE_TOPICS:
+            node.create_subscription(types.get(name, Image), f"{ns}/{name}", counter(name), qos_profile_sensor_data)
+        node.create_subscription(ReconstructionInfo, f"{ns}/cadfd_node/info", on_info, 10)  # reliable: frame done
+        image_pub = node.create_publisher(Image, f"{ns}/image_raw", 5)
+        info_pub = node.create_publisher(CameraInfo, f"{ns}/camera_info", 5)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        threading.Thread(target=executor.spin, daemon=True).start()
+        capture, _ = simulated_capture(None, height, width)
+        image = image_msg(capture, "mono8", (0, 0), "camera_optical_frame")
+        info = camera_info_msg(width, height, (0, 0), "camera_optical_frame", fx=400.0, fy=400.0,
+                               cx=(width - 1) / 2, cy=(height - 1) / 2)
+        sent: list = []
+        try:
+            deadline = time.monotonic() + 90
+            while image_pub.get_subscription_count() < 1 or any(
+                    node.count_publishers(f"{ns}/{name}") < 1 for name in NODE_TOPICS):
+                if time.monotonic() > deadline:
+                    raise SystemExit("cadfd_node did not come up within 90 s")
+                time.sleep(0.1)
+            time.sleep(2.0)  # the node's writers match our readers a moment after we see them
+            for i in range(frames + 1):  # frame 0 is a warm-up at this size
+                stamp = node.get_clock().now().to_msg()
+                key = (stamp.sec, stamp.nanosec)
+                image.header.stamp = info.header.stamp = stamp
+                info_pub.publish(info)
+                image_pub.publish(image)
+                with cond:
+                    if not cond.wait_for(lambda: key in done, timeout=120):
+                        raise SystemExit(f"frame {i}: no ~/info from cadfd_node within 120 s")
+                if i:
+                    sent.append(key)
+                time.sleep(0.5)
+            time.sleep(1.0)
+            with cond:
+                return {name: (len(received[name] & set(sent)), len(sent)) for name in NODE_TOPICS}
+        finally:
+            executor.shutdown(timeout_sec=2.0)
+            node.destroy_node()
+            rclpy.shutdown(context=context)
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--role", choices=("orchestrate", "pub", "sub"), default="orchestrate",
@@ -338,11 +440,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--linger", type=float, default=1.0, help="wait after the publisher exits (s)")
     parser.add_argument("--cell-timeout", type=float, default=180.0)
     parser.add_argument("--out", type=Path, default=REPO / "out" / "large_messages.json")
+    parser.add_argument("--node", type=parse_size, metavar="WxH",
+                        help="instead: cadfd_node itself at this input size, default transports vs the profile on "
+                             "the node only, to a best-effort subscriber here; --count frames (one at a time)")
     args = parser.parse_args(argv)
     if args.role == "sub":
         return run_subscriber(args)
     if args.role == "pub":
         return run_publisher(args)
+    if args.node:
+        rows = {setting: run_node_check(args.node, args.count, setting == "profile on the node")
+                for setting in ("default", "profile on the node")}
+        print(f"| cadfd_node {args.node[0]}x{args.node[1]} mono8 -> best-effort subscriber | "
+              + " | ".join(NODE_TOPICS) + " |")
+        print("|---|" + "---|" * len(NODE_TOPICS))
+        for setting, counts in rows.items():
+            print(f"| {setting} | " + " | ".join(f"{counts[t][0]}/{counts[t][1]}" for t in NODE_TOPICS) + " |")
+        return 0
 
     settings = [s for s in args.settings.split(",") if s]
     for s in settings:
