@@ -14,6 +14,14 @@ publishers for the same frames, the mount pose from x, y, z, roll, pitch, yaw:
 
     ros2 launch cadfd_ros cadfd.launch.py publish_tf:=true parent_frame:=base_link \
         x:=0.10 z:=0.25 scan_frame_id:=camera_link
+
+Large messages: FASTDDS_DEFAULT_PROFILES_FILE is set to config/fastdds_large_messages.xml (a 64 MiB
+shared-memory segment) unless the environment already sets it, so best-effort subscribers on
+this host (Nav2, slam_toolbox) receive the clouds and images (README, QoS > Large messages).
+fastdds_profile:=/path/to/other.xml points elsewhere; fastdds_profile:='' leaves the variable
+as the environment has it (Fast DDS's 512 KiB default when unset). Fast DDS reads it when the
+process creates its participant, so it is set before the node starts; the processes started
+after it by this launch (the static TF publishers) get it too.
 """
 from __future__ import annotations
 
@@ -22,10 +30,10 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler, SetEnvironmentVariable
 from launch.conditions import IfCondition
 from launch.events import matches_action
-from launch.substitutions import LaunchConfiguration
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration, NotEqualsSubstitution
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
@@ -33,8 +41,14 @@ from launch_ros.parameter_descriptions import ParameterValue
 from lifecycle_msgs.msg import Transition
 
 
+# Fast DDS 3 reads this variable (2.x read FASTRTPS_DEFAULT_PROFILES_FILE) at participant creation.
+FASTDDS_PROFILE_VAR = "FASTDDS_DEFAULT_PROFILES_FILE"
+
+
 def generate_launch_description() -> LaunchDescription:
-    default_params = os.path.join(get_package_share_directory("cadfd_ros"), "config", "cadfd.yaml")
+    share = get_package_share_directory("cadfd_ros")
+    default_params = os.path.join(share, "config", "cadfd.yaml")
+    large_messages_profile = os.path.join(share, "config", "fastdds_large_messages.xml")
     args = [
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
         DeclareLaunchArgument("node_name", default_value="cadfd_node", description="node name"),
@@ -60,7 +74,18 @@ def generate_launch_description() -> LaunchDescription:
         *(DeclareLaunchArgument(axis, default_value="0.0", description=f"camera mount pose in parent_frame: {what}")
           for axis, what in (("x", "x (m)"), ("y", "y (m)"), ("z", "z (m)"), ("roll", "roll (rad)"),
                              ("pitch", "pitch (rad)"), ("yaw", "yaw (rad)"))),
+        # A user's own profile in the environment wins over ours.
+        DeclareLaunchArgument("fastdds_profile",
+                              default_value=EnvironmentVariable(FASTDDS_PROFILE_VAR,
+                                                                default_value=large_messages_profile),
+                              description="Fast DDS XML profile for the node (FASTDDS_DEFAULT_PROFILES_FILE); "
+                                          "default: the environment's, else config/fastdds_large_messages.xml "
+                                          "(best-effort delivery of large messages on this host); '' = do not set"),
     ]
+    fastdds_profile = SetEnvironmentVariable(
+        FASTDDS_PROFILE_VAR, LaunchConfiguration("fastdds_profile"),
+        condition=IfCondition(NotEqualsSubstitution(LaunchConfiguration("fastdds_profile"), "")),
+    )
     camera_link = [LaunchConfiguration("camera_name"), "_link"]
     optical_frame = [LaunchConfiguration("camera_name"), "_optical_frame"]
     publish_tf = IfCondition(LaunchConfiguration("publish_tf"))
@@ -116,4 +141,5 @@ def generate_launch_description() -> LaunchDescription:
     )
     # Activate only after configure (start_state): a later deactivate must not bounce back.
     # The handler is registered before the configure event is emitted, so it cannot miss it.
-    return LaunchDescription([*args, mount_tf, optical_tf, activate_when_inactive, node, configure])
+    # The variable is set before any process starts: Fast DDS reads it once, at participant creation.
+    return LaunchDescription([*args, fastdds_profile, mount_tf, optical_tf, activate_when_inactive, node, configure])

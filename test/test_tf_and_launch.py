@@ -96,13 +96,16 @@ def launch_description(monkeypatch):
         monkeypatch.setitem(sys.modules, name, mod)
 
     stand_in = {n: type(n, (Recorded,), {}) for n in (
-        "LaunchDescription", "DeclareLaunchArgument", "EmitEvent", "RegisterEventHandler", "IfCondition",
-        "LaunchConfiguration", "LifecycleNode", "Node", "OnStateTransition", "ChangeState", "ParameterValue")}
+        "LaunchDescription", "DeclareLaunchArgument", "EmitEvent", "RegisterEventHandler", "SetEnvironmentVariable",
+        "IfCondition", "LaunchConfiguration", "EnvironmentVariable", "NotEqualsSubstitution", "LifecycleNode", "Node",
+        "OnStateTransition", "ChangeState", "ParameterValue")}
     module("launch", LaunchDescription=stand_in["LaunchDescription"])
-    module("launch.actions", **{k: stand_in[k] for k in ("DeclareLaunchArgument", "EmitEvent", "RegisterEventHandler")})
+    module("launch.actions", **{k: stand_in[k] for k in ("DeclareLaunchArgument", "EmitEvent", "RegisterEventHandler",
+                                                         "SetEnvironmentVariable")})
     module("launch.conditions", IfCondition=stand_in["IfCondition"])
     module("launch.events", matches_action=lambda action: ("matches", action))
-    module("launch.substitutions", LaunchConfiguration=stand_in["LaunchConfiguration"])
+    module("launch.substitutions", **{k: stand_in[k] for k in ("LaunchConfiguration", "EnvironmentVariable",
+                                                               "NotEqualsSubstitution")})
     module("launch_ros")
     module("launch_ros.actions", LifecycleNode=stand_in["LifecycleNode"], Node=stand_in["Node"])
     module("launch_ros.event_handlers", OnStateTransition=stand_in["OnStateTransition"])
@@ -162,3 +165,22 @@ def test_launch_static_tf_matches_the_urdf(launch_description):
     rpy = [float(optical[k]) for k in ("--roll", "--pitch", "--yaw")]
     np.testing.assert_allclose(rpy, [-math.pi / 2, 0.0, -math.pi / 2], atol=1e-12)
     assert_rep103_optical(rpy_matrix(*rpy))
+
+
+def test_launch_sets_the_large_message_profile_before_the_node(launch_description):
+    """FASTDDS_DEFAULT_PROFILES_FILE: the environment's value, else the shipped profile; not set
+    for fastdds_profile:=''; and set before any process starts (Fast DDS reads it once)."""
+    (entities,) = launch_description.args
+    (arg,) = [e for e in entities if type(e).__name__ == "DeclareLaunchArgument" and e.args[0] == "fastdds_profile"]
+    default = arg.kwargs["default_value"]
+    assert type(default).__name__ == "EnvironmentVariable" and default.args[0] == "FASTDDS_DEFAULT_PROFILES_FILE"
+    assert default.kwargs["default_value"] == "/opt/share/cadfd_ros/config/fastdds_large_messages.xml"
+    assert (REPO / "config" / "fastdds_large_messages.xml").is_file()  # installed by setup.py's config/*
+
+    (env,) = [e for e in entities if type(e).__name__ == "SetEnvironmentVariable"]
+    assert env.args[0] == "FASTDDS_DEFAULT_PROFILES_FILE" and text(env.args[1]) == "$(fastdds_profile)"
+    (test,) = env.kwargs["condition"].args
+    assert type(test).__name__ == "NotEqualsSubstitution"
+    assert [text(v) for v in test.args] == ["$(fastdds_profile)", ""]
+    processes = [i for i, e in enumerate(entities) if type(e).__name__ in ("LifecycleNode", "Node")]
+    assert entities.index(env) < min(processes)
