@@ -73,7 +73,12 @@ def test_speed_bench_reports_network_time_and_overhead(tmp_path):
         # the network is part of the frame's time, never all of it (there is a classical start)
         assert 0 < row["network_s"] < row["seconds"] and row["overhead"] > 1.0
         assert row["peak_mb"] > 50 and "dps" in row["stages"] and "evidence" in row["stages"]
-    assert "| 64x56 | mono | 2 |" in (out / "speed.md").read_text()
+        # the time outside the network is attributed: depth updates, per-step and final data steps, all
+        # inside the sampler's own time together with the network
+        parts = [row["stages"][k] for k in ("dps_depth", "dps_data_step", "dps_final_data_step")]
+        assert all(p > 0 for p in parts) and row["network_s"] + sum(parts) <= row["stages"]["dps"]
+    table = (out / "speed.md").read_text()
+    assert "| 64x56 | mono | 2 |" in table and "| start | depth | data steps | final step |" in table
 
 
 @pytest.mark.parametrize("flag, value", [("--speed-sizes", "160"), ("--speed-sizes", "8x8"), ("--speed-steps", "0"),

@@ -86,6 +86,23 @@ def test_data_term_decreases_from_a_noise_start(default_bank, prior, scene, clas
     assert data[-1] < 5.0  # residual within a few noise sigmas of the capture
 
 
+def test_depth_updates_are_capped_and_spread_over_long_schedules(default_bank, prior, scene, classical):
+    from cadfd_ros.solvers.dps import depth_update_steps
+
+    # up to 8 steps: every 4th and the last, as before; beyond, at most 3 spread from first to last
+    assert sorted(depth_update_steps(4, 4, 3)) == [0, 3]
+    assert sorted(depth_update_steps(8, 4, 3)) == [0, 4, 7]
+    assert sorted(depth_update_steps(20, 4, 3)) == [0, 10, 19]
+    assert sorted(depth_update_steps(20, 4, None)) == [0, 4, 8, 12, 16, 19]
+    solver = _sampler(default_bank, prior, steps=12)
+    result, trace = solver.solve_with_trace(scene.capture, classical)
+    assert trace.data_timesteps == [trace.timesteps[i] for i in (0, 6, 11)]
+    # the seconds outside the network are attributed to the sampler's parts, within its own time
+    parts = {k: result.timings[f"dps_{k}"] for k in ("frame_context", "depth", "data_step", "final_data_step")}
+    assert set(parts) == set(trace.stage_seconds) and all(v > 0 for v in parts.values())
+    assert trace.network_seconds + sum(parts.values()) <= result.timings["dps"]
+
+
 def test_depth_beats_classical_in_textured_regions(default_bank, prior):
     # Three small test scenes (never used for tuning): the sampler wins on the mean, not on every
     # scene (measured at 8 steps: delta1 0.56 vs 0.47, AbsRel 0.31 vs 0.35; coins alone loses).

@@ -6,7 +6,8 @@ a PSF, see ``LayeredBlur``) and a continuous layer coordinate u per pixel (conti
 depth over the bank's range), mapped to soft layer weights. Each step:
 
 1. Tweedie estimate x0 = E[x | x_t] from the prior (one network evaluation);
-2. depth update on x0 (every ``depth_every`` steps and at the last): per-pixel layer evidence
+2. depth update on x0 (every ``depth_every`` steps and at the last, at most ``depth_updates_max``
+   of them, spread evenly): per-pixel layer evidence
    in local windows, regularised edge-aware by the classical solver's algorithm with smaller
    windows, or gradient steps on u through the soft weights. The evidence is the Gaussian
    marginal likelihood of the capture under layer k with x ~ N(x0, tau^2 I): the residual
@@ -100,6 +101,10 @@ class SamplerParams:
     # rho_t = this / sigma_t^2, not DiffPIR's lambda sigma_y^2 / sigma_t^2: the best lambda fell with the
     # capture noise (tuning scenes: 200 at 0.005, 50 at 0.01, 12.5 at 0.02), i.e. lambda sigma_y^2 ~ const
     proximal_strength: float = 5e-3
+    # Skip the per-step data step where rho_t exceeds this: it then moves x0 by about 1/rho_t of the
+    # residual, and the final data step fits the capture anyway. Only the last step's (rho_t ~ 200) is
+    # skipped at 4-20 steps; camera matrix mean delta and AIF unchanged (skipping from 0.1: -0.008). None: never
+    proximal_max_rho: float | None = 10.0
     final_proximal_weight: float | None = 100.0  # last data step, rho = this * sigma_y^2 (None: keep x0)
     final_cg_iterations: int = 30  # refine the last data step on the exact layered model: at most this many (0: off)
     final_cg_tolerance: float = 2e-2  # ... stopping once the preconditioned residual falls by this factor
@@ -121,6 +126,9 @@ class SamplerParams:
     evidence_guided_radius: int = 4  # px, edge-aware smoothing of the cost volume (classical: 8)
     evidence_momentum: float = 0.1  # running average of the evidence volume over its updates
     depth_every: int = 4  # evidence and depth every N steps and at the last (every step: same quality, measured)
+    # ... but at most this many updates, spread evenly (first, last, between): at 20 steps six updates
+    # cost 0.4 network calls each at 160x120 RGB; None: no cap
+    depth_updates_max: int | None = 3
     clip_x0: bool = True  # keep the Tweedie estimate in the image range
 
     def __post_init__(self) -> None:
@@ -148,6 +156,9 @@ class SamplerTrace:
     network_evaluations: int = 0
     network_seconds: float = 0.0  # time inside the prior's network calls
     final_cg_iterations: int = 0  # iterations the final exact data step took
+    # seconds outside the network, per part of the sampler: depth (evidence + regulariser), data_step
+    # (per-step prox), final_data_step (prox + CG); what the overhead total / network_s is made of
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -213,6 +224,30 @@ def default_network_dtype(device: torch.device) -> torch.dtype:
     if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+class StageClock:
+    """Accumulates wall time per named stage (``with clock("depth"): ...``); CUDA is synchronised at
+    the edges so asynchronous kernels are charged to the stage that launched them."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.seconds: dict[str, float] = {}
+        self._name = ""
+
+    def __call__(self, name: str) -> "StageClock":
+        self._name = name
+        return self
+
+    def __enter__(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+        self._began = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.seconds[self._name] = self.seconds.get(self._name, 0.0) + time.perf_counter() - self._began
 
 
 class _CountingDenoiser:
@@ -317,35 +352,48 @@ def gradient_data_step(ctx: FrameContext, x0: torch.Tensor, weights: torch.Tenso
 
 
 # ---------------------------------------------------------------------- one step of each sampler
+def depth_update_steps(steps: int, every: int, at_most: int | None) -> frozenset[int]:
+    """The step indices with a depth update: every ``every`` steps and the last, or, where that is more
+    than ``at_most``, that many spread evenly from the first step to the last."""
+    regular = set(range(0, steps, every)) | {steps - 1}
+    if at_most is None or len(regular) <= at_most:
+        return frozenset(regular)
+    return frozenset(int(i) for i in np.round(np.linspace(0, steps - 1, max(1, at_most))))
+
+
 @torch.no_grad()
 def diffpir_step(ctx: FrameContext, state: SamplerState, scheduler: PosteriorScheduler, index: int,
-                 denoiser, prior, generator: torch.Generator) -> StepOutput:
-    """Tweedie estimate, depth update (every ``depth_every`` steps and at the last), proximal data step
-    pulled towards the estimate, then re-noising. No gradient through the network."""
+                 denoiser, prior, generator: torch.Generator, clock: StageClock) -> StepOutput:
+    """Tweedie estimate, depth update (at ``depth_update_steps``), proximal data step pulled towards the
+    estimate (skipped where rho_t > ``proximal_max_rho``), then re-noising. No gradient through the network."""
     p, op, y = ctx.params, ctx.operator, ctx.capture
     t, t_next = scheduler.timesteps[index], scheduler.next_timestep(index)
     x0 = prior.from_model_space(prior.tweedie_from_noise(state.x_t, denoiser(state.x_t, t), t))
     if p.clip_x0:
         x0 = x0.clamp(0, 1)
     coord, evidence, confidence = state.layer_coord, state.evidence, state.confidence
-    depth_step = index % p.depth_every == 0 or t_next is None
+    depth_step = index in depth_update_steps(len(scheduler.timesteps), p.depth_every, p.depth_updates_max)
     blurred = None  # (1, L, C, H, W); the prox data step does not need it
-    if depth_step or p.data_step != "prox":
-        blurred = op.blur_layers(x0)
     data_term = None
-    if depth_step:
-        # confidence from the last update's evidence only: it is not needed per step
-        coord, evidence, confidence = depth_update(ctx, blurred, coord, evidence, t_next is None)
-        # data term of the Tweedie estimate, from the blurs already computed
-        weights = soft_layer_weights(coord, op.num_layers).unsqueeze(2)
-        rms = torch.sqrt(torch.mean(((blurred * weights).sum(dim=1) - y) ** 2))
-        data_term = float(rms) / ctx.noise_sigma
+    with clock("depth"):
+        if depth_step or p.data_step != "prox":
+            blurred = op.blur_layers(x0)
+        if depth_step:
+            # confidence from the last update's evidence only: it is not needed per step
+            coord, evidence, confidence = depth_update(ctx, blurred, coord, evidence, t_next is None)
+            # data term of the Tweedie estimate, from the blurs already computed
+            weights = soft_layer_weights(coord, op.num_layers).unsqueeze(2)
+            rms = torch.sqrt(torch.mean(((blurred * weights).sum(dim=1) - y) ** 2))
+            data_term = float(rms) / ctx.noise_sigma
     sigma_t = prior.sigma_for_timestep(t) / 2.0  # linear units: the model space is 2x linear
     rho_t = p.proximal_strength / max(sigma_t, 1e-4) ** 2
-    if p.data_step == "prox":
-        x0 = op.prox_l2(x0, coord, rho_t, ctx.spectra)
-    else:
-        x0 = gradient_data_step(ctx, x0, soft_layer_weights(coord, op.num_layers), blurred, rho_t)
+    with clock("data_step"):
+        if p.proximal_max_rho is not None and rho_t > p.proximal_max_rho:
+            pass  # x0 would move by ~1/rho_t of the residual
+        elif p.data_step == "prox":
+            x0 = op.prox_l2(x0, coord, rho_t, ctx.spectra)
+        else:
+            x0 = gradient_data_step(ctx, x0, soft_layer_weights(coord, op.num_layers), blurred, rho_t)
     x_t = state.x_t
     if t_next is not None:
         x_t = scheduler.step_renoise(prior.to_model_space(x0), x_t, t, t_next, p.zeta, generator).prev_sample
@@ -353,7 +401,7 @@ def diffpir_step(ctx: FrameContext, state: SamplerState, scheduler: PosteriorSch
 
 
 def dps_step(ctx: FrameContext, state: SamplerState, scheduler: PosteriorScheduler, index: int,
-             denoiser, prior, generator: torch.Generator) -> StepOutput:
+             denoiser, prior, generator: torch.Generator, clock: StageClock) -> StepOutput:
     """Chung et al.: ancestral step from the Tweedie estimate minus zeta * grad ||y - A(x0(x_t))||, and a
     step on the depth coordinate from the same loss."""
     p, op, y = ctx.params, ctx.operator, ctx.capture
@@ -375,7 +423,8 @@ def dps_step(ctx: FrameContext, state: SamplerState, scheduler: PosteriorSchedul
         coord = (state.layer_coord - (grad_u / scale).clamp(-1, 1) * p.depth_step * 0.5).clamp(0, op.num_layers - 1)
         x0_lin = prior.from_model_space(x0)
     if p.depth_update == "evidence":
-        coord, _, _ = depth_update(ctx, op.blur_layers(x0_lin), coord, None, False)
+        with clock("depth"):
+            coord, _, _ = depth_update(ctx, op.blur_layers(x0_lin), coord, None, False)
     elif p.depth_update == "fixed":
         coord = state.layer_coord
     return StepOutput(SamplerState(x_next.detach(), x0_lin, coord, state.evidence, state.confidence),
@@ -496,6 +545,7 @@ class DiffusionPosteriorSampler:
                           start.layer_coord.to(self.device, torch.float32), sigma_y, steps,
                           evidence_weight=start.evidence_weight)
         timings["dps"] = time.perf_counter() - began
+        timings.update({f"dps_{name}": value for name, value in out.trace.stage_seconds.items()})
         op = self.operator(*y.shape[-2:], y.shape[1])
         with torch.no_grad():
             weights = soft_layer_weights(out.layer_coord, self.bank.num_layers)
@@ -524,7 +574,9 @@ class DiffusionPosteriorSampler:
         p, prior = self.params, self.prior
         denoiser = _CountingDenoiser(prior, self.device, self.network_dtype)
         generator = torch.Generator(device=self.device).manual_seed(int(self.config.seed))
-        ctx = self.frame_context(y, sigma_y, evidence_weight)
+        clock = StageClock(self.device)
+        with clock("frame_context"):
+            ctx = self.frame_context(y, sigma_y, evidence_weight)
         t_start = prior.num_train_timesteps - 1 if p.start == "noise" else prior.timestep_for_sigma(p.start_sigma)
         scheduler = PosteriorScheduler.from_start(prior.alphas_cumprod, t_start, steps)
         x0_model = prior.to_model_space(x_init.clamp(0, 1))
@@ -533,14 +585,14 @@ class DiffusionPosteriorSampler:
         step = STEPS[self.sampler]
         trace = SamplerTrace()
         for index, t in enumerate(scheduler.timesteps):
-            out = step(ctx, state, scheduler, index, denoiser, prior, generator)
+            out = step(ctx, state, scheduler, index, denoiser, prior, generator, clock)
             state = out.state
             if out.data_term is not None:
                 trace.data_timesteps.append(int(t))
                 trace.data_term.append(out.data_term)
             trace.timesteps.append(int(t))
         x0 = state.x0
-        with torch.no_grad():
+        with torch.no_grad(), clock("final_data_step"):
             if p.final_proximal_weight is not None:
                 # The last steps' rho_t is so large that x0 is the prior's estimate; one moderate data
                 # step regularised towards it (not towards smoothness) restores detail the prior lost.
@@ -556,4 +608,5 @@ class DiffusionPosteriorSampler:
                 _, _, confidence = depth_update(ctx, ctx.operator.blur_layers(x0), state.layer_coord, state.evidence)
         trace.network_evaluations = denoiser.count
         trace.network_seconds = denoiser.seconds
+        trace.stage_seconds = clock.seconds
         return SampleOutput(x0.detach(), state.layer_coord.detach(), confidence, trace)
