@@ -86,15 +86,18 @@ def test_data_term_decreases_from_a_noise_start(default_bank, prior, scene, clas
     assert data[-1] < 5.0  # residual within a few noise sigmas of the capture
 
 
-def test_depth_updates_are_capped_and_spread_over_long_schedules(default_bank, prior, scene, classical):
+def test_depth_updates_can_be_capped_and_spread_over_long_schedules(default_bank, prior, scene, classical):
     from cadfd_ros.solvers.dps import depth_update_steps
 
-    # up to 8 steps: every 4th and the last, as before; beyond, at most 3 spread from first to last
+    # every 4th and the last; with a cap of 3, longer schedules spread them from first to last
     assert sorted(depth_update_steps(4, 4, 3)) == [0, 3]
     assert sorted(depth_update_steps(8, 4, 3)) == [0, 4, 7]
     assert sorted(depth_update_steps(20, 4, 3)) == [0, 10, 19]
     assert sorted(depth_update_steps(20, 4, None)) == [0, 4, 8, 12, 16, 19]
+    from dataclasses import replace
+
     solver = _sampler(default_bank, prior, steps=12)
+    solver.params = replace(solver.params, depth_updates_max=3)
     result, trace = solver.solve_with_trace(scene.capture, classical)
     assert trace.data_timesteps == [trace.timesteps[i] for i in (0, 6, 11)]
     # the seconds outside the network are attributed to the sampler's parts, within its own time
