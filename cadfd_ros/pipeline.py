@@ -155,7 +155,7 @@ class Reconstructor:
             self.sampler = DiffusionPosteriorSampler(psf_bank, self.config.sampler_config(), self.device,
                                                      start_solver=self.classical)
         self._previous: SolverStart | None = None  # the last frame's sampler state (temporal_warm_start)
-        self._previous_shape: tuple[int, ...] | None = None
+        self._previous_capture: np.ndarray | None = None  # its capture, to measure the motion since
 
     @property
     def temporal(self) -> bool:
@@ -164,7 +164,7 @@ class Reconstructor:
 
     def reset_temporal_start(self) -> None:
         """Forget the previous frame: the next one starts cold (after a gap in the stream, a reconfigure)."""
-        self._previous, self._previous_shape = None, None
+        self._previous, self._previous_capture = None, None
 
     def reconstruct(self, capture: np.ndarray, saturated: np.ndarray | None = None) -> Reconstruction:
         """``saturated`` (H x W bool): pixels known to be clipped, e.g. found before binning; by default
@@ -220,19 +220,26 @@ class Reconstructor:
     def _warm_solve(self, capture: np.ndarray, saturated: np.ndarray | None) -> tuple[Reconstruction | None, float]:
         """The frame solved from the previous frame's estimate, or None when there is none of this size or
         its data term is above the cut threshold; and that data term (NaN without a previous frame)."""
-        if self._previous is None or self._previous_shape != capture.shape:
+        if self._previous is None or self._previous_capture is None or self._previous_capture.shape != capture.shape:
             return None, float("nan")
         import torch
+
+        from cadfd_ros.solvers.motion import estimate_translation, shift_start
 
         began = time.perf_counter()
         sigma, _, weight = self.classical.frame_noise(capture, saturated=saturated)
         weight_t = None if weight is None else torch.from_numpy(weight)
         if self.config.noise_sigma is not None:
             sigma = self.config.noise_sigma
-        term = self.sampler.warm_data_term(capture, self._previous, sigma, weight_t)
+        # the previous estimate moved with the scene: a misregistered start costs more than it saves
+        dy, dx, _ = estimate_translation(self._previous_capture, capture)
+        previous = self._previous
+        if max(abs(dy), abs(dx)) <= 0.25 * min(capture.shape[:2]):  # beyond that: no match, the data term decides
+            previous = shift_start(previous, dy, dx, self.psf_bank.num_layers)
+        term = self.sampler.warm_data_term(capture, previous, sigma, weight_t)
         if not term <= self.sampler.params.warm_cut_data_term:  # a cut or fast motion (NaN included)
             return None, term
-        start = SolverStart(layer_coord=self._previous.layer_coord, padded_image=self._previous.padded_image,
+        start = SolverStart(layer_coord=previous.layer_coord, padded_image=previous.padded_image,
                             noise_sigma=sigma, timings={"warm_check": time.perf_counter() - began},
                             evidence_weight=weight_t)
         return self.sampler.solve(capture, start, warm=True), term
@@ -246,7 +253,7 @@ class Reconstructor:
                 result = self.sampler.solve(capture, solver_start)
         result.warm_data_term = term
         if temporal:
-            self._previous, self._previous_shape = result.next_start, capture.shape
+            self._previous, self._previous_capture = result.next_start, capture
         result.next_start = None  # the state stays here; the result is the frame's output only
         if self.config.min_confidence > 0:
             result.depth = np.where(result.confidence >= self.config.min_confidence, result.depth, np.nan).astype(
