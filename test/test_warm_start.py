@@ -145,3 +145,31 @@ def test_sequence_frames_move_slowly_and_cut(default_bank):
     assert scenes[0].name.startswith("astronaut") and scenes[2].name.startswith("coffee")
     assert SequenceConfig(frames=300).cut_frames() == [100, 200]
     assert SequenceConfig(cold_every=5).runs_cold(101) and not SequenceConfig(cold_every=5).runs_cold(104)
+
+
+def test_translation_estimate_and_fourier_shift():
+    import cv2
+    import torch
+
+    from cadfd_ros.result import SolverStart
+    from cadfd_ros.solvers.motion import estimate_translation, fourier_shift, shift_start
+
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur(rng.random((60, 80)), (0, 0), 2)
+    moved = fourier_shift(torch.from_numpy(image), -0.3, 0.6).numpy()
+    assert np.abs(moved[5:-5, 5:-5] - np.roll(image, 1, axis=1)[5:-5, 5:-5]).mean() > 1e-3  # not a whole pixel
+    whole = fourier_shift(torch.from_numpy(image), 0, 1).numpy()
+    np.testing.assert_allclose(whole[5:-5, 5:-5], np.roll(image, 1, axis=1)[5:-5, 5:-5], atol=1e-5)
+    before = image.copy()
+    dy, dx, response = estimate_translation(image, moved)
+    assert (dy, dx) == pytest.approx((-0.3, 0.6), abs=0.02) and response > 0.5
+    np.testing.assert_array_equal(image, before)  # OpenCV windows its inputs in place: we pass copies
+    warped = cv2.warpAffine(image, np.float64([[1, 0, -2.4], [0, 1, 3.1]]), (80, 60), flags=cv2.INTER_CUBIC,
+                            borderMode=cv2.BORDER_REFLECT)
+    assert estimate_translation(image, warped)[:2] == pytest.approx((3.1, -2.4), abs=0.1)
+    _, _, unrelated = estimate_translation(image, rng.random((60, 80)))
+    assert unrelated < 0.2
+    start = SolverStart(torch.full((1, 60, 80), 2.0), torch.from_numpy(image)[None, None].float(), 0.01)
+    moved_start = shift_start(start, -0.3, 0.6, num_layers=4)
+    assert moved_start.layer_coord.shape == (1, 60, 80) and float(moved_start.layer_coord.max()) <= 3
+    np.testing.assert_allclose(moved_start.padded_image[0, 0].numpy(), moved, atol=1e-4)
