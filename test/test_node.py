@@ -617,14 +617,20 @@ def test_info_reports_the_warm_start(harness, scene):
     # one (the same scene) from the previous frame's, in the warm step count; ~/info says which
     pytest.importorskip("cadfd_ros.solvers.dps", reason="the diffusion sampler is not in this build")
     capture, _ = scene
-    h = harness(method="dps", steps=2, temporal_warm_start=True)
+    h = harness(method="dps", steps=2, temporal_warm_start=True, worker_niceness=0)
     h.start()
     if h.node._processor.info_type is None:
         pytest.skip("cadfd_ros_interfaces not built: no ~/info")
     infos = []
     for stamp in ((6100, 0), (6101, 0)):
-        h.roundtrip(capture, "rgb8", stamp)
-        infos.append(h.out.wait_for("info", lambda m, s=stamp: (m.header.stamp.sec, m.header.stamp.nanosec) == s))
+        for attempt in range(3):  # best effort may lose a frame; a loaded CPU may take long over one
+            h.send(capture, "rgb8", stamp)
+            try:
+                infos.append(h.out.wait_for("info", lambda m, s=stamp: (m.header.stamp.sec, m.header.stamp.nanosec) == s,
+                                            30.0))
+                break
+            except AssertionError:
+                assert attempt < 2, f"no ~/info for the frame at {stamp}"
     assert infos[0].start == "classical" and infos[0].steps == 2 and math.isnan(infos[0].warm_data_term)
     params = h.node._processor.reconstructor.sampler.params
     assert infos[1].start == "warm" and infos[1].steps == params.warm_steps
