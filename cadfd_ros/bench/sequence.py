@@ -145,8 +145,9 @@ class FrameRow:
 
 
 def run_sequence(bank: PSFBank, photos: tuple[str, ...], config: SequenceConfig, solver: ReconstructionConfig,
-                 progress: bool = True) -> list[FrameRow]:
-    """Both arms over the whole video, frame by frame."""
+                 progress: bool = True, partial_csv: str | Path | None = None) -> list[FrameRow]:
+    """Both arms over the whole video, frame by frame; ``partial_csv`` gets every row as it is measured, so
+    a run stopped part-way (a long video on a shared CPU) keeps what it measured."""
     from dataclasses import replace
 
     from tqdm import tqdm
@@ -157,6 +158,12 @@ def run_sequence(bank: PSFBank, photos: tuple[str, ...], config: SequenceConfig,
     cold = Reconstructor(bank, replace(solver, temporal_warm_start=False))
     cold.sampler.prior = warm.sampler.prior  # one prior in memory
     rows: list[FrameRow] = []
+    partial = None
+    if partial_csv is not None:
+        Path(partial_csv).parent.mkdir(parents=True, exist_ok=True)
+        partial = open(partial_csv, "w", newline="")
+        writer = csv.DictWriter(partial, fieldnames=list(FrameRow.__dataclass_fields__))
+        writer.writeheader()
     for index, segment, scene in tqdm(make_sequence(bank, photos, config), total=config.frames, desc="frames",
                                       disable=not progress):
         photo = scene.name.split("[", 1)[0]
@@ -169,6 +176,11 @@ def run_sequence(bank: PSFBank, photos: tuple[str, ...], config: SequenceConfig,
             rows.append(FrameRow(index, segment, photo, arm, result.start, int(result.steps),
                                  float(result.warm_data_term), seconds, m["tex_delta1"], m["all_delta1"],
                                  m["tex_abs_rel"], m["aif_psnr"], m["aif_ssim"]))
+            if partial is not None:
+                writer.writerow(asdict(rows[-1]))
+                partial.flush()
+    if partial is not None:
+        partial.close()
     return rows
 
 

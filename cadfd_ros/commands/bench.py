@@ -225,7 +225,7 @@ def _run_sequence(args: argparse.Namespace) -> int:
     bank = load_psf_bank(args.psf_bank or default_psf_bank_path())
     solver = config_from_args(args, method="dps")
     began = time.perf_counter()
-    rows = sq.run_sequence(bank, photos, config, solver)
+    rows = sq.run_sequence(bank, photos, config, solver, partial_csv=args.out_dir / "sequence.partial.csv")
     summary = sq.summarise_sequence(rows, config)
     summary["photos"] = list(photos)
     summary["wall_seconds"] = time.perf_counter() - began
@@ -235,6 +235,7 @@ def _run_sequence(args: argparse.Namespace) -> int:
               f"DFD-DPS {solver.sampler_config().sampler_name} {solver.steps} steps cold; bank {bank.source}; {machine_description(solver.device if solver.device != 'auto' else 'cpu')}, "
               f"{timestamp()}; {summary['wall_seconds']:.0f} s in all.")
     written = sq.write_sequence(args.out_dir, rows, summary, header, config)
+    (args.out_dir / "sequence.partial.csv").unlink(missing_ok=True)  # complete: sequence.csv has every row
     print(sq.sequence_markdown(summary, header))
     print(f"wrote {args.out_dir}/{', '.join(written)}")
     return 0
