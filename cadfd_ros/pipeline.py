@@ -16,7 +16,7 @@ import numpy as np
 from cadfd_ros.errors import CadfdError, InputImageError
 from cadfd_ros.optics.psf_bank import PSFBank
 from cadfd_ros.params import PARAM_BY_NAME, SOLVER, scope_values
-from cadfd_ros.result import Reconstruction
+from cadfd_ros.result import Reconstruction, SolverStart
 
 if TYPE_CHECKING:  # torch-heavy: imported where used
     from cadfd_ros.solvers.dps import SamplerConfig
@@ -43,10 +43,12 @@ class ReconstructionConfig:
     min_confidence: float = 0.0  # depth below this confidence becomes NaN
     max_pixels: int = 2_000_000  # larger frames are solved in overlapping tiles (bounded memory)
     tile_size: int = 512  # tile side when tiling
+    temporal_warm_start: bool = False  # dps: start each frame from the previous one's estimate (a video)
 
     def __post_init__(self) -> None:
         for name in ("method", "sampler", "steps", "time_budget_ms", "seed", "device", "noise_sigma",
-                     "noise_model", "black_level", "saturation_level", "flat_field", "min_confidence", "max_pixels", "tile_size"):
+                     "noise_model", "black_level", "saturation_level", "flat_field", "min_confidence", "max_pixels", "tile_size",
+                     "temporal_warm_start"):
             value = getattr(self, name)
             spec = PARAM_BY_NAME[name]
             if value is None and spec.zero_is_unset:
@@ -125,7 +127,13 @@ def _ramp(shape: tuple[int, int], overlap: int, top: bool, bottom: bool, left: b
 
 
 class Reconstructor:
-    """Holds the PSF bank (and, for dps, the prior) on a device; reconstructs frames."""
+    """Holds the PSF bank (and, for dps, the prior) on a device; reconstructs frames.
+
+    With ``temporal_warm_start`` (method dps) it also holds the previous frame's estimate in the sampler's
+    variables and starts the next frame of the same size from it, unless the warm start's data term says
+    the scene changed (a cut): then the frame starts cold, from the classical estimate. Bank and method are
+    fixed per Reconstructor, so changing either makes a new one and starts cold; a size change, a tiled
+    frame, ``warmup`` and ``reset_temporal_start`` forget the previous frame."""
 
     def __init__(self, psf_bank: PSFBank, config: ReconstructionConfig | None = None) -> None:
         from cadfd_ros.solvers.classical import ClassicalSolver
@@ -146,6 +154,17 @@ class Reconstructor:
 
             self.sampler = DiffusionPosteriorSampler(psf_bank, self.config.sampler_config(), self.device,
                                                      start_solver=self.classical)
+        self._previous: SolverStart | None = None  # the last frame's sampler state (temporal_warm_start)
+        self._previous_capture: np.ndarray | None = None  # its capture, to measure the motion since
+
+    @property
+    def temporal(self) -> bool:
+        """Whether frames are warm-started from the previous one (temporal_warm_start with method dps)."""
+        return self.config.temporal_warm_start and self.sampler is not None
+
+    def reset_temporal_start(self) -> None:
+        """Forget the previous frame: the next one starts cold (after a gap in the stream, a reconfigure)."""
+        self._previous, self._previous_capture = None, None
 
     def reconstruct(self, capture: np.ndarray, saturated: np.ndarray | None = None) -> Reconstruction:
         """``saturated`` (H x W bool): pixels known to be clipped, e.g. found before binning; by default
@@ -154,9 +173,10 @@ class Reconstructor:
         capture = check_capture(capture, self.psf_bank)
         capture, saturated = self.prepare(capture, saturated)
         if capture.shape[0] * capture.shape[1] > self.config.max_pixels:
+            self.reset_temporal_start()  # tiles are solved cold: no previous frame to start from
             result = self._tiled(capture, saturated, None, start)
         else:
-            result = self._solve_whole(capture, start, saturated)
+            result = self._solve_whole(capture, start, saturated, temporal=self.temporal)
         if saturated is not None:
             result.notes.append(f"{saturated.mean():.1%} of pixels saturated: depth invalid there")
         return result
@@ -197,10 +217,44 @@ class Reconstructor:
             raise InputImageError(f"flat_field {self.config.flat_field}: RGB flat field for a mono capture")
         return flat[:, :, None] if flat.ndim == 2 and capture.ndim == 3 else flat
 
-    def _solve_whole(self, capture: np.ndarray, start: float, saturated: np.ndarray | None = None) -> Reconstruction:
-        result, solver_start = self.classical.estimate(capture, saturated)
-        if self.sampler is not None:
-            result = self.sampler.solve(capture, solver_start)
+    def _warm_solve(self, capture: np.ndarray, saturated: np.ndarray | None) -> tuple[Reconstruction | None, float]:
+        """The frame solved from the previous frame's estimate, or None when there is none of this size or
+        its data term is above the cut threshold; and that data term (NaN without a previous frame)."""
+        if self._previous is None or self._previous_capture is None or self._previous_capture.shape != capture.shape:
+            return None, float("nan")
+        import torch
+
+        from cadfd_ros.solvers.motion import estimate_translation, shift_start
+
+        began = time.perf_counter()
+        sigma, _, weight = self.classical.frame_noise(capture, saturated=saturated)
+        weight_t = None if weight is None else torch.from_numpy(weight)
+        if self.config.noise_sigma is not None:
+            sigma = self.config.noise_sigma
+        # the previous estimate moved with the scene: a misregistered start costs more than it saves
+        dy, dx, _ = estimate_translation(self._previous_capture, capture)
+        previous = self._previous
+        if max(abs(dy), abs(dx)) <= 0.25 * min(capture.shape[:2]):  # beyond that: no match, the data term decides
+            previous = shift_start(previous, dy, dx, self.psf_bank.num_layers)
+        term = self.sampler.warm_data_term(capture, previous, sigma, weight_t)
+        if not term <= self.sampler.params.warm_cut_data_term:  # a cut or fast motion (NaN included)
+            return None, term
+        start = SolverStart(layer_coord=previous.layer_coord, padded_image=previous.padded_image,
+                            noise_sigma=sigma, timings={"warm_check": time.perf_counter() - began},
+                            evidence_weight=weight_t)
+        return self.sampler.solve(capture, start, warm=True), term
+
+    def _solve_whole(self, capture: np.ndarray, start: float, saturated: np.ndarray | None = None,
+                     temporal: bool = False) -> Reconstruction:
+        result, term = self._warm_solve(capture, saturated) if temporal else (None, float("nan"))
+        if result is None:
+            result, solver_start = self.classical.estimate(capture, saturated)
+            if self.sampler is not None:
+                result = self.sampler.solve(capture, solver_start)
+        result.warm_data_term = term
+        if temporal:
+            self._previous, self._previous_capture = result.next_start, capture
+        result.next_start = None  # the state stays here; the result is the frame's output only
         if self.config.min_confidence > 0:
             result.depth = np.where(result.confidence >= self.config.min_confidence, result.depth, np.nan).astype(
                 np.float32
@@ -274,6 +328,7 @@ class Reconstructor:
             noise_sigma=parts.noise_sigma,
             notes=notes,
             tiles=len(rows) * len(cols),
+            start=parts.start,
         )
 
     def warmup(self, height: int = 64, width: int = 64, channels: int = 1) -> None:
@@ -281,16 +336,19 @@ class Reconstructor:
         size = max(height, width, 2 * self.psf_bank.kernel_size)
         shape = (size, size) if channels == 1 else (size, size, 3)
         self.reconstruct(np.full(shape, 0.5, np.float32))
+        self.reset_temporal_start()  # the flat warm-up frame is no scene to start from
 
     def drop_caches(self) -> None:
         """Forget the per-frame-size operators (PSF spectra at that size): after a one-off big
         frame they would hold its memory, over 100 MB at 1000x750, until evicted."""
         self.classical._operators.clear()
         self.classical._null_cache.clear()
+        self.reset_temporal_start()
 
     def release(self) -> None:
         """Drop cached tensors, including GPU memory."""
         self.sampler = None
+        self.reset_temporal_start()
         if self.device == "cuda":
             import torch
 

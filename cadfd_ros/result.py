@@ -28,6 +28,14 @@ class Reconstruction:
     noise_sigma: float = float("nan")
     notes: list[str] = field(default_factory=list)  # this frame's solver warnings (an unmet time budget)
     tiles: int = 1  # tiles the frame was solved in (1: whole); a count, so not in ``timings``
+    # What the sampler started from: classical (SDEdit from the classical estimate), noise, or warm (the
+    # previous frame's estimate, temporal_warm_start); "" for the classical method
+    start: str = ""
+    # RMS of capture - forward(previous frame's image and depth) / noise sigma: the warm start's data term,
+    # compared against the cut threshold; NaN when there was no previous frame to check
+    warm_data_term: float = float("nan")
+    # The sampler's final state in its own variables, the next frame's warm start (not an output)
+    next_start: "SolverStart | None" = field(default=None, repr=False, compare=False)
 
     @property
     def valid_fraction(self) -> float:

@@ -612,6 +612,33 @@ def test_dps_end_to_end_reports_its_steps(harness, scene):
     assert rec["method"] == "dps" and rec["steps"] == "2"
 
 
+def test_info_reports_the_warm_start(harness, scene):
+    # temporal_warm_start: the first frame after activation starts from the classical estimate, the next
+    # one (the same scene) from the previous frame's, in the warm step count; ~/info says which
+    pytest.importorskip("cadfd_ros.solvers.dps", reason="the diffusion sampler is not in this build")
+    capture, _ = scene
+    h = harness(method="dps", steps=2, temporal_warm_start=True, worker_niceness=0)
+    h.start()
+    if h.node._processor.info_type is None:
+        pytest.skip("cadfd_ros_interfaces not built: no ~/info")
+    infos = []
+    for stamp in ((6100, 0), (6101, 0)):
+        for attempt in range(3):  # best effort may lose a frame; a loaded CPU may take long over one
+            h.send(capture, "rgb8", stamp)
+            try:
+                infos.append(h.out.wait_for("info", lambda m, s=stamp: (m.header.stamp.sec, m.header.stamp.nanosec) == s,
+                                            30.0))
+                break
+            except AssertionError:
+                assert attempt < 2, f"no ~/info for the frame at {stamp}"
+    assert infos[0].start == "classical" and infos[0].steps == 2 and math.isnan(infos[0].warm_data_term)
+    params = h.node._processor.reconstructor.sampler.params
+    assert infos[1].start == "warm" and infos[1].steps == params.warm_steps
+    assert 0 < infos[1].warm_data_term <= params.warm_cut_data_term
+    assert "evidence" in infos[0].stage_names  # the classical start's stages, skipped on the warm frame
+    assert "evidence" not in infos[1].stage_names and "warm_check" in infos[1].stage_names
+
+
 def test_unmet_time_budget_warns_in_diagnostics(harness, scene):
     # A budget no step fits: the frame still comes out (one step), and /diagnostics says why it is late.
     pytest.importorskip("cadfd_ros.solvers.dps", reason="the diffusion sampler is not in this build")

@@ -72,6 +72,8 @@ def test_fields_match_the_specification() -> None:
         "min_depth": "float",
         "max_depth": "float",
         "valid_fraction": "float",
+        "start": "string",
+        "warm_data_term": "float",
     }
 
 

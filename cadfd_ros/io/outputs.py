@@ -92,6 +92,9 @@ def write_reconstruction(
         "overhead": (round(result.timings["total"] / result.network_seconds, 3)
                      if result.network_seconds > 0 and "total" in result.timings else None),
         "final_residual": result.residual,
+        # what the sampler started from, and the warm start's data term (None: no previous frame checked)
+        "start": result.start,
+        "warm_data_term": result.warm_data_term if np.isfinite(result.warm_data_term) else None,
         "noise_sigma": result.noise_sigma,
         "depth_range_m": [low, high],
         "valid_fraction": result.valid_fraction,

@@ -178,8 +178,12 @@ class FrameProcessor:
         self._previous_stamp_ns: int | None = None  # of the previous frame: the scan's measured period
 
     def restart_frame_clock(self) -> None:
-        """Forget the previous frame's stamp (after a pause, the gap is no frame period)."""
+        """Forget the previous frame's stamp (after a pause, the gap is no frame period), and the previous
+        frame's estimate (temporal_warm_start): the first frame after a pause starts cold."""
         self._previous_stamp_ns = None
+        self.reconstructor.reset_temporal_start()
+        for binned in self._binned.values():
+            binned.reset_temporal_start()
 
     def frame_period(self, stamp: object) -> float:
         """Seconds since the previous frame's stamp, 0 for the first frame or a stamp that did not
@@ -380,6 +384,8 @@ class FrameProcessor:
         msg.min_depth = float(lo)
         msg.max_depth = float(hi)
         msg.valid_fraction = float(result.valid_fraction)
+        msg.start = result.start
+        msg.warm_data_term = float(result.warm_data_term)
         return msg
 
 

@@ -284,17 +284,16 @@ class ClassicalSolver:
         return self.estimate(capture)[0]
 
     @torch.no_grad()
-    def estimate(self, capture: np.ndarray, saturated: np.ndarray | None = None
-                 ) -> tuple[Reconstruction, SolverStart]:
-        """The reconstruction, and the same estimate in solver variables to start a refining solver.
-
-        ``saturated`` (H x W bool): clipped pixels, left out of the noise estimate and the depth evidence."""
-        timings: dict[str, float] = {}
-        start = time.perf_counter()
+    def frame_noise(self, capture: np.ndarray, image: torch.Tensor | None = None, saturated: np.ndarray | None = None
+                    ) -> tuple[float, torch.Tensor | None, np.ndarray | None]:
+        """The frame's noise sigma (the frame average under the Poisson-Gaussian model), the per-pixel
+        sigma map where the model gives one, and the evidence weight of clipped pixels: what a warm-started
+        frame still needs from this solver when it skips the classical estimate."""
         weight = self.evidence_weight(saturated)
         valid = None if weight is None else weight > 0
-        image = torch.from_numpy(capture if capture.ndim == 3 else capture[:, :, None]).permute(2, 0, 1)
-        image = image[None].to(self.device, torch.float32)
+        if image is None:
+            image = torch.from_numpy(capture if capture.ndim == 3 else capture[:, :, None]).permute(2, 0, 1)
+            image = image[None].to(self.device, torch.float32)
         sigma_map = None
         if self.noise_sigma is not None:  # a fixed sigma overrides any model
             sigma = self.noise_sigma
@@ -306,6 +305,19 @@ class ClassicalSolver:
             sigma = float(np.sqrt(variance.mean().item()))  # the frame's average level: the prior weight
         else:
             sigma = estimate_noise_sigma(capture, valid)
+        return sigma, sigma_map, weight
+
+    @torch.no_grad()
+    def estimate(self, capture: np.ndarray, saturated: np.ndarray | None = None
+                 ) -> tuple[Reconstruction, SolverStart]:
+        """The reconstruction, and the same estimate in solver variables to start a refining solver.
+
+        ``saturated`` (H x W bool): clipped pixels, left out of the noise estimate and the depth evidence."""
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        image = torch.from_numpy(capture if capture.ndim == 3 else capture[:, :, None]).permute(2, 0, 1)
+        image = image[None].to(self.device, torch.float32)
+        sigma, sigma_map, weight = self.frame_noise(capture, image, saturated)
         timings["noise_estimate"] = time.perf_counter() - start
 
         t = time.perf_counter()

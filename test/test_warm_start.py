@@ -1,0 +1,175 @@
+"""temporal_warm_start: each frame of a video starts from the previous frame's estimate; a cut, a size
+change or a reset starts cold. Small frames (64x80), few steps."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from cadfd_ros.bench.sequence import SequenceConfig, make_sequence
+from cadfd_ros.pipeline import ReconstructionConfig, Reconstructor
+
+pytest.importorskip("diffusers")
+
+TINY = SequenceConfig(frames=4, cut_every=2, height=64, width=80, seed=3)
+
+
+@pytest.fixture(scope="module")
+def prior():
+    from cadfd_ros.prior import load_prior
+
+    return load_prior("default", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def frames(default_bank):
+    # tuning photos: two frames of one slowly moving scene, then a cut to another
+    return [scene for _, _, scene in make_sequence(default_bank, ("astronaut", "coffee"), TINY)]
+
+
+def _reconstructor(bank, prior, **config) -> Reconstructor:
+    config = {"method": "dps", "steps": 2, "device": "cpu", "temporal_warm_start": True, **config}
+    reconstructor = Reconstructor(bank, ReconstructionConfig(**config))
+    if reconstructor.sampler is not None:
+        reconstructor.sampler.prior = prior
+    return reconstructor
+
+
+def test_warm_on_the_second_frame_cold_after_a_cut(default_bank, prior, frames):
+    r = _reconstructor(default_bank, prior)
+    threshold = r.sampler.params.warm_cut_data_term
+    first = r.reconstruct(frames[0].capture)
+    assert first.start == "classical" and first.steps == 2 and math.isnan(first.warm_data_term)
+    second = r.reconstruct(frames[1].capture)  # the same scene, moved by at most a pixel
+    assert second.start == "warm"
+    assert second.steps == r.sampler.params.warm_steps  # network evaluations: exactly the warm step count
+    assert "evidence" not in second.timings and "warm_check" in second.timings  # the classical start is skipped
+    assert 0.5 < second.warm_data_term <= threshold
+    cut = r.reconstruct(frames[2].capture)  # a different photo and depth map
+    assert cut.start == "classical" and cut.steps == 2
+    assert cut.warm_data_term > 3 * threshold  # far above it: the threshold is not a close call
+    after = r.reconstruct(frames[3].capture)
+    assert after.start == "warm"
+
+
+def test_warm_frame_matches_a_cold_one(default_bank, prior, frames):
+    # the second frame warm (1 evaluation) against the same frame cold (2): close in depth and image
+    from cadfd_ros.bench.runner import score
+
+    warm = _reconstructor(default_bank, prior)
+    warm.reconstruct(frames[0].capture)
+    w = warm.reconstruct(frames[1].capture)
+    c = _reconstructor(default_bank, prior, temporal_warm_start=False).reconstruct(frames[1].capture)
+    assert w.start == "warm" and c.start == "classical"
+    ws, cs = score(w.depth, w.all_in_focus, frames[1], default_bank), score(c.depth, c.all_in_focus, frames[1], default_bank)
+    assert ws["tex_delta1"] > cs["tex_delta1"] - 0.1
+    assert ws["aif_psnr"] > cs["aif_psnr"] - 1.0
+
+
+def test_warm_steps_sets_the_network_evaluations(default_bank, prior, frames):
+    r = _reconstructor(default_bank, prior)
+    r.sampler.params = replace(r.sampler.params, warm_steps=3)
+    r.reconstruct(frames[0].capture)
+    result = r.reconstruct(frames[1].capture)
+    assert result.start == "warm" and result.steps == 3
+
+
+def test_size_change_and_reset_start_cold(default_bank, prior, frames):
+    r = _reconstructor(default_bank, prior)
+    r.reconstruct(frames[0].capture)
+    cropped = r.reconstruct(frames[1].capture[:56])  # another frame size
+    assert cropped.start == "classical" and math.isnan(cropped.warm_data_term)
+    assert r.reconstruct(frames[1].capture[:56]).start == "warm"  # the new size is the new previous frame
+    r.reset_temporal_start()
+    assert r.reconstruct(frames[1].capture[:56]).start == "classical"
+    r.warmup(channels=3)  # the flat warm-up frame must not become the previous frame
+    assert r.reconstruct(frames[1].capture[:56]).start == "classical"
+
+
+def test_off_by_default_and_not_for_classical(default_bank, prior, frames):
+    off = _reconstructor(default_bank, prior, temporal_warm_start=False)
+    assert [off.reconstruct(f.capture).start for f in frames[:2]] == ["classical", "classical"]
+    classical = _reconstructor(default_bank, prior, method="classical")
+    assert not classical.temporal
+    assert [classical.reconstruct(f.capture).start for f in frames[:2]] == ["", ""]
+
+
+def test_data_term_of_the_estimate_on_its_own_capture_is_its_residual(default_bank, prior, frames):
+    from cadfd_ros.solvers.classical import ClassicalSolver
+    from cadfd_ros.solvers.dps import DiffusionPosteriorSampler, SamplerConfig
+
+    sampler = DiffusionPosteriorSampler(default_bank, SamplerConfig(steps=2), "cpu", prior=prior)
+    _, start = ClassicalSolver(default_bank).estimate(frames[0].capture)
+    result = sampler.solve(frames[0].capture, start)
+    assert result.next_start is not None and result.start == "classical"
+    term = sampler.warm_data_term(frames[0].capture, result.next_start, result.noise_sigma)
+    assert term == pytest.approx(result.residual / result.noise_sigma, rel=1e-4)
+    with pytest.raises(Exception, match="previous frame"):
+        sampler.warm_data_term(frames[0].capture[:56], result.next_start, result.noise_sigma)
+
+
+def test_sequence_bench_runs_and_writes_its_outputs(tmp_path):
+    from cadfd_ros.cli import main as cli_main
+
+    code = cli_main(["bench", "--sequence", "--sequence-frames", "5", "--sequence-cut-every", "3",
+                     "--sequence-size", "56x64", "--photos", "astronaut,coffee", "--steps", "2",
+                     "--out-dir", str(tmp_path)])
+    assert code == 0
+    for name in ("sequence.csv", "sequence.json", "sequence.md", "sequence.png"):
+        assert (tmp_path / name).is_file(), name
+    with open(tmp_path / "sequence.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    warm = [r for r in rows if r["arm"] == "warm"]
+    cold = [r for r in rows if r["arm"] == "cold"]
+    assert len(warm) == 5 and len(cold) == 5  # cold on every frame by default
+    assert [r["start"] for r in warm] == ["classical", "warm", "warm", "classical", "warm"]
+    assert all(r["start"] == "classical" and r["nfe"] == "2" for r in cold)
+    summary = json.loads((tmp_path / "sequence.json").read_text())
+    assert summary["arms"]["warm"]["nfe_per_frame"] == pytest.approx((2 + 1 + 1 + 2 + 1) / 5)
+    assert summary["cuts"] == [summary["cuts"][0]] and summary["cuts"][0]["cut"] == 3
+    assert summary["cuts"][0]["start_at_cut"] == "classical"
+    assert "Goals (issue 14)" in (tmp_path / "sequence.md").read_text()
+
+
+def test_sequence_frames_move_slowly_and_cut(default_bank):
+    # consecutive true images differ by a sub-pixel-to-1-px motion; a cut changes the photo
+    config = SequenceConfig(frames=4, cut_every=2, height=64, width=80, seed=3, max_rotation_deg=0.0)
+    scenes = [s for _, _, s in make_sequence(default_bank, ("astronaut", "coffee"), config)]
+    still = np.abs(scenes[1].sharp - scenes[0].sharp).mean()
+    cut = np.abs(scenes[2].sharp - scenes[1].sharp).mean()
+    assert 0 < still < 0.25 * cut
+    assert scenes[0].name.startswith("astronaut") and scenes[2].name.startswith("coffee")
+    assert SequenceConfig(frames=300).cut_frames() == [100, 200]
+    assert SequenceConfig(cold_every=5).runs_cold(101) and not SequenceConfig(cold_every=5).runs_cold(104)
+
+
+def test_translation_estimate_and_fourier_shift():
+    import cv2
+    import torch
+
+    from cadfd_ros.result import SolverStart
+    from cadfd_ros.solvers.motion import estimate_translation, fourier_shift, shift_start
+
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur(rng.random((60, 80)), (0, 0), 2)
+    moved = fourier_shift(torch.from_numpy(image), -0.3, 0.6).numpy()
+    assert np.abs(moved[5:-5, 5:-5] - np.roll(image, 1, axis=1)[5:-5, 5:-5]).mean() > 1e-3  # not a whole pixel
+    whole = fourier_shift(torch.from_numpy(image), 0, 1).numpy()
+    np.testing.assert_allclose(whole[5:-5, 5:-5], np.roll(image, 1, axis=1)[5:-5, 5:-5], atol=1e-5)
+    before = image.copy()
+    dy, dx, response = estimate_translation(image, moved)
+    assert (dy, dx) == pytest.approx((-0.3, 0.6), abs=0.02) and response > 0.5
+    np.testing.assert_array_equal(image, before)  # OpenCV windows its inputs in place: we pass copies
+    warped = cv2.warpAffine(image, np.float64([[1, 0, -2.4], [0, 1, 3.1]]), (80, 60), flags=cv2.INTER_CUBIC,
+                            borderMode=cv2.BORDER_REFLECT)
+    assert estimate_translation(image, warped)[:2] == pytest.approx((3.1, -2.4), abs=0.1)
+    _, _, unrelated = estimate_translation(image, rng.random((60, 80)))
+    assert unrelated < 0.2
+    start = SolverStart(torch.full((1, 60, 80), 2.0), torch.from_numpy(image)[None, None].float(), 0.01)
+    moved_start = shift_start(start, -0.3, 0.6, num_layers=4)
+    assert moved_start.layer_coord.shape == (1, 60, 80) and float(moved_start.layer_coord.max()) <= 3
+    np.testing.assert_allclose(moved_start.padded_image[0, 0].numpy(), moved, atol=1e-4)
