@@ -156,6 +156,7 @@ class Reconstructor:
                                                      start_solver=self.classical)
         self._previous: SolverStart | None = None  # the last frame's sampler state (temporal_warm_start)
         self._previous_capture: np.ndarray | None = None  # its capture, to measure the motion since
+        self._warm_in_a_row = 0  # warm frames since the last cold one (SamplerParams.warm_refresh_every)
 
     @property
     def temporal(self) -> bool:
@@ -164,7 +165,7 @@ class Reconstructor:
 
     def reset_temporal_start(self) -> None:
         """Forget the previous frame: the next one starts cold (after a gap in the stream, a reconfigure)."""
-        self._previous, self._previous_capture = None, None
+        self._previous, self._previous_capture, self._warm_in_a_row = None, None, 0
 
     def reconstruct(self, capture: np.ndarray, saturated: np.ndarray | None = None) -> Reconstruction:
         """``saturated`` (H x W bool): pixels known to be clipped, e.g. found before binning; by default
@@ -222,6 +223,9 @@ class Reconstructor:
         its data term is above the cut threshold; and that data term (NaN without a previous frame)."""
         if self._previous is None or self._previous_capture is None or self._previous_capture.shape != capture.shape:
             return None, float("nan")
+        refresh = self.sampler.params.warm_refresh_every
+        if refresh and self._warm_in_a_row >= refresh - 1:  # this frame is the periodic cold one
+            return None, float("nan")
         import torch
 
         from cadfd_ros.solvers.motion import estimate_translation, shift_start
@@ -254,6 +258,7 @@ class Reconstructor:
         result.warm_data_term = term
         if temporal:
             self._previous, self._previous_capture = result.next_start, capture
+            self._warm_in_a_row = self._warm_in_a_row + 1 if result.start == "warm" else 0
         result.next_start = None  # the state stays here; the result is the frame's output only
         if self.config.min_confidence > 0:
             result.depth = np.where(result.confidence >= self.config.min_confidence, result.depth, np.nan).astype(

@@ -70,6 +70,21 @@ def test_warm_frame_matches_a_cold_one(default_bank, prior, frames):
     assert ws["aif_psnr"] > cs["aif_psnr"] - 1.0
 
 
+def test_warm_refresh_starts_every_nth_frame_cold(default_bank, prior, frames):
+    from cadfd_ros.errors import CadfdError
+    from cadfd_ros.solvers.dps import SamplerParams
+
+    r = _reconstructor(default_bank, prior)
+    r.sampler.params = replace(r.sampler.params, warm_refresh_every=2)
+    starts = [r.reconstruct(frames[i].capture).start for i in (0, 1, 1, 1, 1)]  # one static scene
+    assert starts == ["classical", "warm", "classical", "warm", "classical"]
+    r.reset_temporal_start()  # the count restarts with the previous frame
+    r.sampler.params = replace(r.sampler.params, warm_refresh_every=0)
+    assert [r.reconstruct(frames[i].capture).start for i in (0, 1, 1, 1)] == ["classical"] + ["warm"] * 3
+    with pytest.raises(CadfdError, match="warm_refresh_every"):
+        SamplerParams(warm_refresh_every=-1)
+
+
 def test_warm_steps_sets_the_network_evaluations(default_bank, prior, frames):
     r = _reconstructor(default_bank, prior)
     r.sampler.params = replace(r.sampler.params, warm_steps=3)

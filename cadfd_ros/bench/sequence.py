@@ -145,9 +145,11 @@ class FrameRow:
 
 
 def run_sequence(bank: PSFBank, photos: tuple[str, ...], config: SequenceConfig, solver: ReconstructionConfig,
-                 progress: bool = True, partial_csv: str | Path | None = None) -> list[FrameRow]:
+                 progress: bool = True, partial_csv: str | Path | None = None,
+                 warm_refresh_every: int | None = None) -> list[FrameRow]:
     """Both arms over the whole video, frame by frame; ``partial_csv`` gets every row as it is measured, so
-    a run stopped part-way (a long video on a shared CPU) keeps what it measured."""
+    a run stopped part-way (a long video on a shared CPU) keeps what it measured. ``warm_refresh_every``
+    overrides the warm arm's periodic cold start (SamplerParams.warm_refresh_every)."""
     from dataclasses import replace
 
     from tqdm import tqdm
@@ -157,6 +159,8 @@ def run_sequence(bank: PSFBank, photos: tuple[str, ...], config: SequenceConfig,
     warm = Reconstructor(bank, replace(solver, temporal_warm_start=True))
     cold = Reconstructor(bank, replace(solver, temporal_warm_start=False))
     cold.sampler.prior = warm.sampler.prior  # one prior in memory
+    if warm_refresh_every is not None:
+        warm.sampler.params = replace(warm.sampler.params, warm_refresh_every=warm_refresh_every)
     rows: list[FrameRow] = []
     partial = None
     if partial_csv is not None:

@@ -51,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--sequence-cold-every", type=int, default=1,
                         help="with --sequence: run the cold reference on every N-th frame (and the 3 after each cut); "
                              "paired numbers use those frames (default: 1, every frame)")
+    parser.add_argument("--sequence-warm-refresh", type=int, default=None,
+                        help="with --sequence: the warm arm starts cold every N frames (SamplerParams."
+                             "warm_refresh_every; default: the sampler's, 0 = never)")
     parser.add_argument("--sequence-shift", type=float, default=1.0,
                         help="with --sequence: largest translation per frame in px (default: 1.0)")
     parser.add_argument("--sequence-rotation", type=float, default=0.15,
@@ -225,14 +228,18 @@ def _run_sequence(args: argparse.Namespace) -> int:
     bank = load_psf_bank(args.psf_bank or default_psf_bank_path())
     solver = config_from_args(args, method="dps")
     began = time.perf_counter()
-    rows = sq.run_sequence(bank, photos, config, solver, partial_csv=args.out_dir / "sequence.partial.csv")
+    if args.sequence_warm_refresh is not None and args.sequence_warm_refresh < 0:
+        raise CadfdError(f"--sequence-warm-refresh must be 0 (never) or positive, got {args.sequence_warm_refresh}")
+    rows = sq.run_sequence(bank, photos, config, solver, partial_csv=args.out_dir / "sequence.partial.csv",
+                           warm_refresh_every=args.sequence_warm_refresh)
     summary = sq.summarise_sequence(rows, config)
     summary["photos"] = list(photos)
     summary["wall_seconds"] = time.perf_counter() - began
     header = (f"Sequence bench: {config.frames} frames at {width}x{height}, a cut every {config.cut_every} frames "
               f"({', '.join(photos)}; {name if name in splits else 'listed'} photos), up to {config.max_shift_px:g} px and "
               f"{config.max_rotation_deg:g} deg per frame, noise sigma {config.noise_sigma}, seed {config.seed}; "
-              f"DFD-DPS {solver.sampler_config().sampler_name} {solver.steps} steps cold; bank {bank.source}; {machine_description(solver.device if solver.device != 'auto' else 'cpu')}, "
+              f"DFD-DPS {solver.sampler_config().sampler_name} {solver.steps} steps cold"
+              f"{'' if args.sequence_warm_refresh is None else f', warm arm cold every {args.sequence_warm_refresh} frames'}; bank {bank.source}; {machine_description(solver.device if solver.device != 'auto' else 'cpu')}, "
               f"{timestamp()}; {summary['wall_seconds']:.0f} s in all.")
     written = sq.write_sequence(args.out_dir, rows, summary, header, config)
     (args.out_dir / "sequence.partial.csv").unlink(missing_ok=True)  # complete: sequence.csv has every row

@@ -142,6 +142,10 @@ class SamplerParams:
     # Cut detection: a warm start whose data term (RMS of y - A(moved previous x, depth) / sigma_y) exceeds this
     # falls back to the cold start. Tuning sequence: 1.1-1.5 on every warm frame, 29.5 at the cut.
     warm_cut_data_term: float = 4.0
+    # Every this many frames, one starts cold anyway (0: never): a depth error that the data term cannot see
+    # is otherwise handed on from frame to frame (the sequence bench drifted over 100-frame segments). Costs
+    # (steps - warm_steps) / this extra network evaluations per frame on average
+    warm_refresh_every: int = 0
 
     def __post_init__(self) -> None:
         if self.depth_update not in DEPTH_UPDATES:
@@ -150,6 +154,8 @@ class SamplerParams:
             raise CadfdError(f"evidence must be one of {', '.join(EVIDENCE_MODELS)}")
         if self.warm_steps < 1:
             raise CadfdError(f"warm_steps must be at least 1, got {self.warm_steps}")
+        if self.warm_refresh_every < 0:
+            raise CadfdError(f"warm_refresh_every must be 0 (never) or positive, got {self.warm_refresh_every}")
         if not self.warm_start_sigma > 0:
             raise CadfdError(f"warm_start_sigma must be positive, got {self.warm_start_sigma}")
 
