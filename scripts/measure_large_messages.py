@@ -327,13 +327,10 @@ def run_node_check(size: tuple[int, int], frames: int, with_profile: bool) -> di
     process subscribes best effort (SensorDataQoS, no profile: a Nav2-like consumer) and sends
     ``frames`` coded captures one at a time (reliably, so the input is not what is measured).
     Returns {topic: (frames received, frames sent)}."""
-    import signal
-
     sys.path.insert(0, str(REPO / "test"))
-    import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import qos_profile_sensor_data
-    from ros_test_util import camera_info_msg, client_node, image_msg, simulated_capture, unique_domain_id
+    from ros_test_util import camera_info_msg, client_node, image_msg, simulated_capture, stop_client, unique_domain_id
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
     from cadfd_ros_interfaces.msg import ReconstructionInfo
@@ -404,15 +401,7 @@ def run_node_check(size: tuple[int, int], frames: int, with_profile: bool) -> di
             with cond:
                 return {name: (len(received[name] & set(sent)), len(sent)) for name in NODE_TOPICS}
         finally:
-            executor.shutdown(timeout_sec=2.0)
-            node.destroy_node()
-            rclpy.shutdown(context=context)
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_client(executor, node, context, proc)
 
 
 def main(argv: list[str] | None = None) -> int:
