@@ -192,13 +192,14 @@ def aif_ceiling(scene: Scene, bank: PSFBank, sampler, classical) -> np.ndarray:
     import torch
 
     from cadfd_ros.forward.layers import depth_to_layer_coord
+    from cadfd_ros.forward.operators import image_batch
     from cadfd_ros.result import SolverStart
 
     capture = scene.capture
     coord = depth_to_layer_coord(torch.from_numpy(scene.depth.astype(np.float64))[None],
                                  torch.from_numpy(bank.depths).double()).float()
     sigma = scene.noise_sigma
-    image = torch.from_numpy(capture if capture.ndim == 3 else capture[:, :, None]).permute(2, 0, 1)[None].float()
+    image = image_batch(capture)
     op = classical.operator(*image.shape[-2:], image.shape[1])
     with torch.no_grad():
         x = classical.all_in_focus(image, coord, sigma, op.pad)

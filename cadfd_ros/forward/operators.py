@@ -18,10 +18,17 @@ import copy
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from cadfd_ros.forward.layers import soft_layer_weights
+
+
+def image_batch(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """An H x W or H x W x C image as the operator's (1, C, H, W) float32 batch on ``device``."""
+    return torch.from_numpy(image if image.ndim == 3 else image[:, :, None]).permute(2, 0, 1)[None].to(
+        device, torch.float32)
 
 
 def layers_in_use(weights: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from cadfd_ros.forward.layers import layer_coord_to_depth, soft_layer_weights
-from cadfd_ros.forward.operators import LayeredBlur, difference_power
+from cadfd_ros.forward.operators import LayeredBlur, difference_power, image_batch
 from cadfd_ros.optics.psf_bank import PSFBank
 from cadfd_ros.result import Reconstruction, SolverStart
 from cadfd_ros.solvers.filters import fast_guided_filter, gaussian_blur, luminance
@@ -292,8 +292,7 @@ class ClassicalSolver:
         weight = self.evidence_weight(saturated)
         valid = None if weight is None else weight > 0
         if image is None:
-            image = torch.from_numpy(capture if capture.ndim == 3 else capture[:, :, None]).permute(2, 0, 1)
-            image = image[None].to(self.device, torch.float32)
+            image = image_batch(capture, self.device)
         sigma_map = None
         if self.noise_sigma is not None:  # a fixed sigma overrides any model
             sigma = self.noise_sigma
@@ -315,8 +314,7 @@ class ClassicalSolver:
         ``saturated`` (H x W bool): clipped pixels, left out of the noise estimate and the depth evidence."""
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        image = torch.from_numpy(capture if capture.ndim == 3 else capture[:, :, None]).permute(2, 0, 1)
-        image = image[None].to(self.device, torch.float32)
+        image = image_batch(capture, self.device)
         sigma, sigma_map, weight = self.frame_noise(capture, image, saturated)
         timings["noise_estimate"] = time.perf_counter() - start
 

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 
 from cadfd_ros.errors import CadfdError
 from cadfd_ros.forward.layers import layer_coord_to_depth, soft_layer_weights
-from cadfd_ros.forward.operators import CaptureSpectra, LayeredBlur
+from cadfd_ros.forward.operators import CaptureSpectra, LayeredBlur, image_batch
 from cadfd_ros.optics.psf_bank import PSFBank
 from cadfd_ros.params import PARAM_BY_NAME
 from cadfd_ros.result import Reconstruction, SolverStart
@@ -549,8 +549,7 @@ class DiffusionPosteriorSampler:
         """RMS of capture - A(previous image, previous depth), divided by the noise sigma: about 1 when the
         previous frame's estimate still explains this capture, large after a cut or fast motion. Clipped
         pixels (``evidence_weight`` 0) are left out."""
-        image = torch.from_numpy(capture if capture.ndim == 3 else capture[:, :, None]).permute(2, 0, 1)
-        y = image[None].to(self.device, torch.float32)
+        y = image_batch(capture, self.device)
         if tuple(previous.layer_coord.shape[-2:]) != tuple(y.shape[-2:]):
             raise CadfdError(f"warm start: the previous frame is {tuple(previous.layer_coord.shape[-2:])}, "
                              f"the capture {tuple(y.shape[-2:])}")
@@ -590,8 +589,7 @@ class DiffusionPosteriorSampler:
                 _log.warning(budget_warning)
                 notes.append(budget_warning)
         began = time.perf_counter()
-        image = torch.from_numpy(capture if capture.ndim == 3 else capture[:, :, None]).permute(2, 0, 1)
-        y = image[None].to(self.device, torch.float32)
+        y = image_batch(capture, self.device)
         out = self.sample(y, start.padded_image.to(self.device, torch.float32),
                           start.layer_coord.to(self.device, torch.float32), sigma_y, steps,
                           evidence_weight=start.evidence_weight,
