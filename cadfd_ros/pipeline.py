@@ -146,8 +146,15 @@ class Reconstructor:
             from cadfd_ros.io.images import read_flat_field
 
             self.flat_field = read_flat_field(self.config.flat_field)
+        # For method dps this solver only gives the sampler its start (and the frame's noise), with the
+        # sampler's cheaper start parameters; its own estimate is never the output.
+        start_params = None
+        if self.config.method == "dps":
+            from cadfd_ros.solvers.dps import SamplerParams
+
+            start_params = SamplerParams().start_solver_params()
         self.classical = ClassicalSolver(psf_bank, device=self.device, noise_sigma=self.config.noise_sigma,
-                                        noise_model=self.config.noise_model)
+                                        params=start_params, noise_model=self.config.noise_model)
         self.sampler = None  # the DiffusionPosteriorSampler for method dps
         if self.config.method == "dps":
             from cadfd_ros.solvers.dps import DiffusionPosteriorSampler

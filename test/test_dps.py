@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from cadfd_ros.bench.metrics import depth_metrics, evaluation_mask, textured_mask
 from cadfd_ros.bench.scenes import make_scene
 from cadfd_ros.pipeline import ReconstructionConfig, Reconstructor
+from cadfd_ros.solvers.classical import ClassicalParams
+from cadfd_ros.solvers.dps import SamplerParams
 
 pytest.importorskip("diffusers")
 
@@ -31,10 +34,10 @@ def _sampler(bank, prior, **config):
 
 
 def _start(bank, capture):
-    """The classical estimate as the sampler's start (what the pipeline hands it)."""
+    """The classical estimate with the sampler's start parameters (what the pipeline hands it)."""
     from cadfd_ros.solvers.classical import ClassicalSolver
 
-    return ClassicalSolver(bank).estimate(capture)
+    return ClassicalSolver(bank, params=SamplerParams().start_solver_params()).estimate(capture)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +76,6 @@ def test_same_seed_same_output(default_bank, prior, scene, classical):
 
 
 def test_data_term_decreases_from_a_noise_start(default_bank, prior, scene, classical):
-    from cadfd_ros.solvers.dps import SamplerParams
 
     solver = _sampler(default_bank, prior, steps=8)
     solver.params = SamplerParams(start="noise")
@@ -136,6 +138,30 @@ def test_without_a_start_the_sampler_makes_the_classical_one(default_bank, prior
 def test_the_pipeline_builds_one_classical_solver_and_hands_its_start_on(default_bank):
     reconstructor = Reconstructor(default_bank, ReconstructionConfig(method="dps", steps=1, device="cpu"))
     assert reconstructor.sampler.start_solver is reconstructor.classical
+    # the start uses the sampler's cheaper evidence; the classical method keeps its own
+    assert reconstructor.classical.params.hqs_iterations == SamplerParams().start_deconvolution_iterations
+    plain = Reconstructor(default_bank, ReconstructionConfig(method="classical", device="cpu"))
+    assert plain.classical.params == ClassicalParams()
+    assert ClassicalParams().hqs_iterations > SamplerParams().start_deconvolution_iterations
+
+
+def test_the_sampler_uses_the_start_image_not_the_start_depth(default_bank, prior, scene):
+    """Why a rough start suffices: the first depth update (step 0) re-decides depth from x0, so the start's
+    depth map is never used; only its image, noised to start_sigma. The start's evidence with 0 HQS
+    iterations is cheaper than the classical method's, and its depth differs."""
+    from dataclasses import replace as replace_start
+
+    from cadfd_ros.solvers.classical import ClassicalSolver
+
+    full_result, full_start = ClassicalSolver(default_bank).estimate(scene.capture)
+    rough_result, rough_start = _start(default_bank, scene.capture)
+    assert np.mean(np.abs(full_result.depth - rough_result.depth) / full_result.depth) > 0.01
+    assert rough_start.timings["evidence"] < full_start.timings["evidence"]
+    flat = replace_start(rough_start, layer_coord=torch.zeros_like(rough_start.layer_coord))
+    a = _sampler(default_bank, prior, steps=4).solve(scene.capture, rough_start)
+    b = _sampler(default_bank, prior, steps=4).solve(scene.capture, flat)
+    np.testing.assert_array_equal(a.depth, b.depth)
+    np.testing.assert_array_equal(a.all_in_focus, b.all_in_focus)
 
 
 def test_unknown_sampler_is_a_clear_error(default_bank, prior):

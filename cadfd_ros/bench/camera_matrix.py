@@ -255,16 +255,20 @@ def run_camera(camera: CameraSpec, photos: tuple[str, ...], steps: int = 8, seed
     result = CameraResult(camera, blur_range_px(bank))
     reconstructor = Reconstructor(bank, ReconstructionConfig(method="dps", steps=steps, seed=seed, device=device))
     middle = 2.0 / (1.0 / bank.depths[0] + 1.0 / bank.depths[-1])
+    from cadfd_ros.solvers.classical import ClassicalSolver
+
+    # the classical row is the classical method, not the sampler's cheaper start
+    classical_solver = ClassicalSolver(bank, device=device, noise_model=reconstructor.config.noise_model)
     worst = None
     for scene in tqdm(camera_scenes(camera, bank, photos, seed, repeats), desc=camera.name, disable=not progress):
         border = evaluation_mask(scene.depth.shape, bank.half_size)
         textured = border & textured_mask(scene.sharp)
         start = time.perf_counter()
-        classical, solver_start = reconstructor.classical.estimate(scene.capture)
+        classical = classical_solver.estimate(scene.capture)[0]
         classical_s = time.perf_counter() - start
         start = time.perf_counter()
-        dps = reconstructor.sampler.solve(scene.capture, solver_start)
-        dps_s = time.perf_counter() - start + classical_s
+        dps = reconstructor.sampler.solve(scene.capture, reconstructor.classical.estimate(scene.capture)[1])
+        dps_s = time.perf_counter() - start
         outputs = {
             "constant": (np.full(scene.depth.shape, middle, np.float32), None),
             "capture": (None, scene.capture),
