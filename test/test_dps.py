@@ -268,3 +268,23 @@ def test_scheduler_renoising_without_fresh_noise_is_deterministic_ddim():
     assert torch.equal(generator.get_state(), state)
     # more steps than timesteps below the start: the schedule starts higher, the count stays exact
     assert len(PosteriorScheduler.from_start(make_scheduler().alphas_cumprod, 3, 12).timesteps) == 12
+
+
+def test_rgb_layer_evidence_one_channel_at_a_time_equals_the_joint_one(default_bank, prior, rng):
+    """The depth evidence of an RGB estimate is computed channel by channel (memory traffic); it must be the
+    joint evidence (whitened residual + log-det summed over channels), with the same blurs, clipped pixels
+    left out as before."""
+    from cadfd_ros.solvers.dps import image_layer_error, layer_error
+
+    sampler = _sampler(default_bank, prior, steps=1)
+    y = torch.from_numpy(rng.random((1, 3, 40, 48)).astype(np.float32))
+    weight = torch.ones(40, 48)
+    weight[5:9, 10:20] = 0
+    for evidence_weight in (None, weight):
+        ctx = sampler.frame_context(y, 0.02, evidence_weight)
+        x0 = ctx.operator.pad_image(y * 0.9 + 0.05)
+        error, blurred = image_layer_error(ctx, x0)
+        joint_blurs = ctx.operator.blur_layers(x0)
+        torch.testing.assert_close(blurred, joint_blurs, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(error, layer_error(ctx, joint_blurs), rtol=1e-5, atol=1e-4)
+        assert error.shape == (1, default_bank.num_layers, 40, 48)
