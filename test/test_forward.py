@@ -268,3 +268,22 @@ def test_fast_guided_filter_matches_full_resolution_on_smooth_input():
     torch.testing.assert_close(box_filter(x, 3), direct)
     wide = torch.nn.functional.avg_pool2d(x, 15, stride=1, padding=7, count_include_pad=False)
     torch.testing.assert_close(box_filter(x, 7), wide)
+
+
+def test_rgb_prox_is_the_per_channel_prox(small_bank, rng):
+    """The RGB per-layer prox runs channel by channel on views of the frame's spectra: each channel must be
+    the mono prox of that channel's capture, with and without the gradient pull."""
+    height, width = 40, 52
+    psfs = torch.from_numpy(small_bank.psfs_for_channels(3)).double().clone()
+    psfs[:, 2] = psfs[:, 2].flip(-1)  # a chromatic bank: channels differ
+    op = LayeredBlur(psfs, height, width)
+    y = torch.from_numpy(rng.random((1, 3, height, width)))
+    x_ref = op.pad_image(y) * 0.8
+    coord = torch.linspace(0, small_bank.num_layers - 1, width).double().expand(1, height, width).contiguous()
+    for g in (0.0, 1.0):
+        x = op.prox_l2(x_ref, coord, 0.3, op.capture_spectra(y), g)
+        for c in range(3):
+            mono = LayeredBlur(psfs[:, c : c + 1].contiguous(), height, width)
+            expected = mono.prox_l2(x_ref[:, c : c + 1], coord, 0.3, mono.capture_spectra(y[:, c : c + 1]), g)
+            torch.testing.assert_close(x[:, c : c + 1], expected)
+        assert not torch.allclose(x[:, 0], x[:, 2])
