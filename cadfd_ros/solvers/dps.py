@@ -206,18 +206,21 @@ class MarginalEvidence:
     filter and the per-layer log-determinant, from the PSFs and the ratio tau / sigma."""
 
     whiten: torch.Tensor  # (L, C, Hs, Wf) on the capture grid
-    log_det: torch.Tensor  # (L,) per pixel, summed over channels
-    log_det_channels: torch.Tensor | None = None  # (L, C): the same per channel
+    log_det_per_channel: torch.Tensor  # (L, C) per pixel
+
+    @property
+    def log_det(self) -> torch.Tensor:
+        """(L,) per pixel, summed over channels."""
+        return self.log_det_per_channel.sum(dim=1)
 
     def channel(self, c: int) -> "MarginalEvidence":
         """The evidence terms of colour channel ``c`` alone."""
-        return MarginalEvidence(self.whiten[:, c : c + 1], self.log_det_channels[:, c], self.log_det_channels[:, c : c + 1])
+        return MarginalEvidence(self.whiten[:, c : c + 1], self.log_det_per_channel[:, c : c + 1])
 
     @classmethod
     def from_spectra(cls, spectra: CaptureSpectra, prior_ratio: float) -> "MarginalEvidence":
         ratio = prior_ratio**2 * spectra.otf_power
-        per_channel = torch.log1p(ratio).mean(dim=(-2, -1))
-        return cls(whiten=torch.rsqrt(1 + ratio), log_det=per_channel.sum(dim=1), log_det_channels=per_channel)
+        return cls(whiten=torch.rsqrt(1 + ratio), log_det_per_channel=torch.log1p(ratio).mean(dim=(-2, -1)))
 
 
 @dataclass(frozen=True)
@@ -342,7 +345,7 @@ def image_layer_error(ctx: FrameContext, x0: torch.Tensor) -> tuple[torch.Tensor
     channels never mix in the model, so an RGB frame is done one channel at a time: the same arithmetic on
     a third of the memory, 1.8x faster at 640x480 (memory-bound there), 1.1x at 320x240."""
     op = ctx.operator
-    if op.channels == 1 or ctx.evidence.log_det_channels is None:
+    if op.channels == 1:
         blurred = op.blur_layers(x0)
         return layer_error(ctx, blurred), blurred
     error, blurs = None, []
@@ -443,18 +446,16 @@ def diffpir_step(ctx: FrameContext, state: SamplerState, scheduler: PosteriorSch
     blurred = None  # (1, L, C, H, W); the prox data step does not need it
     data_term = None
     with clock("depth"):
-        error = None
         if depth_step:
             error, blurred = image_layer_error(ctx, x0)
-        elif p.data_step != "prox":
-            blurred = op.blur_layers(x0)
-        if depth_step:
             # confidence from the last update's evidence only: it is not needed per step
             coord, evidence, confidence = depth_update(ctx, blurred, coord, evidence, t_next is None, error)
             # data term of the Tweedie estimate, from the blurs already computed
             weights = soft_layer_weights(coord, op.num_layers).unsqueeze(2)
             rms = torch.sqrt(torch.mean(((blurred * weights).sum(dim=1) - y) ** 2))
             data_term = float(rms) / ctx.noise_sigma
+        elif p.data_step != "prox":
+            blurred = op.blur_layers(x0)
     sigma_t = prior.sigma_for_timestep(t) / 2.0  # linear units: the model space is 2x linear
     rho_t = p.proximal_strength / max(sigma_t, 1e-4) ** 2
     with clock("data_step"):
