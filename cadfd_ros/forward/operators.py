@@ -53,12 +53,6 @@ class CaptureSpectra:
     adjoint: torch.Tensor  # (L, C, Hs, Wf) conj(H_k) Y
     otf_power: torch.Tensor  # (L, C, Hs, Wf) |H_k|^2
 
-    def channel(self, c: int) -> "CaptureSpectra":
-        """The spectra of colour channel ``c`` alone (views)."""
-        keep = slice(c, c + 1)
-        return CaptureSpectra(padded=self.padded[:, keep], adjoint=self.adjoint[:, keep],
-                              otf_power=self.otf_power[:, keep])
-
 
 class LayeredBlur:
     """Blur-then-mask operator for one frame size; differentiable in x and in the weights."""
@@ -192,30 +186,33 @@ class LayeredBlur:
         closed form on the capture grid, blended by the soft weights: exact where depth is constant over a
         PSF footprint (DiffPIR's data step, g = 0). x_ref and the result are on the padded grid. g > 0
         pulls harder towards x_ref at high frequencies, where a small PSF passes the capture noise."""
-        if self.channels > 1:  # independent per channel: a third of the memory per pass (memory-bound)
-            return torch.cat([self.select_channel(c).prox_l2(x_ref[:, c : c + 1], layer_coord, rho,
-                                                             spectra.channel(c), gradient_weight)
-                              for c in range(self.channels)], dim=1)
         half = self.pad
-        grid = spectra.padded.clone()
-        offset = self.capture_pad - half
-        rows = slice(offset, offset + self.padded_shape[0])
-        cols = slice(offset, offset + self.padded_shape[1])
-        grid[..., rows, cols] = x_ref
-        x_ref_hat = torch.fft.rfft2(grid[0])
         coord_pad = F.pad(layer_coord.unsqueeze(1), (half,) * 4, mode="replicate")[:, 0]
         weights = soft_layer_weights(coord_pad, self.num_layers)[0]
         active = layers_in_use(weights)
+        weights = weights[active].unsqueeze(1)  # (A, 1, H+2p, W+2p)
+        offset = self.capture_pad - half
+        rows = slice(offset, offset + self.padded_shape[0])
+        cols = slice(offset, offset + self.padded_shape[1])
+        pull = None
         if gradient_weight:
-            pull = rho * (1 + gradient_weight * difference_power(tuple(grid.shape[-2:]), x_ref.dtype, x_ref.device))
-            spectrum = spectra.adjoint[active] + pull * x_ref_hat
-            spectrum /= spectra.otf_power[active] + pull
-        else:  # the sampler's every step: no frequency weighting, in place
-            spectrum = spectra.adjoint[active].add_(x_ref_hat, alpha=rho)  # the gather copies: in place is safe
-            spectrum /= spectra.otf_power[active].add_(rho)
-        layers = torch.fft.irfft2(spectrum, s=tuple(grid.shape[-2:]))[..., rows, cols]  # (A, C, Hp, Wp)
-        out = (layers * weights[active].unsqueeze(1)).sum(dim=0)
-        return out.unsqueeze(0)
+            pull = rho * (1 + gradient_weight * difference_power(tuple(spectra.padded.shape[-2:]), x_ref.dtype,
+                                                                 x_ref.device))
+        # channels never mix: one at a time, a third of the memory per pass (memory-bound: 1.2-1.5x faster)
+        out = []
+        for c in range(self.channels):
+            grid = spectra.padded[0, c : c + 1].clone()
+            grid[..., rows, cols] = x_ref[0, c : c + 1]
+            x_ref_hat = torch.fft.rfft2(grid)
+            adjoint, otf_power = spectra.adjoint[active, c : c + 1], spectra.otf_power[active, c : c + 1]
+            if pull is not None:
+                spectrum = (adjoint + pull * x_ref_hat) / (otf_power + pull)
+            else:  # the sampler's every step: no frequency weighting, in place (the gathers copy)
+                spectrum = adjoint.add_(x_ref_hat, alpha=rho)
+                spectrum /= otf_power.add_(rho)
+            layers = torch.fft.irfft2(spectrum, s=tuple(grid.shape[-2:]))[..., rows, cols]  # (A, 1, Hp, Wp)
+            out.append((layers * weights).sum(dim=0))
+        return torch.cat(out, dim=0).unsqueeze(0)
 
     def least_squares(self, y: torch.Tensor, layer_coord: torch.Tensor, x_ref: torch.Tensor, rho: float,
                       x_start: torch.Tensor, iterations: int, tolerance: float = 0.0, gradient_weight: float = 0.0,
