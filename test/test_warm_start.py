@@ -188,3 +188,29 @@ def test_translation_estimate_and_fourier_shift():
     moved_start = shift_start(start, -0.3, 0.6, num_layers=4)
     assert moved_start.layer_coord.shape == (1, 60, 80) and float(moved_start.layer_coord.max()) <= 3
     np.testing.assert_allclose(moved_start.padded_image[0, 0].numpy(), moved, atol=1e-4)
+
+
+def test_warm_chain_keeps_its_detail_on_a_static_scene(default_bank, prior):
+    # a static fine-textured scene (tuning photo brick), fresh noise every frame: warm frames started from the
+    # previous output lose detail frame by frame; started from this capture's deconvolution (or the blend of
+    # both, the default) they do not
+    from cadfd_ros.bench.runner import score
+    from cadfd_ros.forward.render import render_occlusion_aware
+
+    config = SequenceConfig(frames=300, cut_every=100, height=96, width=128, seed=0)  # the bench's first frame
+    scene = next(s for _, _, s in make_sequence(default_bank, ("brick",), config))
+    clean = render_occlusion_aware(scene.sharp, scene.depth, default_bank)
+    rng = np.random.default_rng(5)
+    captures = [np.clip(clean + rng.normal(0, 0.01, clean.shape), 0, 1).astype(np.float32) for _ in range(5)]
+    psnr = {}
+    for image in ("blend", "deconvolved", "previous"):
+        r = _reconstructor(default_bank, prior, steps=8)
+        r.sampler.params = replace(r.sampler.params, warm_start_image=image, warm_refresh_every=0)
+        results = [r.reconstruct(c) for c in captures]
+        assert [x.start for x in results] == ["classical"] + ["warm"] * 4
+        psnr[image] = [score(x.depth, x.all_in_focus, replace(scene, capture=c), default_bank)["aif_psnr"]
+                       for x, c in zip(results, captures)]
+    for image in ("blend", "deconvolved"):
+        assert min(psnr[image][1:]) > psnr[image][0] - 0.3  # no loss over the chain
+    assert psnr["previous"][-1] < psnr["previous"][0] - 1.0  # the old start: detail lost frame by frame
+    assert psnr["deconvolved"][-1] > psnr["previous"][-1] + 1.0

@@ -63,6 +63,7 @@ _log = logging.getLogger(__name__)
 DEFAULT_SAMPLER = "diffpir"
 DEPTH_UPDATES = ("evidence", "gradient", "fixed")  # fixed: keep the start's depth (the bench's AIF ceiling)
 EVIDENCE_MODELS = ("marginal", "residual")
+WARM_START_IMAGES = ("blend", "deconvolved", "previous")
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,16 @@ class SamplerParams:
     # A low level keeps the previous image (its detail accumulates: PSNR rises) and its depth errors with it.
     warm_start_sigma: float = 0.6
     warm_steps: int = 1
+    # The warm frame's start image: "previous", the last frame's output moved with the scene; "deconvolved", this
+    # capture's per-layer Wiener deconvolution under the moved previous depth (the classical start's image without
+    # its depth search); "blend", their mean. The sampler's fine detail comes from its start image, so "previous"
+    # loses some on every frame: on a static brick scene (tuning photo, 128x96, fresh noise) warm frames fell
+    # 25.9 -> 21.8 dB in 7 frames; "deconvolved" held 26.8 and "blend" 26.2. One step does not remove the
+    # deconvolution's noise on smooth regions, which "blend" halves. Sequence bench, tuning photos, warm - cold
+    # PSNR paired | worst segment third, brick/gravel/camera: previous -0.17 | -1.17 dB (brick), deconvolved
+    # +0.16 | -0.19, blend +0.22 | +0.09; astronaut/coffee/chelsea: previous +0.25 | -0.16 (chelsea), deconvolved
+    # -0.18 | -0.40 (coffee), blend +0.13 | +0.05. The blend's 1/2 was not swept.
+    warm_start_image: str = "blend"
     # Cut detection: a warm start whose data term (RMS of y - A(moved previous x, depth) / sigma_y) exceeds this
     # falls back to the cold start. Tuning sequence: 1.1-1.5 on every warm frame, 29.5 at the cut.
     warm_cut_data_term: float = 4.0
@@ -168,6 +179,8 @@ class SamplerParams:
             raise CadfdError(f"warm_steps must be at least 1, got {self.warm_steps}")
         if self.warm_refresh_every < 0:
             raise CadfdError(f"warm_refresh_every must be 0 (never) or positive, got {self.warm_refresh_every}")
+        if self.warm_start_image not in WARM_START_IMAGES:
+            raise CadfdError(f"warm_start_image must be one of {', '.join(WARM_START_IMAGES)}, got {self.warm_start_image!r}")
         if not self.warm_start_sigma > 0:
             raise CadfdError(f"warm_start_sigma must be positive, got {self.warm_start_sigma}")
 
