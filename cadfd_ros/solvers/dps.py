@@ -155,8 +155,8 @@ class SamplerParams:
     # 25.9 -> 21.8 dB in 7 frames; "deconvolved" held 26.8 and "blend" 26.2. One step does not remove the
     # deconvolution's noise on smooth regions, which "blend" halves. Sequence bench, tuning photos, warm - cold
     # PSNR paired | worst segment third, brick/gravel/camera: previous -0.17 | -1.17 dB (brick), deconvolved
-    # +0.16 | -0.19, blend +0.22 | +0.09; astronaut/coffee/chelsea: previous +0.25 | -0.16 (chelsea), deconvolved
-    # -0.18 | -0.40 (coffee), blend +0.13 | +0.05. The blend's 1/2 was not swept.
+    # +0.16 | -0.19, blend +0.22 | +0.09; astronaut/coffee/chelsea: previous +0.26 | -0.16 (chelsea), deconvolved
+    # -0.17 | -0.40 (coffee), blend +0.13 | +0.05. The blend's 1/2 was not swept.
     warm_start_image: str = "blend"
     # Cut detection: a warm start whose data term (RMS of y - A(moved previous x, depth) / sigma_y) exceeds this
     # falls back to the cold start. Tuning sequence: 1.1-1.5 on every warm frame, 29.5 at the cut.
