@@ -281,9 +281,11 @@ def test_node_process_lifecycle_outputs_and_30hz_stream(node_process):
     assert frames_in >= 0.7 * sent, f"node received {frames_in} of {sent} frames"
     assert processed + dropped == frames_in, (processed, dropped, frames_in)
     assert processed >= 1 and dropped >= frames_in // 2, f"{dropped} of {frames_in} dropped at 30 Hz"
-    # Every frame kept would be +147 MB; a solve's own working memory is in both peaks.
-    assert peak - peak_solving < 50 * 1024, f"peak RSS grew {(peak - peak_solving) / 1024:.1f} MiB in the stream"
-    assert rss_after - rss_before < 50 * 1024, f"idle RSS grew {(rss_after - rss_before) / 1024:.1f} MiB"
+    # Every frame kept would be +147 MB; a solve's own working memory is in both peaks. Without retention the
+    # growth (allocator arenas, DDS buffers) varied from 21 to 61 MiB over 10 runs on one machine (2026-12-04),
+    # so the bound is half the retention signal, not the top of that noise.
+    assert peak - peak_solving < 75 * 1024, f"peak RSS grew {(peak - peak_solving) / 1024:.1f} MiB in the stream"
+    assert rss_after - rss_before < 75 * 1024, f"idle RSS grew {(rss_after - rss_before) / 1024:.1f} MiB"
     assert int(diag["frames_bad"]) == 0 and int(diag["frames_failed"]) == 0
     assert diag["_level"] == 0, diag["_message"]
     assert 0 < float(diag["latency_max_ms"]) < 60_000
