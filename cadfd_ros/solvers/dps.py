@@ -140,13 +140,17 @@ class SamplerParams:
     # that 20 steps buy over 8 (0.582)
     depth_updates_max: int | None = None
     clip_x0: bool = True  # keep the Tweedie estimate in the image range
-    # Warm start (temporal_warm_start): the previous frame's estimate, noised to this model-space level and
-    # refined in ``warm_steps`` network evaluations, instead of the classical start and ``steps``. Tuning
-    # sequence (astronaut, coffee; 40 frames at 160x120, a cut every 20; scripts/tune_warm_start.py), warm - cold
-    # per frame, delta / PSNR: sigma 0.1 -0.019 / +1.07 dB, 0.2 -0.014 / +0.28, 0.4 -0.006 / -0.18,
-    # 0.6 -0.003 / -0.09, 0.8 -0.003 / -0.23 (1 step); 0.2 with 2 steps -0.014 / +0.14, no better than 1.
-    # A low level keeps the previous image (its detail accumulates: PSNR rises) and its depth errors with it.
-    warm_start_sigma: float = 0.6
+    # Warm start (temporal_warm_start): the warm start image (below), noised to this model-space level and
+    # refined in ``warm_steps`` network evaluations, instead of the classical start and ``steps``. First tuned
+    # with the previous frame's image as the start (scripts/tune_warm_start.py, astronaut and coffee, 40 frames
+    # at 160x120), where a low level kept that image's depth errors: 0.6 was chosen (delta -0.003 / -0.09 dB;
+    # 0.2: -0.014 / +0.28). With the blend start the sampler's noise level matters more than the start: one step
+    # from 0.6 lost ~2 dB to cold on a static rocket scene (smooth; tuning photo) whatever the start image, and
+    # none from 0.2. Sequence bench (300 frames, 128x96, tuning photos; paired warm - cold PSNR for
+    # astronaut/coffee/chelsea | brick/gravel/camera | rocket/coins/astronaut): 0.6 +0.13 | +0.22 | -0.35 dB,
+    # 0.3 +0.45 | +0.37 | +0.09, 0.2 +0.46 | +0.50 | +0.20, 0.1 +0.41 | +0.64 | +0.23; worst last-third delta
+    # -0.040 (coins) at 0.6, -0.025 at 0.2, -0.023 at 0.1. 0.2 ties 0.1 and keeps less of the previous frame.
+    warm_start_sigma: float = 0.2
     warm_steps: int = 1
     # The warm frame's start image: "previous", the last frame's output moved with the scene; "deconvolved", this
     # capture's per-layer Wiener deconvolution under the moved previous depth (the classical start's image without
@@ -156,7 +160,7 @@ class SamplerParams:
     # deconvolution's noise on smooth regions, which "blend" halves. Sequence bench, tuning photos, warm - cold
     # PSNR paired | worst segment third, brick/gravel/camera: previous -0.17 | -1.17 dB (brick), deconvolved
     # +0.16 | -0.19, blend +0.22 | +0.09; astronaut/coffee/chelsea: previous +0.26 | -0.16 (chelsea), deconvolved
-    # -0.17 | -0.40 (coffee), blend +0.13 | +0.05. The blend's 1/2 was not swept.
+    # -0.17 | -0.40 (coffee), blend +0.13 | +0.05 (all at warm_start_sigma 0.6). The blend's 1/2 was not swept.
     warm_start_image: str = "blend"
     # Cut detection: a warm start whose data term (RMS of y - A(moved previous x, depth) / sigma_y) exceeds this
     # falls back to the cold start. Tuning sequence: 1.1-1.5 on every warm frame, 29.5 at the cut.
