@@ -277,10 +277,14 @@ def test_node_process_lifecycle_outputs_and_30hz_stream(node_process):
     print(f"mid-stream service round trips: {responsive}")
     assert responsive and all(seconds < 1.0 for probe in responsive for seconds in probe.values()), responsive
     # Reliable QoS: what the executor does not take in time is lost in the keep-last queue. With the
-    # worker niced and a 1 ms GIL switch interval the node took 95-100% (without: 26-54%).
-    assert frames_in >= 0.7 * sent, f"node received {frames_in} of {sent} frames"
+    # worker niced and a 1 ms GIL switch interval the node took 95-100% (without: 26-54%); once in about 12 runs
+    # on 2026-12-04 it took 68%, so the bound sits between the two regimes, not at the edge of the first.
+    assert frames_in >= 0.6 * sent, f"node received {frames_in} of {sent} frames"
     assert processed + dropped == frames_in, (processed, dropped, frames_in)
-    assert processed >= 1 and dropped >= frames_in // 2, f"{dropped} of {frames_in} dropped at 30 Hz"
+    # Stale frames are dropped, not queued: with a queue, 4 s of 30 Hz frames solved at ~60 ms each would end
+    # seconds behind. (How many are dropped depends on the machine: 57-84 of 120 were measured here.)
+    assert processed >= 1 and dropped >= 1, f"{dropped} of {frames_in} dropped at 30 Hz"
+    assert float(diag["latency_mean_ms"]) < 1000, f"mean stamp->publish latency {diag['latency_mean_ms']} ms: a backlog"
     # Every frame kept would be +147 MB; a solve's own working memory is in both peaks. Without retention the
     # growth (allocator arenas, DDS buffers) varied from 21 to 61 MiB over 10 runs on one machine (2026-12-04),
     # so the bound is half the retention signal, not the top of that noise.
