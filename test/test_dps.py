@@ -185,7 +185,7 @@ def test_marginal_evidence_is_not_biased_by_a_smooth_estimate(default_bank, smoo
     sharp = fit_photo(load_photo("brick"), 96, 128)
     sharp = sharp.mean(axis=-1) if sharp.ndim == 3 else sharp
     chosen = {}
-    for evidence in ("residual", "marginal"):
+    for evidence in ("residual", "marginal", "bounded"):
         sampler = _sampler(default_bank, object(), sampler="diffpir")
         sampler.params = SamplerParams(evidence=evidence)
         op = sampler.operator(96, 128, 1)
@@ -196,7 +196,55 @@ def test_marginal_evidence_is_not_biased_by_a_smooth_estimate(default_bank, smoo
             error = layer_error(sampler.frame_context(y, 0.01), op.blur_layers(gaussian_blur(x, smoothing)))
             chosen[evidence, layer] = int(error[0, :, 12:-12, 12:-12].mean(dim=(1, 2)).argmin())
     assert abs(chosen["marginal", 4] - 4) <= 1 and abs(chosen["marginal", 10] - 10) <= 1
+    assert abs(chosen["bounded", 4] - 4) <= 1 and abs(chosen["bounded", 10] - 10) <= 1
     assert chosen["residual", 4] < 4 and chosen["residual", 10] < 10  # biased towards the smaller PSF
+
+
+def test_capture_power_spectrum_reads_white_noise_and_a_grating():
+    import torch
+
+    from cadfd_ros.solvers.dps import capture_power_spectrum
+
+    generator = torch.Generator().manual_seed(0)
+    noise = 0.05 * torch.randn(2, 96, 128, generator=generator)
+    power = capture_power_spectrum(noise)
+    assert power.shape == (2, 96, 65)
+    assert torch.allclose(power.mean(dim=(-2, -1)), torch.full((2,), 0.05**2), rtol=0.1)
+    # a grating of 16 cycles across 128 px: its ring (|f| = 0.125 cycles/px) holds the power
+    columns = torch.arange(128, dtype=torch.float32)
+    grating = torch.cos(2 * torch.pi * 0.125 * columns).expand(1, 96, 128)
+    ring = capture_power_spectrum(grating)[0]
+    radius = torch.sqrt(torch.fft.fftfreq(96).view(-1, 1) ** 2 + torch.fft.rfftfreq(128).view(1, -1) ** 2)
+    assert float(ring[(radius - 0.125).abs() < 0.004].mean()) > 100 * float(ring[(radius - 0.3).abs() < 0.004].mean())
+
+
+def test_bounded_evidence_lowers_what_a_sharp_psf_predicts_only_where_the_capture_lacks_it(default_bank):
+    """The flat model has every layer predict tau^2 |H_k|^2 of h_k*x0 error power; the bounded one caps it at
+    the capture's signal power (times the scale), never below the floor's share of the flat model."""
+    import torch
+
+    from cadfd_ros.bench.scenes import fit_photo, load_photo
+    from cadfd_ros.errors import CadfdError
+    from cadfd_ros.solvers.dps import MarginalEvidence
+
+    sharp = fit_photo(load_photo("rocket"), 96, 128)  # smooth: little power at high frequencies
+    sharp = torch.from_numpy(sharp.mean(axis=-1) if sharp.ndim == 3 else sharp).float()[None, None]
+    sampler = _sampler(default_bank, object(), sampler="diffpir")
+    op = sampler.operator(96, 128, 1)
+    y = op.blur_layers(op.pad_image(sharp))[:, 0] + 0.01 * torch.randn(1, 1, 96, 128, generator=torch.Generator().manual_seed(0))
+    spectra = op.capture_spectra(y)
+    flat = MarginalEvidence.from_spectra(spectra, 15.0)
+    bounded = MarginalEvidence.from_spectra(spectra, 15.0, noise_sigma=0.01, bound_scale=10.0, bound_floor=0.1)
+    flat_ratio, bounded_ratio = 1 / flat.whiten**2 - 1, 1 / bounded.whiten**2 - 1
+    assert torch.all(bounded_ratio <= flat_ratio + 1e-4) and torch.all(bounded_ratio >= 0.1 * flat_ratio - 1e-4)
+    assert float((bounded_ratio < 0.5 * flat_ratio).float().mean()) > 0.1  # and it does bind
+    assert torch.all(bounded.log_det <= flat.log_det + 1e-6)
+    # the bundled bank's sharpest layer is its nearest: it loses the most of its log-determinant, having
+    # predicted the most power that the capture lacks
+    loss = flat.log_det - bounded.log_det
+    assert float(loss[0]) > float(loss[-1]) > 0
+    with pytest.raises(CadfdError, match="evidence_bound_floor"):
+        SamplerParams(evidence_bound_floor=1.5)
 
 
 def test_time_budget_picks_the_step_count(default_bank, prior, scene, classical, caplog):
