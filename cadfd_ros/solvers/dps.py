@@ -134,7 +134,9 @@ class SamplerParams:
     # bundled camera at sigma 0.01; the error of the prior's estimate does not grow with the capture noise, and at
     # sigma 0.02-0.03 that tau (0.3-0.45) let the log-determinant push every pixel to the largest PSFs. Camera
     # matrix, tuning photos (astronaut, coffee, camera, brick at <= 200 px), 20 steps, with the final gradient
-    # pull: mean delta over 8 cameras 0.543 at tau 0.1, 0.565 at 0.125, 0.581 at 0.15, 0.576 at 0.2
+    # pull: mean delta over 8 cameras 0.543 at tau 0.1, 0.565 at 0.125, 0.581 at 0.15, 0.576 at 0.2. With the bounded
+    # evidence (all 8 tuning photos, 8 steps): 0.610 at 0.1, 0.637 at 0.15, 0.614 at 0.2 (0.1 suits small blurs and
+    # high noise, 0.2 large blurs: a trade between cameras, not a better value)
     evidence_prior_std: float = 0.15
     # The bounded evidence's bound, in units of the capture's ring-averaged signal power, and its floor, as a share
     # of the flat tau^2 |H_k|^2. Tuning matrix mean delta: scale 1 / 10 / 30 / 100 without a floor 0.617 / 0.637 /
