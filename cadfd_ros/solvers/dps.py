@@ -253,13 +253,13 @@ class MarginalEvidence:
 
     @classmethod
     def from_spectra(cls, spectra: CaptureSpectra, prior_ratio: float, noise_sigma: float | None = None,
-                     bound_scale: float = 10.0, bound_floor: float = 0.1) -> "MarginalEvidence":
+                     bound_scale: float = 1.0, bound_floor: float = 0.0) -> "MarginalEvidence":
         """``noise_sigma`` given ("bounded" evidence): h_k*x0's error power at a frequency is at most
         ``bound_scale`` times the capture's signal power there (|Y|^2 - sigma^2, ring-averaged; the scale
         because windows with texture carry more than the frame's average), and at least ``bound_floor`` of
-        the flat tau^2 |H_k|^2. A flat tau^2 has a small PSF predict high-frequency residual power that
-        neither the scene nor the prior's estimate has; the log-determinant then pushed small blurs to
-        larger ones (the in-front-of-focus camera's far layers)."""
+        the flat tau^2 |H_k|^2 (the tuned values are SamplerParams'). A flat tau^2 has a small PSF predict
+        high-frequency residual power that neither the scene nor the prior's estimate has; the
+        log-determinant then pushed small blurs to larger ones (the in-front-of-focus camera's far layers)."""
         ratio = prior_ratio**2 * spectra.otf_power
         if noise_sigma is not None:
             signal = (capture_power_spectrum(spectra.padded[0]) / noise_sigma**2 - 1).clamp(min=0)
