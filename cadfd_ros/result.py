@@ -58,6 +58,8 @@ class SolverStart:
     noise_sigma: float
     timings: dict[str, float] = field(default_factory=dict)
     evidence_weight: torch.Tensor | None = None  # (H, W): 0 where clipped pixels leave the depth evidence
+    # (1, L, h, w) side-of-focus score of the capture (ClassicalSolver.side_evidence); None: none for this bank
+    side_evidence: torch.Tensor | None = None
 
 
 class Solver(Protocol):

@@ -100,3 +100,12 @@ def test_bundled_default_bank_is_valid(default_bank):
     assert default_bank.depths[0] == pytest.approx(0.5) and default_bank.depths[-1] == pytest.approx(5.0)
     np.testing.assert_allclose(default_bank.psfs.sum(axis=(2, 3)), 1.0, atol=1e-5)
     assert set(default_bank.metadata) == {"focal_length_m", "f_number", "focus_distance_m", "pixel_pitch_m"}
+
+
+def test_straddles_focus_needs_layers_on_both_sides_and_a_focus_distance():
+    depths = np.array([0.5, 1.0, 2.0])
+    psfs = np.full((3, 1, 3, 3), 1 / 9, np.float32)
+    assert PSFBank(psfs, depths, {"focus_distance_m": 0.8}).straddles_focus()
+    assert not PSFBank(psfs, depths, {"focus_distance_m": 0.3}).straddles_focus()  # range behind focus
+    assert not PSFBank(psfs, depths, {"focus_distance_m": 4.0}).straddles_focus()  # range in front of it
+    assert not PSFBank(psfs, depths).straddles_focus()  # no focus distance: the side cannot be known

@@ -71,6 +71,12 @@ class PSFBank:
         f, pitch = self.metadata.get("focal_length_m"), self.metadata.get("pixel_pitch_m")
         return None if f is None or pitch is None else f / pitch
 
+    def straddles_focus(self) -> bool:
+        """Whether the bank has layers on both sides of the focus plane (from ``focus_distance_m``; False
+        without it). Only then does it hold PSFs that are each other's 180-degree rotations."""
+        focus = self.metadata.get("focus_distance_m")
+        return focus is not None and float(self.depths.min()) < focus < float(self.depths.max())
+
     def psfs_for_channels(self, channels: int) -> np.ndarray:
         """PSFs as (L, channels, k, k): a mono bank is shared, an RGB bank is averaged for mono."""
         if self.num_channels == channels:

@@ -51,6 +51,12 @@ class ClassicalParams:
     # cost 0.04 delta on clipped tuning scenes (coffee, astronaut x4 gain: -0.07, -0.11), a quarter and
     # none were within 0.01 of keeping everything, so a quarter: some margin for the re-blur of clipped light.
     saturation_dilation: float = 0.25
+    # Side of focus (``side_evidence``), for banks that straddle focus: the hinged side score times this times
+    # the window's evidence range over layers (so it scales with the evidence's own SNR). Tuning photos, the two
+    # straddling cameras of the matrix, classical delta (straddle-rgb-13 / straddle-mono16-9): 0: 0.375 / 0.515;
+    # 3: 0.411 / 0.522; 10: 0.450 / 0.535; 30: 0.479 / 0.538; 60: 0.493 / 0.523; 100: 0.496 / 0.515; 300: 0.473 /
+    # 0.489. Unscaled, the best weight differed tenfold between the two (30 at sigma 0.01, 3 at 0.02).
+    side_weight: float = 30.0
 
 
 def _shrink(v: torch.Tensor, lam: float, alpha: float, iterations: int = 3) -> torch.Tensor:
@@ -63,6 +69,16 @@ def _shrink(v: torch.Tensor, lam: float, alpha: float, iterations: int = 3) -> t
     for _ in range(iterations):
         w = magnitude - alpha * lam * w.clamp(min=1e-12) ** (alpha - 1)
     return torch.where(magnitude > tau, torch.sign(v) * w.clamp(min=0), torch.zeros_like(v))
+
+
+def add_side_evidence(energy: torch.Tensor, side: torch.Tensor, weight: float) -> torch.Tensor:
+    """The evidence volume (B, L, h, w) plus the side-of-focus score (``ClassicalSolver.side_evidence``),
+    weighted by ``weight`` times each window's evidence range over layers: the score is a scale-free log
+    ratio, the evidence grows with the signal-to-noise ratio, so this keeps one weight right for both."""
+    if side.shape[-2:] != energy.shape[-2:]:
+        side = F.interpolate(side, size=energy.shape[-2:], mode="bilinear", align_corners=False)
+    spread = energy.amax(dim=1, keepdim=True) - energy.amin(dim=1, keepdim=True)
+    return energy + weight * side * spread
 
 
 def subpixel_argmin(cost: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -191,8 +207,15 @@ class ClassicalSolver:
         size = 2 * int(self.params.saturation_dilation * self.bank.kernel_size) + 1
         return 1.0 - maximum_filter(np.asarray(saturated, np.uint8), size=size).astype(np.float32)
 
+    def evidence_grid(self, height: int, width: int) -> tuple[tuple[int, int], float]:
+        """The windowed evidence's resolution (1/stride of the frame) and its window sigma there."""
+        p = self.params
+        low = (max(1, height // p.evidence_stride), max(1, width // p.evidence_stride))
+        return low, p.window_sigma * low[0] / height
+
     def layer_evidence(self, capture: torch.Tensor, sigma: float, calibrate: bool = True,
-                       weight: torch.Tensor | None = None, sigma_map: torch.Tensor | None = None) -> torch.Tensor:
+                       weight: torch.Tensor | None = None, sigma_map: torch.Tensor | None = None,
+                       side: torch.Tensor | None = None) -> torch.Tensor:
         """Local reconstruction error per pixel and layer, windowed: (1, L, H, W), lower is better.
 
         x_k is the sparse-prior deconvolution by layer k with the prior weighed against the
@@ -205,7 +228,8 @@ class ClassicalSolver:
         ``weight`` (H x W, 0..1) leaves pixels out of the windowed error (normalised convolution);
         windows with almost no weight get the noise-only level, i.e. no preference between layers.
         ``sigma_map`` (H x W): per-pixel noise std (signal-dependent noise) that whitens the error
-        instead of the scalar ``sigma``, which still sets the deconvolution's prior weight."""
+        instead of the scalar ``sigma``, which still sets the deconvolution's prior weight. ``side``
+        (``side_evidence``) adds the side-of-focus term to the calibrated evidence."""
         p = self.params
         y = luminance(capture)
         x, y_pad, pad = self.deconvolve_layers(y, sigma)
@@ -220,9 +244,7 @@ class ClassicalSolver:
             s2 = sigma_map.to(data.device, data.dtype).view(1, height, width) ** 2
             data[crop] = (reblur[crop] - y_pad.unsqueeze(0)[crop]) ** 2 / s2
         # The window is wide, so the energy is smooth: aggregate it at 1/stride resolution.
-        stride = p.evidence_stride
-        low = (max(1, height // stride), max(1, width // stride))
-        window = p.window_sigma * low[0] / height
+        low, window = self.evidence_grid(height, width)
         if weight is None:
             energy = F.interpolate(data[crop].unsqueeze(0), size=low, mode="area")
             energy = gaussian_blur(energy, window)
@@ -234,7 +256,50 @@ class ClassicalSolver:
             energy = torch.where(mass > 1e-3, energy / mass.clamp(min=1e-6), null.expand_as(energy))
         if calibrate:
             energy = energy - self.null_energy(sigma).view(1, -1, 1, 1)
+            if side is not None:
+                energy = add_side_evidence(energy, side, p.side_weight)
         return energy
+
+    def side_evidence(self, luma: torch.Tensor, sigma: float) -> torch.Tensor | None:
+        """Which side of focus, per layer, on the evidence grid (1, L, h, w), or None for a bank that does not
+        straddle focus (or has no focus distance). The log of the windowed normalised sparsity (L1/L2 of the
+        gradients, Krishnan et al. 2011) of the capture deconvolved by layer k, minus the same for its
+        deconvolution by h_k rotated 180 degrees, hinged at 0: positive where the rotated PSF makes the
+        sparser image, i.e. where the capture looks as if it came from the other side of focus.
+
+        In front of focus the PSF is the mask rotated 180 degrees, so a layer and its twin across focus have
+        the same |OTF|: the re-blur error and the Gaussian evidence cannot tell them apart, and a wrong-side
+        deconvolution is the true image with its phases scrambled (ghost copies of every edge). The rotated
+        PSF has exactly the same |OTF| and noise gain as layer k itself, so this term favours no blur size;
+        it is zero for a symmetric mask and for sub-pixel blurs. The hinge: for a layer whose size does not
+        match the capture's blur the score's sign is arbitrary, and rewarding it (the signed score) lost
+        delta on the tuning photos at every weight above 3; the true layer's expected score is negative, so
+        the hinge never counts against it. On the centred capture grid the rotated PSF's OTF is conj(H_k)."""
+        if not self.params.side_weight or not self.bank.straddles_focus():
+            return None
+        height, width = luma.shape[-2:]
+        low, window = self.evidence_grid(height, width)
+        op = self.operator(height, width, 1)
+        spectrum = torch.fft.rfft2(op.pad_capture(luma)[0])  # (1, Hs, Wf)
+        otf = op.capture_otf[:, 0]  # (L, Hs, Wf)
+        denominator = otf.real**2 + otf.imag**2 + self._gaussian_prior(op.capture_grid, sigma)
+        pad = op.capture_pad
+
+        def sparsity(image_spectrum: torch.Tensor) -> torch.Tensor:
+            x = torch.fft.irfft2(image_spectrum / denominator, s=op.capture_grid)
+            gx, gy = torch.roll(x, -1, dims=-1) - x, torch.roll(x, -1, dims=-2) - x
+            crop = (slice(None), slice(pad, pad + height), slice(pad, pad + width))
+            l1 = (gx.abs() + gy.abs())[crop].unsqueeze(0)
+            l2 = (gx * gx + gy * gy)[crop].unsqueeze(0)
+            l1, l2 = (gaussian_blur(F.interpolate(v, size=low, mode="area"), window) for v in (l1, l2))
+            return torch.log(l1.clamp(min=1e-12)) - 0.5 * torch.log(l2.clamp(min=1e-24))
+
+        return (sparsity(otf.conj() * spectrum) - sparsity(otf * spectrum)).clamp(min=0)
+
+    def _gaussian_prior(self, shape: tuple[int, int], sigma: float) -> torch.Tensor:
+        """sigma^2 |D|^2 / s^2 (+ a small ridge): the Gaussian gradient prior of the Wiener deconvolutions."""
+        reg = sigma**2 * (difference_power(shape, torch.float32, self.device) + 1e-4)
+        return reg / (self.params.aif_prior_scale * self.params.prior_grad_std**2)
 
     def null_energy(self, sigma: float, size: int = 128) -> torch.Tensor:
         """Mean energy per layer on a noise-only capture of the same sigma.
@@ -265,8 +330,7 @@ class ClassicalSolver:
         shape = op.capture_grid
         otf = op.capture_otf  # (L, C, Hf, Wf)
         spectrum = torch.fft.rfft2(y_pad[0])  # (C, Hf, Wf)
-        reg = sigma**2 * (difference_power(shape, capture.dtype, self.device) + 1e-4)
-        reg = reg / (self.params.aif_prior_scale * self.params.prior_grad_std**2)
+        reg = self._gaussian_prior(shape, sigma)
         coord_pad = F.pad(coord.unsqueeze(1), (pad_out,) * 4, mode="replicate")[:, 0]
         weights = soft_layer_weights(coord_pad, self.bank.num_layers)[0]  # (L, H+2p, W+2p)
         out = torch.zeros(channels, height + 2 * pad_out, width + 2 * pad_out, device=self.device)
@@ -319,8 +383,9 @@ class ClassicalSolver:
         timings["noise_estimate"] = time.perf_counter() - start
 
         t = time.perf_counter()
+        side = self.side_evidence(luminance(image), sigma)
         evidence = self.layer_evidence(image, sigma, weight=None if weight is None else torch.from_numpy(weight),
-                                       sigma_map=sigma_map)
+                                       sigma_map=sigma_map, side=side)
         timings["evidence"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -348,4 +413,5 @@ class ClassicalSolver:
         )
         return result, SolverStart(layer_coord=coord.cpu(), padded_image=x.cpu(), noise_sigma=sigma,
                                    timings=dict(timings),
-                                   evidence_weight=None if weight is None else torch.from_numpy(weight))
+                                   evidence_weight=None if weight is None else torch.from_numpy(weight),
+                                   side_evidence=None if side is None else side.cpu())
