@@ -236,6 +236,7 @@ class Reconstructor:
         import torch
 
         from cadfd_ros.forward.operators import image_batch
+        from cadfd_ros.solvers.filters import luminance
         from cadfd_ros.solvers.motion import estimate_translation, shift_start
 
         began = time.perf_counter()
@@ -252,16 +253,18 @@ class Reconstructor:
         if not term <= self.sampler.params.warm_cut_data_term:  # a cut or fast motion (NaN included)
             return None, term
         image = previous.padded_image
+        y = image_batch(capture, self.sampler.device)
+        # the side of focus is this capture's, not the previous frame's: a twin-side error is otherwise handed on
+        side = self.classical.side_evidence(luminance(y), sigma)
         if self.sampler.params.warm_start_image in ("deconvolved", "blend"):
             # the sampler's detail comes from its start image: started from its own last output only, it
             # loses a little of it on every frame (SamplerParams.warm_start_image)
-            y = image_batch(capture, self.sampler.device)
             pad = self.sampler.operator(*y.shape[-2:], y.shape[1]).pad
             image_d = self.classical.all_in_focus(y, previous.layer_coord.to(y.device), sigma, pad).cpu()
             image = image_d if self.sampler.params.warm_start_image == "deconvolved" else 0.5 * (image + image_d)
         start = SolverStart(layer_coord=previous.layer_coord, padded_image=image,
                             noise_sigma=sigma, timings={"warm_check": time.perf_counter() - began},
-                            evidence_weight=weight_t)
+                            evidence_weight=weight_t, side_evidence=side)
         return self.sampler.solve(capture, start, warm=True), term
 
     def _solve_whole(self, capture: np.ndarray, start: float, saturated: np.ndarray | None = None,

@@ -214,3 +214,29 @@ def test_warm_chain_keeps_its_detail_on_a_static_scene(default_bank, prior):
         assert min(psnr[image][1:]) > psnr[image][0] - 0.3  # no loss over the chain
     assert psnr["previous"][-1] < psnr["previous"][0] - 1.0  # the old start: detail lost frame by frame
     assert psnr["deconvolved"][-1] > psnr["previous"][-1] + 1.0
+
+
+def test_a_warm_frame_of_a_straddling_bank_gets_its_own_side_of_focus(default_bank, prior):
+    """The side-of-focus score is a property of the capture: a warm frame computes it from its own capture
+    (the previous frame's depth would otherwise hand a twin-side error on), cold and warm alike; a bank on
+    one side of focus has none."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_classical import _twin_scene
+
+    twin_bank, scene, _ = _twin_scene(2)
+    for bank, capture, straddles in ((twin_bank, scene.capture, True),
+                                     (default_bank, scene.capture, False)):
+        r = _reconstructor(bank, prior)
+        seen = []
+        solve = r.sampler.solve
+        r.sampler.solve = lambda capture, start=None, warm=False: seen.append((warm, start)) or solve(capture, start, warm)
+        r.reconstruct(capture)
+        second = r.reconstruct(capture)
+        assert second.start == "warm" and [w for w, _ in seen] == [False, True]
+        for _, start in seen:
+            assert (start.side_evidence is not None) == straddles
+        if straddles:  # this frame's capture, so the same score as the cold start's
+            assert np.allclose(seen[1][1].side_evidence, seen[0][1].side_evidence, atol=1e-5)

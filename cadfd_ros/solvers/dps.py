@@ -145,8 +145,8 @@ class SamplerParams:
     evidence_bound_scale: float = 10.0
     evidence_bound_floor: float = 0.1
     # The classical start's side-of-focus score (ClassicalSolver.side_evidence: a property of the capture, computed
-    # once a frame) added to every depth update's evidence, weighted as there (add_side_evidence). Only banks that
-    # straddle focus have one; a warm frame has none. 0: off. Tuning photos, 8 steps, classical side_weight 30,
+    # once a frame; a warm frame computes it too) added to every depth update's evidence, weighted as there
+    # (add_side_evidence). Only banks that straddle focus have one. 0: off. Tuning photos, 8 steps, classical side_weight 30,
     # DFD-DPS delta straddle-rgb-13 / straddle-mono16-9 at seed 0 | seed 1: 0: 0.493 / 0.538 | 0.452 / 0.489;
     # 10: 0.525 / 0.515 | 0.543 / 0.517; 30: 0.523 / 0.511 (seed 0); 100: 0.517 / 0.508 (seed 0). The score is a
     # weak classifier (the true layer's twin scores worse in 63% / 53% of textured windows on those two cameras).
@@ -718,7 +718,7 @@ class DiffusionPosteriorSampler:
                           start.layer_coord.to(self.device, torch.float32), sigma_y, steps,
                           evidence_weight=start.evidence_weight,
                           start_sigma=self.params.warm_start_sigma if warm else None,
-                          side_evidence=None if warm else start.side_evidence)
+                          side_evidence=start.side_evidence)
         timings["dps"] = time.perf_counter() - began
         timings.update({f"dps_{name}": value for name, value in out.trace.stage_seconds.items()})
         op = self.operator(*y.shape[-2:], y.shape[1])
