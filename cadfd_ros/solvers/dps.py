@@ -148,8 +148,11 @@ class SamplerParams:
     # once a frame; a warm frame computes it too) added to every depth update's evidence, weighted as there
     # (add_side_evidence). Only banks that straddle focus have one. 0: off. Tuning photos, 8 steps, classical side_weight 30,
     # DFD-DPS delta straddle-rgb-13 / straddle-mono16-9 at seed 0 | seed 1: 0: 0.493 / 0.538 | 0.452 / 0.489;
-    # 10: 0.525 / 0.515 | 0.543 / 0.517; 30: 0.523 / 0.511 (seed 0); 100: 0.517 / 0.508 (seed 0). The score is a
-    # weak classifier (the true layer's twin scores worse in 63% / 53% of textured windows on those two cameras).
+    # 10: 0.525 / 0.515 | 0.543 / 0.517; 30: 0.523 / 0.511 (seed 0); 100: 0.517 / 0.508 (seed 0), all with the
+    # one-strength score. Averaged over five strengths (mean of both cameras and seeds), classical / sampler weight
+    # 30 / 10: 0.583, 30 / 30: 0.582, 60 / 10: 0.583; the three-strength default (ClassicalParams.side_prior_scales)
+    # at 30 / 10: 0.592. The score is a weak classifier (the true layer's twin scores worse in 60% / 65% of
+    # textured windows on those two cameras).
     side_weight: float = 10.0
     depth_step: float = 0.5  # gradient depth update: max layers per step
     evidence_window_sigma: float = 6.0  # px; the sharper x0 affords a smaller window than the classical 10
