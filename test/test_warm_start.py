@@ -220,10 +220,6 @@ def test_a_warm_frame_of_a_straddling_bank_gets_its_own_side_of_focus(default_ba
     """The side-of-focus score is a property of the capture: a warm frame computes it from its own capture
     (the previous frame's depth would otherwise hand a twin-side error on), cold and warm alike; a bank on
     one side of focus has none."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from test_classical import _twin_scene
 
     twin_bank, scene, _ = _twin_scene(2)
@@ -232,7 +228,12 @@ def test_a_warm_frame_of_a_straddling_bank_gets_its_own_side_of_focus(default_ba
         r = _reconstructor(bank, prior)
         seen = []
         solve = r.sampler.solve
-        r.sampler.solve = lambda capture, start=None, warm=False: seen.append((warm, start)) or solve(capture, start, warm)
+
+        def recording_solve(capture, start=None, warm=False, solve=solve, seen=seen):
+            seen.append((warm, start))
+            return solve(capture, start, warm)
+
+        r.sampler.solve = recording_solve
         r.reconstruct(capture)
         second = r.reconstruct(capture)
         assert second.start == "warm" and [w for w, _ in seen] == [False, True]

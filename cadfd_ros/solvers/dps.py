@@ -146,8 +146,8 @@ class SamplerParams:
     evidence_bound_floor: float = 0.1
     # The classical start's side-of-focus score (ClassicalSolver.side_evidence: a property of the capture, computed
     # once a frame; a warm frame computes it too) added to every depth update's evidence, weighted as there
-    # (add_side_evidence). Only banks that straddle focus have one. 0: off. Tuning photos, 8 steps, classical side_weight 30,
-    # DFD-DPS delta straddle-rgb-13 / straddle-mono16-9 at seed 0 | seed 1: 0: 0.493 / 0.538 | 0.452 / 0.489;
+    # (add_side_evidence). Only banks that straddle focus have one. 0: off. Tuning photos, 8 steps, classical
+    # side_weight 30, DFD-DPS delta straddle-rgb-13 / straddle-mono16-9 at seed 0 | seed 1: 0: 0.493 / 0.538 | 0.452 / 0.489;
     # 10: 0.525 / 0.515 | 0.543 / 0.517; 30: 0.523 / 0.511 (seed 0); 100: 0.517 / 0.508 (seed 0), all with the
     # one-strength score. Averaged over five strengths (mean of both cameras and seeds), classical / sampler weight
     # 30 / 10: 0.583, 30 / 30: 0.582, 60 / 10: 0.583; the three-strength default (ClassicalParams.side_prior_scales)
