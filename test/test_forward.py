@@ -7,7 +7,6 @@ import torch
 from scipy.signal import convolve2d
 
 from cadfd_ros.forward import LayeredBlur, depth_to_layer_coord, layer_coord_to_depth, soft_layer_weights
-from cadfd_ros.forward.operators import difference_power
 from cadfd_ros.forward.render import render_occlusion_aware
 
 
@@ -37,6 +36,24 @@ def test_forward_matches_direct_spatial_convolution(small_bank, rng):
             expected[c] += weights[0, k] * convolve2d(x[0, c], small_bank.psfs[k, 0], mode="valid")
     got = op(torch.from_numpy(x), torch.from_numpy(weights))[0].numpy()
     np.testing.assert_allclose(got, expected, atol=1e-10)
+
+
+def test_fourier_grid_is_fft_friendly_and_keeps_the_valid_model(small_bank, rng):
+    """The padded size 31 + 2p is prime-heavy; the FFTs run on the next 5-smooth size, and the valid block is
+    still the linear convolution (x's extra band is zero, so nothing wraps into it)."""
+    op = _operator(small_bank, height=29, width=37)
+    assert all(f >= p for f, p in zip(op.fft_shape, op.padded_shape))
+    for size in op.fft_shape:
+        rest = size
+        for prime in (2, 3, 5):
+            while rest % prime == 0:
+                rest //= prime
+        assert rest == 1, op.fft_shape
+    assert op.fft_shape != op.padded_shape  # the case this test is about
+    x = rng.random((1, 1, *op.padded_shape))
+    weights = soft_layer_weights(torch.full((1, op.height, op.width), 2.0, dtype=torch.float64), small_bank.num_layers)
+    expected = convolve2d(x[0, 0], small_bank.psfs[2, 0], mode="valid")
+    np.testing.assert_allclose(op(torch.from_numpy(x), weights)[0, 0].numpy(), expected, atol=1e-10)
 
 
 def test_adjoint_dot_product(small_bank, rng):
@@ -110,13 +127,8 @@ def test_rgb_least_squares_solves_the_normal_equations_channel_by_channel(small_
     y = op(x_true, weights) + 0.01 * torch.from_numpy(rng.standard_normal((1, 3, height, width)))
     x_ref, rho, g = op.pad_image(y), 5e-2, 1.0
     x, iterations = op.least_squares(y, coord, x_ref, rho, x_ref, 400, tolerance=1e-10, gradient_weight=g)
-    pull = rho * (1 + g * difference_power(op.padded_shape, x.dtype, x.device))
-
-    def regulariser(v):
-        return torch.fft.irfft2(torch.fft.rfft2(v) * pull, s=op.padded_shape)
-
-    lhs = op.A_adjoint_A(x, weights) + regulariser(x)
-    rhs = op.A_adjoint(y, weights) + regulariser(x_ref)
+    lhs = op.A_adjoint_A(x, weights) + op.regulariser(x, rho, g)
+    rhs = op.A_adjoint(y, weights) + op.regulariser(x_ref, rho, g)
     assert 0 < iterations < 400
     assert float((lhs - rhs).norm() / rhs.norm()) < 1e-6
     for c in range(3):  # and each channel is its own system: the mono operator of that channel agrees

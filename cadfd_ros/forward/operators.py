@@ -4,8 +4,10 @@
 
 x is the all-in-focus image padded by p = k//2 on every side, because a capture pixel near the
 border sees scene content from outside the frame; the convolution is 'valid', so y has the
-capture's size H x W. Convolutions are circular FFT products at the padded size, whose
-bottom-right H x W block equals the valid linear convolution exactly.
+capture's size H x W. Convolutions are circular FFT products on the *Fourier grid*: x zero-padded
+at the bottom and right to the next FFT-friendly size (``fft_shape``), whose block from k-1 equals
+the valid linear convolution exactly. A padded size such as 184 = 8 * 23 costs about twice the
+time per FFT of 192.
 
 The closed-form solves (per-layer deconvolution, the per-layer proximal step) work on a second
 grid, the *capture grid*: the capture reflect-padded by k (plus FFT-friendly extra at the bottom
@@ -67,6 +69,8 @@ class LayeredBlur:
         self.pad = k // 2
         self.height, self.width = height, width
         self.padded_shape = (height + 2 * self.pad, width + 2 * self.pad)
+        self.fft_shape = (next_fast_len(self.padded_shape[0], real=True),
+                          next_fast_len(self.padded_shape[1], real=True))
         self.capture_pad = k
         self.capture_grid = (next_fast_len(height + 2 * k, real=True), next_fast_len(width + 2 * k, real=True))
         self.psfs = psfs
@@ -81,8 +85,8 @@ class LayeredBlur:
 
     @cached_property
     def otf(self) -> torch.Tensor:
-        """(L, C, Hp, Wp//2+1) OTFs for the 'valid' model on the padded grid."""
-        return torch.fft.rfft2(self._embedded_psfs(self.padded_shape))
+        """(L, C, Hf, Wf//2+1) OTFs for the 'valid' model on the Fourier grid (``fft_shape``)."""
+        return torch.fft.rfft2(self._embedded_psfs(self.fft_shape))
 
     @cached_property
     def capture_otf(self) -> torch.Tensor:
@@ -121,16 +125,16 @@ class LayeredBlur:
         return full[..., k1 : k1 + self.height, k1 : k1 + self.width]
 
     def _embed(self, y: torch.Tensor) -> torch.Tensor:
-        """Adjoint of _crop: zero image of the padded size with y in the valid block."""
+        """Adjoint of _crop: zero image of the Fourier grid's size with y in the valid block."""
         k1 = self.kernel_size - 1
-        out = y.new_zeros(*y.shape[:-2], *self.padded_shape)
+        out = y.new_zeros(*y.shape[:-2], *self.fft_shape)
         out[..., k1 : k1 + self.height, k1 : k1 + self.width] = y
         return out
 
     def blur_layers(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, Hp, Wp) -> (B, L, C, H, W): x blurred by every layer's PSF."""
-        spectrum = torch.fft.rfft2(x).unsqueeze(1)  # (B, 1, C, Hp, Wf)
-        blurred = torch.fft.irfft2(spectrum * self.otf, s=self.padded_shape)
+        spectrum = self.spectrum(x).unsqueeze(1)  # (B, 1, C, Hf, Wf//2+1)
+        blurred = torch.fft.irfft2(spectrum * self.otf, s=self.fft_shape)
         return self._crop(blurred)
 
     def A(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -142,14 +146,33 @@ class LayeredBlur:
     def A_adjoint(self, y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Adjoint in x for fixed weights: (B, C, H, W) -> (B, C, Hp, Wp)."""
         masked = self._embed(y.unsqueeze(1) * weights.unsqueeze(2))  # (B, L, C, Hp, Wp)
-        spectrum = torch.fft.rfft2(masked) * self.otf.conj()
-        return torch.fft.irfft2(spectrum.sum(dim=1), s=self.padded_shape)
+        return self.from_spectrum((torch.fft.rfft2(masked) * self.otf.conj()).sum(dim=1))
 
     def A_adjoint_A(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """The normal operator A^T A x at fixed weights."""
         return self.A_adjoint(self.A(x, weights), weights)
 
     # ------------------------------------------------------------------ grids
+    def spectrum(self, x: torch.Tensor) -> torch.Tensor:
+        """Padded-size x (..., Hp, Wp) -> its spectrum on the Fourier grid (zero-padded)."""
+        return torch.fft.rfft2(x, s=self.fft_shape)
+
+    def from_spectrum(self, spectrum: torch.Tensor) -> torch.Tensor:
+        """Adjoint of ``spectrum`` up to the FFT's scale: back to the padded size (the zero band dropped)."""
+        return torch.fft.irfft2(spectrum, s=self.fft_shape)[..., : self.padded_shape[0], : self.padded_shape[1]]
+
+    def gradient_pull(self, rho: float, gradient_weight: float, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The spectrum of R = rho (I + g D^T D) on the Fourier grid (forward differences; x's zero band
+        beyond the padded size makes its border differences against 0, outside the field of view)."""
+        dtype = dtype or self.psfs.dtype
+        return rho * (1 + gradient_weight * difference_power(self.fft_shape, dtype, self.device))
+
+    def regulariser(self, v: torch.Tensor, rho: float, gradient_weight: float = 0.0) -> torch.Tensor:
+        """R v, R = rho (I + g D^T D): the Tikhonov pull of the least-squares solve (rho v when g = 0)."""
+        if not gradient_weight:
+            return rho * v
+        return self.from_spectrum(self.spectrum(v) * self.gradient_pull(rho, gradient_weight, v.dtype))
+
     def pad_image(self, image: torch.Tensor) -> torch.Tensor:
         """Capture-sized image -> padded size by edge replication (a starting guess for x)."""
         p = self.pad
@@ -268,21 +291,21 @@ class LayeredBlur:
         sub = self.select_layers(active)  # only the layers in use
         weights = weights[:, active]
         otf2 = sub.otf.real**2 + sub.otf.imag**2  # (A, C, Hp, Wf)
-        pull = rho * (1 + gradient_weight * difference_power(self.padded_shape, x_ref.dtype, x_ref.device))
+        pull = self.gradient_pull(rho, gradient_weight, x_ref.dtype)
         diagonal = (weights.mean(dim=(0, 2, 3)).view(-1, 1, 1, 1) * otf2).sum(dim=0) + pull
 
         def regulariser(v: torch.Tensor) -> torch.Tensor:
             if not gradient_weight:
                 return rho * v
-            return torch.fft.irfft2(torch.fft.rfft2(v) * pull, s=self.padded_shape)
+            return self.from_spectrum(self.spectrum(v) * pull)
 
         def normal(v: torch.Tensor) -> torch.Tensor:
             if data_weight is not None:
                 return sub.A_adjoint(data_weight * sub(v, weights), weights) + regulariser(v)
             return sub.A_adjoint_A(v, weights) + regulariser(v)
 
-        def precondition(v: torch.Tensor) -> torch.Tensor:
-            return torch.fft.irfft2(torch.fft.rfft2(v) / diagonal, s=sub.padded_shape)
+        def precondition(v: torch.Tensor) -> torch.Tensor:  # symmetric: crop C^-1 zero-pad
+            return sub.from_spectrum(sub.spectrum(v) / diagonal)
 
         x = x_start
         data = y if data_weight is None else data_weight * y
