@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cadfd_ros.runtime import keep_freed_memory
+
+    keep_freed_memory()  # before the solvers' first allocations
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

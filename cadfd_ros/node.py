@@ -407,6 +407,9 @@ class CadfdNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
+    from cadfd_ros.runtime import keep_freed_memory
+
+    keep_freed_memory()  # before the solver's first allocations
     rclpy.init(args=args)
     node = CadfdNode()
     executor = MultiThreadedExecutor(num_threads=4)

@@ -110,3 +110,16 @@ def test_psf_bank_synth_and_show(tmp_path):
     assert bank.num_layers == 6 and bank.metadata["f_number"] == pytest.approx(8.0)
     assert main(["psf-bank", "show", str(bank_path), "--out", str(tmp_path / "sheet.png")]) == 0
     assert (tmp_path / "sheet.png").stat().st_size > 2000
+
+
+def test_entry_points_keep_freed_buffers_on_glibc(monkeypatch):
+    """The allocator setting of cadfd and the node: applied on glibc Linux (this machine), and not at all when
+    the user opts out."""
+    import platform
+
+    from cadfd_ros.runtime import OPT_OUT, keep_freed_memory
+
+    monkeypatch.setenv(OPT_OUT, "1")
+    assert keep_freed_memory() is False
+    monkeypatch.delenv(OPT_OUT)
+    assert keep_freed_memory() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
