@@ -145,7 +145,7 @@ class LayeredBlur:
 
     def A_adjoint(self, y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Adjoint in x for fixed weights: (B, C, H, W) -> (B, C, Hp, Wp)."""
-        masked = self._embed(y.unsqueeze(1) * weights.unsqueeze(2))  # (B, L, C, Hp, Wp)
+        masked = self._embed(y.unsqueeze(1) * weights.unsqueeze(2))  # (B, L, C, Hf, Wf)
         return self.from_spectrum((torch.fft.rfft2(masked) * self.otf.conj()).sum(dim=1))
 
     def A_adjoint_A(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -290,7 +290,7 @@ class LayeredBlur:
         active = layers_in_use(weights[0])
         sub = self.select_layers(active)  # only the layers in use
         weights = weights[:, active]
-        otf2 = sub.otf.real**2 + sub.otf.imag**2  # (A, C, Hp, Wf)
+        otf2 = sub.otf.real**2 + sub.otf.imag**2  # (A, C, Hf, Wf//2+1)
         pull = self.gradient_pull(rho, gradient_weight, x_ref.dtype)
         diagonal = (weights.mean(dim=(0, 2, 3)).view(-1, 1, 1, 1) * otf2).sum(dim=0) + pull
 
