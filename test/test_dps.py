@@ -140,9 +140,11 @@ def test_the_pipeline_builds_one_classical_solver_and_hands_its_start_on(default
     assert reconstructor.sampler.start_solver is reconstructor.classical
     # the start uses the sampler's cheaper evidence; the classical method keeps its own
     assert reconstructor.classical.params.hqs_iterations == SamplerParams().start_deconvolution_iterations
+    assert reconstructor.classical.params.sparse_weight == SamplerParams().start_sparse_weight
     plain = Reconstructor(default_bank, ReconstructionConfig(method="classical", device="cpu"))
     assert plain.classical.params == ClassicalParams()
     assert ClassicalParams().hqs_iterations > SamplerParams().start_deconvolution_iterations
+    assert ClassicalParams().sparse_weight != SamplerParams().start_sparse_weight  # the two are tuned apart
 
 
 def test_the_sampler_uses_the_start_image_not_the_start_depth(default_bank, prior, scene):
