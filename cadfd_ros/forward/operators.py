@@ -167,11 +167,15 @@ class LayeredBlur:
         dtype = dtype or self.psfs.dtype
         return rho * (1 + gradient_weight * difference_power(self.fft_shape, dtype, self.device))
 
-    def regulariser(self, v: torch.Tensor, rho: float, gradient_weight: float = 0.0) -> torch.Tensor:
-        """R v, R = rho (I + g D^T D): the Tikhonov pull of the least-squares solve (rho v when g = 0)."""
+    def regulariser(self, v: torch.Tensor, rho: float, gradient_weight: float = 0.0,
+                    pull: torch.Tensor | None = None) -> torch.Tensor:
+        """R v, R = rho (I + g D^T D): the Tikhonov pull of the least-squares solve (rho v when g = 0).
+        ``pull``: ``gradient_pull(rho, gradient_weight)`` when the caller has it (a solver's loop)."""
         if not gradient_weight:
             return rho * v
-        return self.from_spectrum(self.spectrum(v) * self.gradient_pull(rho, gradient_weight, v.dtype))
+        if pull is None:
+            pull = self.gradient_pull(rho, gradient_weight, v.dtype)
+        return self.from_spectrum(self.spectrum(v) * pull)
 
     def pad_image(self, image: torch.Tensor) -> torch.Tensor:
         """Capture-sized image -> padded size by edge replication (a starting guess for x)."""
@@ -295,9 +299,7 @@ class LayeredBlur:
         diagonal = (weights.mean(dim=(0, 2, 3)).view(-1, 1, 1, 1) * otf2).sum(dim=0) + pull
 
         def regulariser(v: torch.Tensor) -> torch.Tensor:
-            if not gradient_weight:
-                return rho * v
-            return self.from_spectrum(self.spectrum(v) * pull)
+            return self.regulariser(v, rho, gradient_weight, pull)
 
         def normal(v: torch.Tensor) -> torch.Tensor:
             if data_weight is not None:
