@@ -11,7 +11,8 @@ depth over the bank's range), mapped to soft layer weights. Each step:
    in local windows, regularised edge-aware by the classical solver's algorithm with smaller
    windows, or gradient steps on u through the soft weights. The evidence is the Gaussian
    marginal likelihood of the capture under layer k with x ~ N(x0, tau^2 I): the residual
-   y - h_k * x0 whitened by (tau^2 |H_k|^2 + sigma^2)^-1/2, plus the per-layer log-determinant.
+   y - h_k * x0 whitened by (tau^2 |H_k|^2 + sigma^2)^-1/2, plus the per-layer log-determinant, each
+   layer in each window at the candidate tau (x0's error) that explains the capture best.
    Without it (the plain residual) a smooth x0 is best explained by the smallest PSF and depth
    drifts near;
 3. data consistency for the image through the blur-then-mask model;
@@ -143,8 +144,16 @@ class SamplerParams:
     # matrix, tuning photos (astronaut, coffee, camera, brick at <= 200 px), 20 steps, with the final gradient
     # pull: mean delta over 8 cameras 0.543 at tau 0.1, 0.565 at 0.125, 0.581 at 0.15, 0.576 at 0.2. With the bounded
     # evidence (all 8 tuning photos, 8 steps): 0.610 at 0.1, 0.637 at 0.15, 0.614 at 0.2 (0.1 suits small blurs and
-    # high noise, 0.2 large blurs: a trade between cameras, not a better value)
-    evidence_prior_std: float = 0.15
+    # high noise, 0.2 large blurs: a trade between cameras, not a better value). Swept per camera (tuning photos, 8
+    # steps, 0.07-0.2) each camera had its own best tau, unrelated to sigma, and neither a moment estimate of x0's
+    # error nor the frame's likeliest tau found it (README). Several values: the profile likelihood, each layer in
+    # each evidence window at the tau under which it explains the capture best (the minimum of their window
+    # energies). Tuning photos, 8 cameras, 8 steps, seed 0, mean delta: 0.650 at 0.15 alone; (0.1, 0.2) 0.671, 7 of
+    # 8 cameras up (front-of-focus-circle 0.495 -> 0.604, sixteen-layers 0.682 -> 0.702) and just-behind-focus
+    # (sigma 0.005) 0.702 -> 0.633; (0.1, 0.15, 0.2) 0.672; (0.05, 0.1, 0.2, 0.4) 0.675 but just-behind-focus 0.580.
+    # (0.1, 0.2) for the smallest loss on any camera. One tau per window for all its layers (the window's likeliest)
+    # lost more on that camera: 0.621 with (0.1, 0.2), 0.546 with the four.
+    evidence_prior_stds: tuple[float, ...] = (0.1, 0.2)
     # The bounded evidence's bound, in units of the capture's ring-averaged signal power, and its floor, as a share
     # of the flat tau^2 |H_k|^2. Tuning matrix mean delta: scale 1 / 10 / 30 / 100 without a floor 0.617 / 0.637 /
     # 0.633 / 0.633 (behind-f5.6 0.730-0.752: where the capture is all noise the flat model's penalty on small
@@ -221,6 +230,8 @@ class SamplerParams:
         if not (self.evidence_bound_scale > 0 and 0 <= self.evidence_bound_floor <= 1):
             raise CadfdError(f"evidence_bound_scale must be positive and evidence_bound_floor in [0, 1], got "
                              f"{self.evidence_bound_scale} and {self.evidence_bound_floor}")
+        if not (self.evidence_prior_stds and all(tau > 0 for tau in self.evidence_prior_stds)):
+            raise CadfdError(f"evidence_prior_stds must be one or more positive values, got {self.evidence_prior_stds}")
         if not self.warm_start_sigma > 0:
             raise CadfdError(f"warm_start_sigma must be positive, got {self.warm_start_sigma}")
 
@@ -273,18 +284,27 @@ class MarginalEvidence:
 
     @classmethod
     def from_spectra(cls, spectra: CaptureSpectra, prior_ratio: float, noise_sigma: float | None = None,
-                     bound_scale: float = 1.0, bound_floor: float = 0.0) -> "MarginalEvidence":
+                     bound_scale: float = 1.0, bound_floor: float = 0.0, signal: torch.Tensor | None = None
+                     ) -> "MarginalEvidence":
         """``noise_sigma`` given ("bounded" evidence): h_k*x0's error power at a frequency is at most
         ``bound_scale`` times the capture's signal power there (|Y|^2 - sigma^2, ring-averaged; the scale
         because windows with texture carry more than the frame's average), and at least ``bound_floor`` of
         the flat tau^2 |H_k|^2 (the tuned values are SamplerParams'). A flat tau^2 has a small PSF predict
         high-frequency residual power that neither the scene nor the prior's estimate has; the
-        log-determinant then pushed small blurs to larger ones (the in-front-of-focus camera's far layers)."""
+        log-determinant then pushed small blurs to larger ones (the in-front-of-focus camera's far layers).
+        ``signal``: ``capture_signal(spectra, noise_sigma)``, where the caller has it already."""
         ratio = prior_ratio**2 * spectra.otf_power
         if noise_sigma is not None:
-            signal = (capture_power_spectrum(spectra.padded[0]) / noise_sigma**2 - 1).clamp(min=0)
+            if signal is None:
+                signal = capture_signal(spectra, noise_sigma)
             ratio = torch.maximum(torch.minimum(ratio, bound_scale * signal.unsqueeze(0)), bound_floor * ratio)
         return cls(whiten=torch.rsqrt(1 + ratio), log_det_per_channel=torch.log1p(ratio).mean(dim=(-2, -1)))
+
+
+def capture_signal(spectra: CaptureSpectra, noise_sigma: float) -> torch.Tensor:
+    """The capture's ring-averaged signal power in units of the noise power, |Y|^2 / sigma^2 - 1 (>= 0), on the
+    capture grid (C, Hs, Wf): the bounded evidence's bound."""
+    return (capture_power_spectrum(spectra.padded[0]) / noise_sigma**2 - 1).clamp(min=0)
 
 
 def capture_power_spectrum(image: torch.Tensor, bins: int | None = None) -> torch.Tensor:
@@ -311,7 +331,7 @@ class FrameContext:
     capture: torch.Tensor  # y (1, C, H, W) linear
     operator: LayeredBlur
     spectra: CaptureSpectra
-    evidence: MarginalEvidence
+    evidence: tuple[MarginalEvidence, ...]  # one per candidate tau (SamplerParams.evidence_prior_stds)
     guide: torch.Tensor  # luminance of y, steers the edge-aware depth regulariser
     noise_sigma: float
     params: SamplerParams
@@ -408,7 +428,8 @@ class _CountingDenoiser:
 
 # ---------------------------------------------------------------------- depth evidence and updates
 def layer_error(ctx: FrameContext, blurred: torch.Tensor) -> torch.Tensor:
-    """Per-pixel -2 log p(y | layer k, x0) up to a constant, from x0 blurred by every layer: (1, L, H, W)."""
+    """Per-pixel -2 log p(y | layer k, x0, tau) up to a constant, from x0 blurred by every layer: (T, L, H, W),
+    one per candidate tau (T = 1 for the "residual" evidence)."""
     y, sigma_y = ctx.capture, ctx.noise_sigma
     residual = y.unsqueeze(1) - blurred  # (1, L, C, H, W)
     if ctx.evidence_weight is not None:  # clipped pixels' error would leak through the whitening filter
@@ -416,10 +437,12 @@ def layer_error(ctx: FrameContext, blurred: torch.Tensor) -> torch.Tensor:
     if ctx.params.evidence == "residual":
         return (residual**2).sum(dim=2) / (sigma_y * sigma_y)
     op = ctx.operator
-    padded = op.pad_capture(residual[0])
-    whitened = torch.fft.irfft2(torch.fft.rfft2(padded) * ctx.evidence.whiten, s=op.capture_grid)
-    whitened = op.crop_capture(whitened)
-    return (whitened**2).sum(dim=1).unsqueeze(0) / (sigma_y * sigma_y) + ctx.evidence.log_det.view(1, -1, 1, 1)
+    spectrum = torch.fft.rfft2(op.pad_capture(residual[0]))
+    errors = []
+    for evidence in ctx.evidence:
+        whitened = op.crop_capture(torch.fft.irfft2(spectrum * evidence.whiten, s=op.capture_grid))
+        errors.append((whitened**2).sum(dim=1) / (sigma_y * sigma_y) + evidence.log_det.view(-1, 1, 1))
+    return torch.stack(errors)
 
 
 def image_layer_error(ctx: FrameContext, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -433,7 +456,7 @@ def image_layer_error(ctx: FrameContext, x0: torch.Tensor) -> tuple[torch.Tensor
     error, blurs = None, []
     for c in range(op.channels):
         channel = replace(ctx, capture=ctx.capture[:, c : c + 1], operator=op.select_channel(c),
-                          evidence=ctx.evidence.channel(c))
+                          evidence=tuple(evidence.channel(c) for evidence in ctx.evidence))
         blurred = channel.operator.blur_layers(x0[:, c : c + 1])
         part = layer_error(channel, blurred)
         error = part if error is None else error + part
@@ -445,8 +468,8 @@ def depth_update(ctx: FrameContext, blurred: torch.Tensor | None, coord: torch.T
                  with_confidence: bool = True, error: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Layer evidence of the current sharp estimate (``error``, or ``layer_error`` of its ``blurred``
-    layers), averaged over updates, then the classical edge-aware regularisation; or a gradient step on
-    the coordinate (which needs ``blurred``)."""
+    layers), each layer's window energy at its best candidate tau, averaged over updates, then the classical
+    edge-aware regularisation; or a gradient step on the coordinate (which needs ``blurred``)."""
     p = ctx.params
     cp = p.regulariser
     y = ctx.capture
@@ -462,7 +485,7 @@ def depth_update(ctx: FrameContext, blurred: torch.Tensor | None, coord: torch.T
         energy = gaussian_blur(F.interpolate(error * w, size=low, mode="area"), window)
         mass = gaussian_blur(F.interpolate(w, size=low, mode="area"), window)
         energy = torch.where(mass > 1e-3, energy / mass.clamp(min=1e-6), torch.zeros_like(energy))
-    energy = energy / y.shape[1]
+    energy = energy.amin(dim=0, keepdim=True) / y.shape[1]  # the profile likelihood over tau
     if ctx.side_evidence is not None and p.side_weight:
         energy = add_side_evidence(energy, ctx.side_evidence, p.side_weight)
     if evidence is not None:
@@ -626,11 +649,13 @@ class DiffusionPosteriorSampler:
         clipped pixels out of the depth evidence; ``side_evidence`` joins every depth update's evidence."""
         op = self.operator(y.shape[-2], y.shape[-1], y.shape[1])
         spectra = op.capture_spectra(y)
+        bounded = self.params.evidence == "bounded"
+        signal = capture_signal(spectra, noise_sigma) if bounded else None
         return FrameContext(capture=y, operator=op, spectra=spectra,
-                            evidence=MarginalEvidence.from_spectra(
-                                spectra, self.params.evidence_prior_std / noise_sigma,
-                                noise_sigma if self.params.evidence == "bounded" else None,
-                                self.params.evidence_bound_scale, self.params.evidence_bound_floor),
+                            evidence=tuple(MarginalEvidence.from_spectra(
+                                spectra, tau / noise_sigma, noise_sigma if bounded else None,
+                                self.params.evidence_bound_scale, self.params.evidence_bound_floor, signal)
+                                for tau in self.params.evidence_prior_stds),
                             guide=luminance(y), noise_sigma=noise_sigma, params=self.params,
                             layer_depths=torch.from_numpy(self.bank.depths).to(self.device),
                             evidence_weight=None if evidence_weight is None else
