@@ -475,7 +475,7 @@ def depth_update(ctx: FrameContext, blurred: torch.Tensor | None, coord: torch.T
     y = ctx.capture
     height, width = y.shape[-2:]
     if error is None:
-        error = layer_error(ctx, blurred)  # (1, L, H, W)
+        error = layer_error(ctx, blurred)  # (T, L, H, W)
     low = (max(1, height // cp.evidence_stride), max(1, width // cp.evidence_stride))
     window = cp.window_sigma * low[0] / height
     if ctx.evidence_weight is None:
