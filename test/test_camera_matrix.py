@@ -77,6 +77,42 @@ def test_reliability_orders_pixels_by_confidence():
     assert curve[:5] == [0.0] * 5 and curve[5:] == [1.0] * 5
 
 
+def test_reliability_splits_tied_confidences_at_random_not_in_raster_order():
+    """Half the pixels wrong, all in the first rows, every confidence 0: raster order would give deciles
+    0 0 0 0 0 1 1 1 1 1, a ranking the confidence does not make; each decile should read about 0.5."""
+    truth = np.ones((40, 50), np.float32)
+    depth = truth.copy()
+    depth[:20] = 2.0
+    curve = cm.reliability(depth, np.zeros_like(truth), truth, np.ones_like(truth, bool))
+    assert all(0.35 < v < 0.65 for v in curve), curve
+
+
+def test_min_confidence_trade_counts_kept_pixels_and_their_delta():
+    truth = np.ones((10, 10), np.float32)
+    confidence = np.tile(np.linspace(0, 1, 10, dtype=np.float32), (10, 1))  # columns at 0, 0.11 ... 1
+    depth = np.where(confidence > 0.5, 1.0, 2.0).astype(np.float32)
+    depth[0, 0] = np.nan  # an invalid pixel is never kept
+    result = cm.CameraResult(camera=None, blur_px=(0.0, 0.0))
+    result.coverage["DFD-DPS"] = cm.coverage_counts(depth, confidence, truth, np.ones((10, 10), bool)) * 2
+    trade = dict((level, (kept, delta)) for level, kept, delta in result.trade("DFD-DPS"))
+    assert trade[0.0] == (0.99, 50 / 99)  # pooled counts: the factor 2 cancels
+    assert trade[0.5] == (0.5, 1.0) and trade[0.9] == (0.1, 1.0)
+    assert trade[0.25][0] == 0.7 and abs(trade[0.25][1] - 5 / 7) < 1e-12
+
+
+def test_either_side_delta_counts_the_mirror_across_focus():
+    from cadfd_ros.bench.metrics import either_side_delta1, mirror_across_focus
+
+    # focus 1 m: 0.8 m and 4/3 m have blurs of one size and opposite signs; 0.4 m has no mirror
+    assert np.allclose(mirror_across_focus(np.array([0.8, 4 / 3, 1.0]), 1.0), [4 / 3, 0.8, 1.0])
+    assert np.isinf(mirror_across_focus(np.array([0.4]), 1.0)[0])
+    truth = np.full((4, 4), 0.8, np.float32)
+    depth = np.full((4, 4), 4 / 3, np.float32)  # every pixel on the wrong side
+    depth[0] = 3.0  # wrong on either side (its mirror is 0.6 m)
+    mask = np.ones((4, 4), bool)
+    assert either_side_delta1(depth, truth, mask, 1.0) == 0.75
+
+
 def test_one_small_camera_gives_every_row_and_the_ceilings(tmp_path):
     path = tmp_path / "cams.toml"
     path.write_text('[photos]\ntuning = ["brick"]\nheldout = ["camera"]\n'
@@ -89,6 +125,10 @@ def test_one_small_camera_gives_every_row_and_the_ceilings(tmp_path):
     assert 0 <= result.mean("classical", "tex_delta1") <= 1 and result.mean("capture", "aif_psnr") > 10
     assert result.mean("depth ceiling", "tex_delta1") > result.mean("constant", "tex_delta1")
     assert len(result.reliability["DFD-DPS"]) == cm.DECILES
+    assert [level for level, _, _ in result.trade("DFD-DPS")] == list(cm.MIN_CONFIDENCE_LEVELS)
+    kept = [kept for _, kept, _ in result.trade("DFD-DPS")]
+    assert kept == sorted(kept, reverse=True) and 0 < kept[0] <= 1  # a higher threshold keeps no more
+    assert "| tiny |" in cm.trade_table([result]) and cm.side_table([result]) == ""  # behind focus: no side table
     table = cm.camera_table([result])
     assert "| tiny |" in table and "mean over 1 cameras" in table
     assert "tiny" in cm.results_json([result]) and cm.save_worst_camera_figure(tmp_path / "w.png", [result]).is_file()

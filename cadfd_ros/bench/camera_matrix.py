@@ -29,6 +29,7 @@ from cadfd_ros.optics.psf_bank import PSFBank
 
 CEILING_WINDOW = 7  # px, the depth ceiling's evidence window
 DECILES = 10
+MIN_CONFIDENCE_LEVELS = (0.0, 0.25, 0.5, 0.75, 0.9)  # the bench's min_confidence trade
 
 
 @dataclass(frozen=True)
@@ -214,14 +215,27 @@ def aif_ceiling(scene: Scene, bank: PSFBank, sampler, classical) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- scoring
 def reliability(depth: np.ndarray, confidence: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> list[float]:
-    """delta<1.25 in each confidence decile of the masked pixels, least confident first."""
+    """delta<1.25 in each confidence decile of the masked pixels, least confident first. Equal confidences
+    (many pixels read exactly 0) are split at random, not in raster order, so tied deciles say the same."""
     valid = mask & np.isfinite(depth) & (truth > 0)
     d, t, c = depth[valid], truth[valid], confidence[valid]
     if d.size < DECILES:
         return [float("nan")] * DECILES
-    order = np.argsort(c, kind="stable")
+    order = np.lexsort((np.random.default_rng(0).permutation(c.size), c))
     good = (np.maximum(d / t, t / d) < 1.25)[order]
     return [float(chunk.mean()) for chunk in np.array_split(good, DECILES)]
+
+
+def coverage_counts(depth: np.ndarray, confidence: np.ndarray, truth: np.ndarray, mask: np.ndarray
+                    ) -> np.ndarray:
+    """``min_confidence``'s trade, as counts to pool over scenes: per level of MIN_CONFIDENCE_LEVELS
+    (rows), the masked pixels, those kept (confidence >= level) and those kept with delta<1.25."""
+    valid = mask & (truth > 0)
+    d, t, c = depth[valid], truth[valid], confidence[valid]
+    finite = np.isfinite(d)
+    good = finite & (np.maximum(d / t, t / d) < 1.25)
+    return np.array([[valid.sum(), (finite & (c >= level)).sum(), (good & (c >= level)).sum()]
+                     for level in MIN_CONFIDENCE_LEVELS], np.int64)
 
 
 @dataclass
@@ -230,6 +244,7 @@ class CameraResult:
     blur_px: tuple[float, float]
     rows: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # method -> per-scene metrics
     reliability: dict[str, list[float]] = field(default_factory=dict)  # method -> delta per decile
+    coverage: dict[str, np.ndarray] = field(default_factory=dict)  # method -> coverage_counts pooled over scenes
     example: tuple | None = None  # (scene, {method: (depth, aif)}) of the worst scene for DFD-DPS
 
     def mean(self, method: str, key: str) -> float:
@@ -243,6 +258,14 @@ class CameraResult:
             return float("nan"), float("nan")
         se = float(diff.std(ddof=1) / math.sqrt(diff.size)) if diff.size > 1 else float("nan")
         return float(diff.mean()), se
+
+    def trade(self, method: str) -> list[tuple[float, float, float]]:
+        """Per MIN_CONFIDENCE_LEVELS: (level, fraction of textured pixels kept, delta<1.25 of those kept)."""
+        counts = self.coverage.get(method)
+        if counts is None:
+            return []
+        return [(level, kept / total if total else float("nan"), good / kept if kept else float("nan"))
+                for level, (total, kept, good) in zip(MIN_CONFIDENCE_LEVELS, counts.tolist())]
 
 
 def run_camera(camera: CameraSpec, photos: tuple[str, ...], steps: int = 8, seed: int = 0, repeats: int = 1,
@@ -287,6 +310,8 @@ def run_camera(camera: CameraSpec, photos: tuple[str, ...], steps: int = 8, seed
         for name, solved in (("classical", classical), ("DFD-DPS", dps)):
             per_scene = reliability(solved.depth, solved.confidence, scene.depth, textured)
             result.reliability.setdefault(name, []).append(per_scene)
+            counts = coverage_counts(solved.depth, solved.confidence, scene.depth, textured)
+            result.coverage[name] = result.coverage.get(name, 0) + counts
         lead = result.rows["DFD-DPS"][-1]["tex_delta1"] - result.rows["classical"][-1]["tex_delta1"]
         if worst is None or lead < worst[0]:
             worst = (lead, scene, {k: v for k, v in outputs.items() if k in ("classical", "DFD-DPS")})
@@ -346,6 +371,35 @@ def lead_table(results: list[CameraResult]) -> str:
     return "\n".join(lines)
 
 
+def side_table(results: list[CameraResult]) -> str:
+    """For banks that straddle focus: delta, and delta counting a depth mirrored across focus as right (what
+    knowing the side of focus would give), per method; the gap is the loss to the side of focus."""
+    methods = ("classical", "DFD-DPS", "depth ceiling")
+    lines = ["| camera | " + " | ".join(f"{m} δ → either side" for m in methods) + " |",
+             "|---|" + "---|" * len(methods)]
+    for r in results:
+        if not any("tex_delta1_either_side" in row for row in r.rows.get("DFD-DPS", [])):
+            continue
+        cells = " | ".join(f"{r.mean(m, 'tex_delta1'):.3f} → {r.mean(m, 'tex_delta1_either_side'):.3f}" for m in methods)
+        lines.append(f"| {r.camera.name} | {cells} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def trade_table(results: list[CameraResult], method: str = "DFD-DPS") -> str:
+    """``min_confidence``'s trade per camera: the share of textured pixels kept and their delta<1.25."""
+    head = "| camera | " + " | ".join(f"min_confidence {level:g}: kept, δ" for level in MIN_CONFIDENCE_LEVELS) + " |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        cells = " | ".join(f"{kept:.0%}, {delta:.3f}" for _, kept, delta in r.trade(method))
+        lines.append(f"| {r.camera.name} | {cells} |")
+    trades = np.array([r.trade(method) for r in results if r.trade(method)])  # (cameras, levels, 3)
+    if trades.size:
+        mean = np.nanmean(trades, axis=0)
+        lines.append(f"| **mean over {len(trades)} cameras** | "
+                     + " | ".join(f"{kept:.0%}, {delta:.3f}" for _, kept, delta in mean) + " |")
+    return "\n".join(lines)
+
+
 def results_json(results: list[CameraResult]) -> dict:
     out = {}
     for r in results:
@@ -363,6 +417,8 @@ def results_json(results: list[CameraResult]) -> dict:
                 "dps_minus_capture_ssim": r.lead("DFD-DPS", "capture", "aif_ssim"),
             },
             "reliability_delta_by_confidence_decile": r.reliability,
+            "min_confidence_trade": {m: [{"min_confidence": level, "kept": kept, "delta1": delta}
+                                         for level, kept, delta in r.trade(m)] for m in r.coverage},
         }
     return out
 

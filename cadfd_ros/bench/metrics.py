@@ -41,6 +41,26 @@ def depth_metrics(depth: np.ndarray, truth: np.ndarray, mask: np.ndarray, invers
     return out
 
 
+def mirror_across_focus(depth: np.ndarray, focus_m: float) -> np.ndarray:
+    """The depth whose thin-lens blur has the same size and the opposite sign, 1/d' = 2/focus - 1/d (a PSF's
+    180-degree rotation); inf where there is none (no real depth that far past focus)."""
+    inverse = 2.0 / focus_m - 1.0 / depth.astype(np.float64)
+    with np.errstate(divide="ignore"):
+        return np.where(inverse > 0, 1.0 / inverse, np.inf)
+
+
+def either_side_delta1(depth: np.ndarray, truth: np.ndarray, mask: np.ndarray, focus_m: float) -> float:
+    """delta<1.25 with a depth counted right when it or its mirror across focus is: the share that would be
+    right if the side of focus were known. Against ``delta1`` it attributes a loss to the side of focus."""
+    valid = mask & np.isfinite(depth) & np.isfinite(truth) & (truth > 0)
+    if not valid.any():
+        return float("nan")
+    d, t = depth[valid].astype(np.float64), truth[valid].astype(np.float64)
+    mirror = mirror_across_focus(d, focus_m)
+    right = (np.maximum(d / t, t / d) < 1.25) | (np.maximum(mirror / t, t / mirror) < 1.25)
+    return float(np.mean(right))
+
+
 def image_metrics(image: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     """PSNR and SSIM of a linear image in [0, 1] over the masked region's bounding box."""
     from skimage.metrics import structural_similarity

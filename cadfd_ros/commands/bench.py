@@ -166,7 +166,12 @@ def _run_cameras(args: argparse.Namespace) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     header = (f"Camera matrix {path.name}, {args.photos} photos ({', '.join(photos)}) x {args.repeats} depth map(s), "
               f"seed {args.seed}, DFD-DPS {args.steps} steps; textured pixels, border band of half a PSF excluded.\n\n")
-    text = header + cm.camera_table(results) + "\n\n" + cm.lead_table(results) + "\n"
+    text = (header + cm.camera_table(results) + "\n\n" + cm.lead_table(results) + "\n\n"
+            + "DFD-DPS depth kept at each min_confidence (textured pixels, pooled over scenes):\n\n"
+            + cm.trade_table(results) + "\n")
+    side = cm.side_table(results)
+    if side:
+        text += "\nCameras straddling focus: δ, and δ with a depth's mirror across focus counted right:\n\n" + side + "\n"
     (args.out_dir / "camera_matrix.md").write_text(text)
     (args.out_dir / "camera_matrix.json").write_text(json.dumps(cm.results_json(results), indent=2) + "\n")
     figure = cm.save_worst_camera_figure(args.out_dir / "worst_camera.png", results)
