@@ -101,30 +101,6 @@ def test_confidence_is_the_mass_within_the_delta_window_of_depth():
     assert float(close.min()) > 0.9 and float(spread.max()) < 0.25  # 0.20; within one layer it was 0.33
 
 
-def test_confidence_ignores_what_noise_alone_would_favour():
-    """A window whose cost is what noise alone scores under each layer (``flat_cost``: a constant
-    advantage for layer 1, as the log-determinant gives a sharp PSF) has no evidence for any depth:
-    confidence 0, where without the offset it read certain. The chosen depth does not change, and a
-    window with a real lead over noise keeps its confidence."""
-    import torch
-
-    from cadfd_ros.solvers.classical import ClassicalParams, depth_from_evidence
-
-    depths = torch.tensor([0.5, 1.0, 2.0, 4.0])
-    flat_cost = torch.tensor([30.0, 0.0, 30.0, 30.0])
-    guide = torch.ones(1, 1, 16, 16)
-    textureless = flat_cost.view(1, -1, 1, 1).expand(1, 4, 16, 16).clone()
-    coord, plain = depth_from_evidence(textureless, guide, ClassicalParams(), layer_depths=depths)
-    offset_coord, offset = depth_from_evidence(textureless, guide, ClassicalParams(), layer_depths=depths,
-                                               flat_cost=flat_cost)
-    assert float(plain.min()) > 0.99 and float(offset.max()) < 1e-6
-    assert torch.equal(coord, offset_coord)
-    textured = textureless.clone()
-    textured[:, 2] -= 40.0  # layer 2 explains this window better than noise alone would
-    _, lead = depth_from_evidence(textured, guide, ClassicalParams(), layer_depths=depths, flat_cost=flat_cost)
-    assert float(lead.min()) > 0.99
-
-
 def _twin_scene(layer: int):
     """A fronto-parallel plane for a bank straddling focus in which layers 2 and 6 have the same blur
     size and opposite signs: the random (asymmetric) pattern and its 180-degree rotation."""

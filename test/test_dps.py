@@ -324,35 +324,13 @@ def test_confidence_is_low_where_the_scene_has_no_texture(default_bank, prior):
     capture = np.clip(clean + np.random.default_rng(0).normal(0.0, 0.01, clean.shape), 0, 1).astype(np.float32)
     classical, start = _start(default_bank, capture)
     sampled = _sampler(default_bank, prior, steps=4).solve(capture, start)
-    # measured: classical 0.53 vs 0.10, sampler 0.85 vs 0.09 (0.89 vs 0.16 before the flat-cost offset)
+    # measured: classical 0.57 vs 0.11, sampler 0.89 vs 0.39
     for result in (classical, sampled):
         textured_depth = result.depth[16:-16, 16:48]
         assert np.mean(np.maximum(textured_depth / 1.0, 1.0 / textured_depth) < 1.25) > 0.8
         textured = float(result.confidence[16:-16, 16:48].mean())
         flat = float(result.confidence[16:-16, 88:-16].mean())
         assert flat < 0.6 * textured
-
-
-def test_flat_energy_is_what_a_noise_residual_scores(default_bank, prior):
-    """The confidence's offset per layer (``FrameContext.flat_energy``) is the energy that layer_error gives a
-    residual of capture noise alone, per pixel, at the best candidate tau: checked on white noise."""
-    import torch
-
-    from cadfd_ros.solvers.dps import layer_error
-
-    sigma = 0.01
-    rng = np.random.default_rng(3)
-    capture = torch.from_numpy(rng.uniform(0.2, 0.8, (1, 1, 96, 128)).astype(np.float32))
-    sampler = _sampler(default_bank, prior)
-    ctx = sampler.frame_context(capture, sigma)
-    noise = torch.from_numpy(rng.normal(0.0, 1.0, (1, 1, 1, 96, 128)).astype(np.float32))
-    noise = sigma * (noise - noise.mean()) / noise.std()  # this sample's power exactly sigma^2
-    blurred = (capture.unsqueeze(1) - noise).expand(1, ctx.operator.num_layers, 1, 96, 128)
-    scored = layer_error(ctx, blurred).mean(dim=(-2, -1)).amin(dim=0)  # (L,), per pixel, best tau
-    expected = ctx.flat_energy
-    assert expected.shape == (ctx.operator.num_layers,)
-    # this bank's blurs are large (11-21 px), so noise fills little of its log-determinant: 1.03-1.09
-    assert torch.allclose(scored, expected, rtol=0.005), (scored, expected)
 
 
 def test_scheduler_renoising_without_fresh_noise_is_deterministic_ddim():

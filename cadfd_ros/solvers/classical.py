@@ -109,18 +109,14 @@ def subpixel_argmin(cost: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
 
 
 def depth_from_evidence(evidence: torch.Tensor, guide: torch.Tensor, params: ClassicalParams,
-                        with_confidence: bool = True, layer_depths: torch.Tensor | None = None,
-                        flat_cost: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                        with_confidence: bool = True, layer_depths: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Edge-aware smoothing of the cost volume, then sub-layer argmin and confidence.
 
     Confidence is the posterior mass of the layers whose depth lies within a factor 1.25 of the
     chosen layer's (``layer_depths`` given; else within one layer), rescaled from chance: it asks
     whether the depth is right, not whether one PSF won. Layers a bank cannot tell apart (sub-pixel
-    blurs near focus) share the mass, so a wide band of them gets low confidence.
-
-    ``flat_cost`` (L,): what a window with no texture, noise alone, costs under each layer. The
-    posterior is taken on the cost above it, so a layer's constant advantage (a log-determinant)
-    counts for nothing where the texture is below the noise; the chosen layer does not change."""
+    blurs near focus) share the mass, so a wide band of them gets low confidence."""
     p = params
     guide = guide / guide.amax().clamp(min=1e-6)
     cost = fast_guided_filter(guide, evidence, max(1, round(p.guided_radius * evidence.shape[-2] / guide.shape[-2])),
@@ -129,9 +125,6 @@ def depth_from_evidence(evidence: torch.Tensor, guide: torch.Tensor, params: Cla
     best, c0, coord = subpixel_argmin(cost)
     if not with_confidence:
         return coord[:, 0], None
-    if flat_cost is not None:
-        cost = cost - flat_cost.to(cost.device, cost.dtype).view(1, -1, 1, 1)
-        c0 = cost.amin(dim=1, keepdim=True)
     prob = torch.softmax(-(cost - c0) / p.evidence_temperature, dim=1)
     if layer_depths is None:
         k = torch.arange(num_layers, device=cost.device).view(1, -1, 1, 1)

@@ -278,11 +278,6 @@ class MarginalEvidence:
         """(L,) per pixel, summed over channels."""
         return self.log_det_per_channel.sum(dim=1)
 
-    def flat_energy(self) -> torch.Tensor:
-        """(L, C): the expected whitened energy per pixel plus log-determinant of a residual that is capture
-        noise alone, what a window without texture scores under each layer (in units of sigma^2)."""
-        return (self.whiten**2).mean(dim=(-2, -1)) + self.log_det_per_channel
-
     def channel(self, c: int) -> "MarginalEvidence":
         """The evidence terms of colour channel ``c`` alone."""
         return MarginalEvidence(self.whiten[:, c : c + 1], self.log_det_per_channel[:, c : c + 1])
@@ -343,7 +338,6 @@ class FrameContext:
     layer_depths: torch.Tensor  # (L,) metres, nearest first
     evidence_weight: torch.Tensor | None = None  # (1, 1, H, W): 0 where clipped pixels leave the evidence
     side_evidence: torch.Tensor | None = None  # (1, L, h, w): the start's side-of-focus score, if any
-    flat_energy: torch.Tensor | None = None  # (L,): a textureless window's energy (MarginalEvidence.flat_energy)
 
 
 @dataclass
@@ -496,8 +490,7 @@ def depth_update(ctx: FrameContext, blurred: torch.Tensor | None, coord: torch.T
         energy = add_side_evidence(energy, ctx.side_evidence, p.side_weight)
     if evidence is not None:
         energy = p.evidence_momentum * evidence + (1 - p.evidence_momentum) * energy
-    new_coord, confidence = depth_from_evidence(energy, ctx.guide, cp, with_confidence, ctx.layer_depths,
-                                                ctx.flat_energy)
+    new_coord, confidence = depth_from_evidence(energy, ctx.guide, cp, with_confidence, ctx.layer_depths)
     if p.depth_update == "gradient":
         new_coord = depth_gradient_step(ctx, blurred, coord)
     elif p.depth_update == "fixed":
@@ -658,14 +651,11 @@ class DiffusionPosteriorSampler:
         spectra = op.capture_spectra(y)
         bounded = self.params.evidence == "bounded"
         signal = capture_signal(spectra, noise_sigma) if bounded else None
-        evidence = tuple(MarginalEvidence.from_spectra(
-            spectra, tau / noise_sigma, noise_sigma if bounded else None,
-            self.params.evidence_bound_scale, self.params.evidence_bound_floor, signal)
-            for tau in self.params.evidence_prior_stds)
-        # as depth_update's energy: summed over channels, the best tau, per channel
-        flat_energy = (torch.stack([e.flat_energy().sum(dim=1) for e in evidence]).amin(dim=0) / y.shape[1]
-                       if self.params.evidence != "residual" else None)
-        return FrameContext(capture=y, operator=op, spectra=spectra, evidence=evidence, flat_energy=flat_energy,
+        return FrameContext(capture=y, operator=op, spectra=spectra,
+                            evidence=tuple(MarginalEvidence.from_spectra(
+                                spectra, tau / noise_sigma, noise_sigma if bounded else None,
+                                self.params.evidence_bound_scale, self.params.evidence_bound_floor, signal)
+                                for tau in self.params.evidence_prior_stds),
                             guide=luminance(y), noise_sigma=noise_sigma, params=self.params,
                             layer_depths=torch.from_numpy(self.bank.depths).to(self.device),
                             evidence_weight=None if evidence_weight is None else
