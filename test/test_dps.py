@@ -257,6 +257,33 @@ def test_depth_evidence_is_the_profile_likelihood_over_tau(default_bank):
             SamplerParams(evidence_prior_stds=bad)
 
 
+def test_final_step_correction_is_dropped_where_it_is_noise_and_kept_where_it_is_detail(default_bank):
+    """shrink_correction: a correction with the power the final step gives capture noise, over a flat x0, is
+    removed; a correction well above it (detail the step restored) is kept; bad settings are refused by name."""
+    from cadfd_ros.errors import CadfdError
+    from cadfd_ros.solvers.dps import shrink_correction
+
+    sigma, rho, g = 0.01, 100 * 0.01**2, 1.0
+    sampler = _sampler(default_bank, object(), sampler="diffpir")
+    op = sampler.operator(96, 128, 1)
+    ctx = sampler.frame_context(torch.full((1, 1, 96, 128), 0.5), sigma)
+    coord = torch.full((1, 96, 128), 6.0)
+    otf2 = op.otf[6, 0].real ** 2 + op.otf[6, 0].imag ** 2
+    noise_std = sigma * float((otf2 / (otf2 + op.gradient_pull(rho, g)) ** 2).mean().sqrt())
+    generator = torch.Generator().manual_seed(0)
+    x_ref = torch.full((1, 1, *op.padded_shape), 0.5)
+    noise = noise_std * torch.randn(x_ref.shape, generator=generator)
+    flat = shrink_correction(ctx, x_ref, x_ref + noise, coord, rho, g, 2.0, 1.0) - x_ref
+    assert float(flat.pow(2).mean()) < 0.25 * float(noise.pow(2).mean())  # measured: 0.025
+    rows = torch.arange(op.padded_shape[0]).view(1, 1, -1, 1).float()
+    detail = 10 * noise_std * torch.sin(rows * 0.9)  # a pattern at 10x the noise
+    kept = shrink_correction(ctx, x_ref, x_ref + detail + noise, coord, rho, g, 2.0, 0.5) - x_ref
+    assert float((kept - detail - noise).pow(2).mean()) < 0.02 * float(detail.pow(2).mean())
+    for bad in ({"final_shrink_window": 0.0}, {"final_shrink_strength": -1.0}):
+        with pytest.raises(CadfdError, match="final_shrink"):
+            SamplerParams(**bad)
+
+
 def test_bounded_evidence_lowers_what_a_sharp_psf_predicts_only_where_the_capture_lacks_it(default_bank):
     """The flat model has every layer predict tau^2 |H_k|^2 of h_k*x0 error power; the bounded one caps it at
     the capture's signal power (times the scale), never below the floor's share of the flat model."""
