@@ -332,3 +332,34 @@ def test_unconditional_samples(tiny, tmp_path):
 
     p = write_samples_png(tiny, tmp_path / "s.png", num=4, size=16, steps=2)
     assert Image.open(p).size == (2 + 2 * 34, 2 + 2 * 34)
+
+
+def test_the_committed_training_checkpoint_resumes(tmp_path):
+    """training/prior holds the latest leg's full state (weights, EMA, AdamW moments, RNG), so a run can go on
+    from it on another machine: it loads under the leg's frozen settings at its step, and takes a step."""
+    import dataclasses
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from cadfd_ros.prior.train import TrainConfig
+
+    committed = Path(__file__).resolve().parents[1] / "training" / "prior"
+    state = json.loads((committed / "checkpoint" / "state.json").read_text())
+    shutil.copytree(committed / "checkpoint", tmp_path / "leg" / "checkpoint")
+    shutil.copy(committed / "train_log.csv", tmp_path / "leg" / "train_log.csv")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in state["config"].items() if k in names})
+    cfg.data, cfg.out, cfg.steps, cfg.progress, cfg.save_every = [], str(tmp_path / "leg"), state["step"] + 1, False, 1
+    # synthetic crops, not the training photos (not in a clean clone): the pool is not a frozen setting
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.uniform(0, 1, (96, 96, 3)) * 255).astype(np.uint8)).save(tmp_path / "p.png")
+    pool = pdata.CropPool([tmp_path / "p.png"], pdata.PoolConfig((96,)))
+    trainer = Trainer(cfg, resume=True, pool=pool)
+    assert trainer.step == state["step"] > 0
+    ema = load_file(committed / "checkpoint" / "ema.safetensors")
+    assert all(torch.equal(trainer.ema.state_dict()[k], v) for k, v in ema.items())
+    trainer.run()
+    assert json.loads((tmp_path / "leg" / "checkpoint" / "state.json").read_text())["step"] == state["step"] + 1
