@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cadfd_ros.bench.metrics import evaluation_mask, textured_mask
+from cadfd_ros.bench.metrics import evaluation_mask, textured_mask, within_delta1
 from cadfd_ros.bench.runner import score
 from cadfd_ros.bench.scenes import Scene, make_scene
 from cadfd_ros.errors import CadfdError
@@ -222,7 +222,7 @@ def reliability(depth: np.ndarray, confidence: np.ndarray, truth: np.ndarray, ma
     if d.size < DECILES:
         return [float("nan")] * DECILES
     order = np.lexsort((np.random.default_rng(0).permutation(c.size), c))
-    good = (np.maximum(d / t, t / d) < 1.25)[order]
+    good = within_delta1(d, t)[order]
     return [float(chunk.mean()) for chunk in np.array_split(good, DECILES)]
 
 
@@ -233,7 +233,7 @@ def coverage_counts(depth: np.ndarray, confidence: np.ndarray, truth: np.ndarray
     valid = mask & (truth > 0)
     d, t, c = depth[valid], truth[valid], confidence[valid]
     finite = np.isfinite(d)
-    good = finite & (np.maximum(d / t, t / d) < 1.25)
+    good = finite & within_delta1(d, t)
     return np.array([[valid.sum(), (finite & (c >= level)).sum(), (good & (c >= level)).sum()]
                      for level in MIN_CONFIDENCE_LEVELS], np.int64)
 

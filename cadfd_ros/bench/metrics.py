@@ -41,6 +41,12 @@ def depth_metrics(depth: np.ndarray, truth: np.ndarray, mask: np.ndarray, invers
     return out
 
 
+def within_delta1(depth: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Where a depth is right by the delta<1.25 metric: within a factor 1.25 of the truth (False where NaN)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.maximum(depth / truth, truth / depth) < 1.25
+
+
 def mirror_across_focus(depth: np.ndarray, focus_m: float) -> np.ndarray:
     """The depth whose thin-lens blur has the same size and the opposite sign, 1/d' = 2/focus - 1/d (a PSF's
     180-degree rotation); inf where there is none (no real depth that far past focus)."""
@@ -57,7 +63,7 @@ def either_side_delta1(depth: np.ndarray, truth: np.ndarray, mask: np.ndarray, f
         return float("nan")
     d, t = depth[valid].astype(np.float64), truth[valid].astype(np.float64)
     mirror = mirror_across_focus(d, focus_m)
-    right = (np.maximum(d / t, t / d) < 1.25) | (np.maximum(mirror / t, t / mirror) < 1.25)
+    right = within_delta1(d, t) | within_delta1(mirror, t)
     return float(np.mean(right))
 
 
