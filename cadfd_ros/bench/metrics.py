@@ -29,11 +29,10 @@ def depth_metrics(depth: np.ndarray, truth: np.ndarray, mask: np.ndarray, invers
     if not valid.any():
         return {"abs_rel": float("nan"), "rmse": float("nan"), "delta1": float("nan"), "valid": 0.0}
     d, t = depth[valid].astype(np.float64), truth[valid].astype(np.float64)
-    ratio = np.maximum(d / t, t / d)
     out = {
         "abs_rel": float(np.mean(np.abs(d - t) / t)),
         "rmse": float(np.sqrt(np.mean((d - t) ** 2))),
-        "delta1": float(np.mean(ratio < 1.25)),
+        "delta1": float(np.mean(within_delta1(d, t))),
         "valid": float(valid.sum() / max(mask.sum(), 1)),
     }
     if inverse_step:

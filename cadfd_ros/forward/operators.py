@@ -206,6 +206,12 @@ class LayeredBlur:
         return CaptureSpectra(padded=padded, adjoint=otf.conj() * torch.fft.rfft2(padded[0]).unsqueeze(0),
                               otf_power=otf.real**2 + otf.imag**2)
 
+    def padded_weights(self, layer_coord: torch.Tensor) -> torch.Tensor:
+        """Soft layer weights (1, L, Hp, Wp) of a capture-sized layer coordinate (1, H, W) on x's padded grid,
+        the coordinate extended by edge replication."""
+        coord = F.pad(layer_coord.unsqueeze(1), (self.pad,) * 4, mode="replicate")[:, 0]
+        return soft_layer_weights(coord, self.num_layers)
+
     # ------------------------------------------------------------------ proximal solves
     def prox_l2(self, x_ref: torch.Tensor, layer_coord: torch.Tensor, rho: float, spectra: CaptureSpectra,
                 gradient_weight: float = 0.0) -> torch.Tensor:
@@ -214,8 +220,7 @@ class LayeredBlur:
         PSF footprint (DiffPIR's data step, g = 0). x_ref and the result are on the padded grid. g > 0
         pulls harder towards x_ref at high frequencies, where a small PSF passes the capture noise."""
         half = self.pad
-        coord_pad = F.pad(layer_coord.unsqueeze(1), (half,) * 4, mode="replicate")[:, 0]
-        weights = soft_layer_weights(coord_pad, self.num_layers)[0]
+        weights = self.padded_weights(layer_coord)[0]
         active = layers_in_use(weights)
         weights = weights[active].unsqueeze(1)  # (A, 1, H+2p, W+2p)
         offset = self.capture_pad - half

@@ -519,8 +519,7 @@ def shrink_correction(ctx: FrameContext, x_ref: torch.Tensor, x: torch.Tensor, l
     op = ctx.operator
     otf2 = op.otf.real**2 + op.otf.imag**2  # (L, C, Hf, Wf)
     gain = (otf2 / (otf2 + op.gradient_pull(rho, gradient_weight, otf2.dtype)) ** 2).mean(dim=(-2, -1))  # (L, C)
-    coord = F.pad(layer_coord.unsqueeze(1), (op.pad,) * 4, mode="replicate")[:, 0]
-    weights = soft_layer_weights(coord, op.num_layers)  # (1, L, Hp, Wp)
+    weights = op.padded_weights(layer_coord)  # (1, L, Hp, Wp)
     noise = strength * ctx.noise_sigma**2 * torch.einsum("blhw,lc->bchw", weights, gain.to(weights.dtype))
     correction = x - x_ref
     power = gaussian_blur(correction * correction, window)
