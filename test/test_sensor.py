@@ -182,6 +182,35 @@ def test_noise_model_fit_recovers_a_and_b(default_bank):
     assert a == pytest.approx(1e-3, rel=0.15) and a * 0.5 + b == pytest.approx(1e-3 * 0.5 + 0.005**2, rel=0.1)
 
 
+@pytest.mark.parametrize("code_values", [0.5, 1.0, 1.3, 2.0, 4.0])
+def test_noise_of_a_quantised_capture_is_not_pulled_to_the_code_values(code_values):
+    """An 8-bit capture with about one code value of noise: its Haar band lies on a lattice of half code values,
+    where the plain median jumps (1.0 code value read as 0.74, 1.3 as 1.48). The estimate is the noise the
+    capture carries, quantisation error included: sqrt(sigma^2 + 1/12) code values."""
+    from cadfd_ros.solvers.noise import estimate_noise_model
+
+    rng = np.random.default_rng(7)
+    flat = np.round((0.4 + code_values / 255 * rng.standard_normal((200, 200))) * 255) / 255
+    expected = np.sqrt(code_values**2 + 1 / 12) / 255
+    assert estimate_noise_sigma(flat.astype(np.float32)) == pytest.approx(expected, rel=0.04)
+    ramp = np.tile(np.linspace(0.1, 0.9, 256), (256, 1))  # per intensity bin as well (the Poisson-Gaussian fit)
+    noisy = np.round((ramp + code_values / 255 * rng.standard_normal(ramp.shape)) * 255) / 255
+    a, b = estimate_noise_model(noisy.astype(np.float32))
+    assert np.sqrt(a * 0.5 + b) == pytest.approx(expected, rel=0.08)
+
+
+def test_mad_sigma_interpolates_within_the_lattice_bin():
+    """Unit noise on a lattice of 0.5: the plain median of |x| sits on the lattice value 0.5 (sigma read as
+    0.741); interpolated within its bin it gives the noise plus the lattice's own 0.5^2/12."""
+    from cadfd_ros.solvers.noise import mad_sigma
+
+    rng = np.random.default_rng(7)
+    band = np.round(rng.standard_normal(40_000) * 2) / 2  # a Haar band of integer codes: half-code lattice
+    assert np.median(np.abs(band)) / 0.6745 == pytest.approx(0.741, abs=0.001)  # stuck on a lattice value
+    assert mad_sigma(band) == pytest.approx(np.sqrt(1 + 0.25 / 12), rel=0.03)
+    assert mad_sigma(rng.standard_normal(40_000)) == pytest.approx(1.0, rel=0.03)  # continuous: plain MAD
+
+
 def test_noise_model_parameter_and_the_sigma_map(default_bank):
     from cadfd_ros.params import PARAM_BY_NAME
 
