@@ -20,6 +20,7 @@ from cadfd_ros.result import Reconstruction, SolverStart
 
 if TYPE_CHECKING:  # torch-heavy: imported where used
     from cadfd_ros.solvers.dps import SamplerConfig
+    from cadfd_ros.solvers.noise import NoiseModel
 
 __all__ = ["Reconstruction", "ReconstructionConfig", "Reconstructor", "check_capture", "resolve_device"]
 
@@ -174,17 +175,21 @@ class Reconstructor:
         """Forget the previous frame: the next one starts cold (after a gap in the stream, a reconfigure)."""
         self._previous, self._previous_capture, self._warm_in_a_row = None, None, 0
 
-    def reconstruct(self, capture: np.ndarray, saturated: np.ndarray | None = None) -> Reconstruction:
+    def reconstruct(self, capture: np.ndarray, saturated: np.ndarray | None = None,
+                    noise: NoiseModel | None = None) -> Reconstruction:
         """``saturated`` (H x W bool): pixels known to be clipped, e.g. found before binning; by default
-        those at or above the saturation level in ``capture``."""
+        those at or above the saturation level in ``capture``. ``noise``: the capture's noise model (a, b),
+        measured where the capture cannot show it (a demosaiced frame's raw mosaic), in the capture's units
+        before the black level; by default it is estimated from the capture."""
         start = time.perf_counter()
         capture = check_capture(capture, self.psf_bank)
         capture, saturated = self.prepare(capture, saturated)
+        noise = self.prepared_noise(noise)
         if capture.shape[0] * capture.shape[1] > self.config.max_pixels:
             self.reset_temporal_start()  # tiles are solved cold: no previous frame to start from
-            result = self._tiled(capture, saturated, None, start)
+            result = self._tiled(capture, saturated, None, start, noise)
         else:
-            result = self._solve_whole(capture, start, saturated, temporal=self.temporal)
+            result = self._solve_whole(capture, start, saturated, temporal=self.temporal, noise=noise)
         if saturated is not None:
             result.notes.append(f"{saturated.mean():.1%} of pixels saturated: depth invalid there")
         return result
@@ -209,6 +214,19 @@ class Reconstructor:
             capture = (capture / self.flat_for(capture)).astype(np.float32)
         return capture, (mask if mask.any() else None)
 
+    def prepared_noise(self, noise: NoiseModel | None) -> NoiseModel | None:
+        """A given noise model in the units ``prepare`` leaves the capture in (black level removed, the
+        saturation level at 1). A flat field's division is not applied to it: it is the sensor's noise."""
+        if noise is None:
+            return None
+        from cadfd_ros.solvers.noise import rescale_noise_model
+
+        a, b = float(noise[0]), float(noise[1])
+        if not (np.isfinite(a) and np.isfinite(b) and a >= 0 and b > 0):
+            raise CadfdError(f"noise model (a, b) must be finite with a >= 0 and b > 0, got ({a}, {b})")
+        black, white = self.config.black_level, self.config.saturation_level or 1.0
+        return rescale_noise_model((a, b), black, white) if black > 0 or white < 1.0 else (a, b)
+
     def flat_for(self, capture: np.ndarray) -> np.ndarray:
         """The flat field at the capture's size: as given, or area-binned by an integer factor (the node
         bins frames by input_downscale); mono flats apply to every channel."""
@@ -225,7 +243,8 @@ class Reconstructor:
             raise InputImageError(f"flat_field {self.config.flat_field}: RGB flat field for a mono capture")
         return flat[:, :, None] if flat.ndim == 2 and capture.ndim == 3 else flat
 
-    def _warm_solve(self, capture: np.ndarray, saturated: np.ndarray | None) -> tuple[Reconstruction | None, float]:
+    def _warm_solve(self, capture: np.ndarray, saturated: np.ndarray | None, noise: NoiseModel | None = None
+                    ) -> tuple[Reconstruction | None, float]:
         """The frame solved from the previous frame's estimate, or None when there is none of this size or
         its data term is above the cut threshold; and that data term (NaN without a previous frame)."""
         if self._previous is None or self._previous_capture is None or self._previous_capture.shape != capture.shape:
@@ -240,7 +259,7 @@ class Reconstructor:
         from cadfd_ros.solvers.motion import estimate_translation, shift_start
 
         began = time.perf_counter()
-        sigma, _, weight = self.classical.frame_noise(capture, saturated=saturated)
+        sigma, _, weight = self.classical.frame_noise(capture, saturated=saturated, noise=noise)
         weight_t = None if weight is None else torch.from_numpy(weight)
         if self.config.noise_sigma is not None:
             sigma = self.config.noise_sigma
@@ -268,10 +287,10 @@ class Reconstructor:
         return self.sampler.solve(capture, start, warm=True), term
 
     def _solve_whole(self, capture: np.ndarray, start: float, saturated: np.ndarray | None = None,
-                     temporal: bool = False) -> Reconstruction:
-        result, term = self._warm_solve(capture, saturated) if temporal else (None, float("nan"))
+                     temporal: bool = False, noise: NoiseModel | None = None) -> Reconstruction:
+        result, term = self._warm_solve(capture, saturated, noise) if temporal else (None, float("nan"))
         if result is None:
-            result, solver_start = self.classical.estimate(capture, saturated)
+            result, solver_start = self.classical.estimate(capture, saturated, noise)
             if self.sampler is not None:
                 result = self.sampler.solve(capture, solver_start)
         result.warm_data_term = term
@@ -290,7 +309,7 @@ class Reconstructor:
         return result
 
     def reconstruct_tiled(self, capture: np.ndarray, tile_size: int | None = None,
-                          saturated: np.ndarray | None = None) -> Reconstruction:
+                          saturated: np.ndarray | None = None, noise: NoiseModel | None = None) -> Reconstruction:
         """Solve overlapping tiles and blend them with linear ramps across the overlaps.
 
         The overlap is two PSF widths, so every blended pixel is at least one PSF width from
@@ -298,13 +317,13 @@ class Reconstructor:
         Depth is blended in inverse depth (linear in blur)."""
         start = time.perf_counter()
         capture, saturated = self.prepare(check_capture(capture, self.psf_bank), saturated)
-        result = self._tiled(capture, saturated, tile_size, start)
+        result = self._tiled(capture, saturated, tile_size, start, self.prepared_noise(noise))
         if saturated is not None:
             result.notes.append(f"{saturated.mean():.1%} of pixels saturated: depth invalid there")
         return result
 
     def _tiled(self, capture: np.ndarray, saturated: np.ndarray | None, tile_size: int | None,
-               start: float) -> Reconstruction:
+               start: float, noise: NoiseModel | None = None) -> Reconstruction:
         height, width = capture.shape[:2]
         overlap = 2 * self.psf_bank.kernel_size
         tile = max(tile_size or self.config.tile_size, 2 * overlap + 8)
@@ -321,7 +340,7 @@ class Reconstructor:
             for left in cols:
                 window = (slice(top, min(top + tile, height)), slice(left, min(left + tile, width)))
                 part_mask = None if saturated is None or not saturated[window].any() else saturated[window]
-                part = self._solve_whole(capture[window], time.perf_counter(), part_mask)
+                part = self._solve_whole(capture[window], time.perf_counter(), part_mask, noise=noise)
                 ramp = _ramp(part.depth.shape, overlap, top > 0, top + tile < height, left > 0, left + tile < width)
                 valid = np.isfinite(part.depth)
                 inverse[window] += np.where(valid, ramp / np.where(valid, part.depth, 1.0), 0.0)

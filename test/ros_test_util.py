@@ -33,8 +33,11 @@ def small_bank(path: Path, layers: int = 6) -> Path:
 
 
 def simulated_capture(bank_path: Path | None, height: int = 96, width: int = 128, rgb: bool = False,
-                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(capture, true depth): textured scene, near plane on the left, far plane on the right."""
+                      seed: int = 0, noise: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """(capture, true depth): textured scene, near plane on the left, far plane on the right, with Gaussian
+    noise of ``noise`` as a camera has. Noiseless renders are no test of a sensor: there the solvers' noise
+    model (each layer's noise-only energy subtracted) has no noise to explain, and a mono render read its near
+    plane at the far end."""
     from cadfd_ros.forward import render_occlusion_aware
     from cadfd_ros.optics.psf_bank import default_psf_bank_path, load_psf_bank
 
@@ -47,6 +50,7 @@ def simulated_capture(bank_path: Path | None, height: int = 96, width: int = 128
     depth = np.full((height, width), float(bank.depths[-2]), np.float32)
     depth[:, : width // 2] = float(bank.depths[1])
     capture = render_occlusion_aware(image, depth, bank)
+    capture = capture + noise * rng.standard_normal(capture.shape)
     return np.clip(capture, 0, 1).astype(np.float32), depth
 
 

@@ -386,6 +386,8 @@ def test_every_encoding_end_to_end(harness, scene):
             depth = depth_array(depth_msg)
             assert (depth_msg.height, depth_msg.width) == (H, W) and depth_msg.header.frame_id == FRAME
             assert np.isfinite(depth).mean() > 0.5, f"valid fraction {np.isfinite(depth).mean():.2f}"
+            near, far = np.nanmedian(depth[:, 16 : W // 2 - 16]), np.nanmedian(depth[:, W // 2 + 16 : -16])
+            assert near < far, f"near plane at {near:.2f} m, far plane at {far:.2f} m"
             aif = h.out.wait_for("aif/image", lambda m: (m.header.stamp.sec, m.header.stamp.nanosec) == stamp)
             channels = 1 if encoding.startswith("mono") else 3
             assert aif.encoding == ("mono8" if channels == 1 else "rgb8"), aif.encoding
@@ -576,7 +578,7 @@ def test_out_of_memory_falls_back_to_tiles_or_reports(harness, scene):
     recon = h.node._processor.reconstructor
     original = recon.reconstruct
 
-    def oom(_capture):
+    def oom(_capture, **_options):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     # Tiles run out of memory too: the frame fails, is counted and reported, and the node goes on.
@@ -588,7 +590,7 @@ def test_out_of_memory_falls_back_to_tiles_or_reports(harness, scene):
     assert rec["_level"] == 2 and "out of memory" in rec["_message"] and "input_downscale" in rec["_message"]
     # Tiles fit: the frame is retried with Reconstructor.reconstruct_tiled and published.
     tiled_calls = []
-    recon.reconstruct_tiled = lambda c: tiled_calls.append(c.shape) or original(c)
+    recon.reconstruct_tiled = lambda c, **options: tiled_calls.append(c.shape) or original(c, **options)
     depth_msg = h.roundtrip(capture, "rgb8", (5001, 0))
     assert depth_msg.width == W and tiled_calls and h.node._stats.failed == 1
 

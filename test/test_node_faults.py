@@ -265,11 +265,11 @@ def test_lifecycle_services_answer_within_a_second_during_a_long_solve(harness, 
     recon = h.node._processor.reconstructor
     original, solving, solved = recon.reconstruct, threading.Event(), threading.Event()
 
-    def long_solve(c):  # a frame that takes 4 s (as a big frame does), then its real result
+    def long_solve(c, **options):  # a frame that takes 4 s (as a big frame does), then its real result
         solving.set()
         time.sleep(4.0)
         try:
-            return original(c)
+            return original(c, **options)
         finally:
             solved.set()
 
@@ -360,10 +360,10 @@ def test_malformed_frames_are_counted_even_while_the_solver_is_busy(harness, sce
     recon = h.node._processor.reconstructor
     original, solving = recon.reconstruct, threading.Event()
 
-    def slow_solve(c):  # the solver busy for 2 s: frames arriving meanwhile would replace each other
+    def slow_solve(c, **options):  # the solver busy for 2 s: frames arriving meanwhile would replace each other
         solving.set()
         time.sleep(2.0)
-        return original(c)
+        return original(c, **options)
 
     recon.reconstruct = slow_solve
     h.send(capture, "rgb8", (700, 0))

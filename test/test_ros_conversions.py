@@ -167,6 +167,26 @@ def test_bayer_flat_patch_gives_its_colour(pattern: str, bits: int, big_endian: 
     np.testing.assert_allclose(capture.reshape(-1, 3), np.broadcast_to(expected, (80, 3)), atol=1.5 / top)
 
 
+@pytest.mark.parametrize("bits", [8, 16])
+def test_bayer_noise_is_measured_on_the_raw_mosaic(bits: int) -> None:
+    """Demosaicing averages noise away: the demosaiced frame's own estimate reads a fraction of it, and the
+    depth evidence then takes noise for detail. The mosaic's colour planes give the sensor's noise."""
+    from cadfd_ros.solvers.noise import estimate_noise_sigma
+
+    top = 2**bits - 1
+    rng = np.random.default_rng(11)
+    sigma = 0.01
+    mosaic = np.round(np.clip(0.4 + sigma * rng.standard_normal((96, 128)), 0, 1) * top).astype(
+        np.uint8 if bits == 8 else np.uint16)
+    msg = make_image(mosaic, f"bayer_rggb{bits}")
+    a, b = conv.bayer_noise_model(msg)
+    expected = np.sqrt(sigma**2 + (1 / top) ** 2 / 12)  # the noise plus the quantisation error
+    assert np.sqrt(a * 0.4 + b) == pytest.approx(expected, rel=0.1)
+    assert estimate_noise_sigma(conv.image_msg_to_capture(msg)) < 0.6 * expected  # what the demosaiced frame shows
+    assert conv.bayer_noise_model(make_image(mosaic, f"mono{bits}")) is None  # not a mosaic: estimated from it
+    assert conv.bayer_noise_model(make_image(mosaic[:3, :3], f"bayer_rggb{bits}")) is None  # too small to measure
+
+
 def test_errors_name_field_and_problem() -> None:
     good = make_image(RNG.integers(0, 256, size=(4, 6, 3)).astype(np.uint8), "rgb8")
 

@@ -211,6 +211,31 @@ def test_mad_sigma_interpolates_within_the_lattice_bin():
     assert mad_sigma(rng.standard_normal(40_000)) == pytest.approx(1.0, rel=0.03)  # continuous: plain MAD
 
 
+def test_a_noise_model_measured_elsewhere_replaces_the_estimate(default_bank):
+    """``Reconstructor.reconstruct(noise=(a, b))``, as the node passes a Bayer frame's mosaic noise: the frame's
+    sigma is then the model's, taken through the black level, and a bad model is refused by name."""
+    from cadfd_ros.solvers.noise import rescale_noise_model
+
+    capture = make_scene_capture(default_bank)
+    plain = Reconstructor(default_bank, ReconstructionConfig(device="cpu", noise_model="gaussian"))
+    assert plain.reconstruct(capture).noise_sigma == pytest.approx(0.01, rel=0.2)  # estimated: the scene's 0.01
+    assert plain.reconstruct(capture, noise=(0.0, 0.03**2)).noise_sigma == pytest.approx(0.03, rel=1e-5)
+    black = Reconstructor(default_bank, ReconstructionConfig(device="cpu", noise_model="gaussian", black_level=0.2))
+    assert black.reconstruct(capture, noise=(0.0, 0.03**2)).noise_sigma == pytest.approx(0.03 / 0.8, rel=1e-5)
+    # sigma^2 = a x + b on the raw scale, x = black + span x' on the new one
+    a, b = rescale_noise_model((4e-4, 1e-4), 0.2, 0.9)
+    for x_new in (0.0, 0.5, 1.0):
+        assert a * x_new + b == pytest.approx((4e-4 * (0.2 + 0.7 * x_new) + 1e-4) / 0.7**2)
+    with pytest.raises(CadfdError, match=r"noise model \(a, b\) must be finite with a >= 0 and b > 0"):
+        plain.reconstruct(capture, noise=(0.0, 0.0))
+
+
+def make_scene_capture(bank) -> np.ndarray:
+    from cadfd_ros.bench.scenes import make_scene
+
+    return make_scene("coffee", bank, 96, 128, noise_sigma=0.01, seed=0, channels=1).capture
+
+
 def test_noise_model_parameter_and_the_sigma_map(default_bank):
     from cadfd_ros.params import PARAM_BY_NAME
 

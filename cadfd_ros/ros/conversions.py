@@ -103,20 +103,9 @@ def image_msg_to_capture(msg: Image) -> np.ndarray:
     Raises InputImageError naming the field at fault for an unsupported encoding, a zero size,
     a ``step`` shorter than a row, or ``data`` whose length is not ``step * height``.
     """
-    raw = check_image_layout(msg)
-    encoding = str(msg.encoding)
-    dtype_code, channels, layout = _ENCODINGS[encoding]
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    item = np.dtype(dtype_code).itemsize
-    row_bytes = width * channels * item
-    rows = raw.reshape(height, step)
-    if step != row_bytes:
-        # Row padding: drop it. The copy makes the rows contiguous for the dtype view below.
-        rows = np.ascontiguousarray(rows[:, :row_bytes])
-    # Byte order only matters for 16-bit data; 8-bit ignores is_bigendian.
-    dtype = np.dtype(dtype_code).newbyteorder(">" if msg.is_bigendian else "<")
-    pixels = rows.view(dtype).reshape(height, width, channels)
+    pixels, dtype, layout = _pixels(msg)
     scale = np.float32(1.0 / np.iinfo(dtype).max)
+    encoding, height, width = str(msg.encoding), int(msg.height), int(msg.width)
 
     if layout == "mono":
         return _scaled(pixels[:, :, 0], scale)
@@ -131,6 +120,37 @@ def image_msg_to_capture(msg: Image) -> np.ndarray:
     # cv2 wants native byte order; astype to '=' swaps big-endian data.
     mosaic = np.ascontiguousarray(pixels[:, :, 0].astype(dtype.newbyteorder("=")))
     return _scaled(cv2.cvtColor(mosaic, getattr(cv2, layout)), scale)
+
+
+def _pixels(msg: Image) -> tuple[np.ndarray, np.dtype, str]:
+    """The message's pixels as an H x W x channels view (row padding dropped), their dtype with the message's
+    byte order, and the encoding's layout."""
+    raw = check_image_layout(msg)
+    dtype_code, channels, layout = _ENCODINGS[str(msg.encoding)]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    row_bytes = width * channels * np.dtype(dtype_code).itemsize
+    rows = raw.reshape(height, step)
+    if step != row_bytes:
+        # Row padding: drop it. The copy makes the rows contiguous for the dtype view below.
+        rows = np.ascontiguousarray(rows[:, :row_bytes])
+    # Byte order only matters for 16-bit data; 8-bit ignores is_bigendian.
+    dtype = np.dtype(dtype_code).newbyteorder(">" if msg.is_bigendian else "<")
+    return rows.view(dtype).reshape(height, width, channels), dtype, layout
+
+
+def bayer_noise_model(msg: Image) -> tuple[float, float] | None:
+    """For a Bayer encoding, the sensor's noise model (a, b) of sigma^2 = a x + b in [0, 1] units, measured on
+    the raw mosaic's colour planes (``estimate_mosaic_noise_model``): the demosaiced frame that
+    ``image_msg_to_capture`` returns reads about a third of it. None for every other encoding (and for a
+    mosaic under 4 x 4), whose noise is estimated from the capture itself."""
+    if not str(msg.encoding).startswith("bayer_"):
+        return None
+    from cadfd_ros.solvers.noise import estimate_mosaic_noise_model
+
+    pixels, dtype, _ = _pixels(msg)
+    if pixels.shape[0] < 4 or pixels.shape[1] < 4:
+        return None
+    return estimate_mosaic_noise_model(_scaled(pixels[:, :, 0], np.float32(1.0 / np.iinfo(dtype).max)))
 
 
 def _scaled(values: np.ndarray, scale: np.float32) -> np.ndarray:

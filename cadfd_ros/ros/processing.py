@@ -293,6 +293,9 @@ class FrameProcessor:
         factor, notes = self._oversize(int(image_msg.width), int(image_msg.height))  # before decoding it
         recon = self.reconstructor_for(factor)
         capture = conv.image_msg_to_capture(image_msg)
+        # A demosaiced frame hides two thirds of its noise; the raw mosaic shows it. Not after binning (2x2 bins
+        # and larger average whole mosaic cells, so the binned frame's own estimate holds) or an sRGB curve.
+        noise = conv.bayer_noise_model(image_msg) if factor == 1 and self.input_transfer == "linear" else None
         in_h, in_w = capture.shape[:2]
         if camera_info is not None:
             conv.check_camera_info(camera_info, in_w, in_h)
@@ -317,7 +320,7 @@ class FrameProcessor:
 
         start = time.perf_counter()
         solve = recon.reconstruct_tiled if tiled else recon.reconstruct
-        result = solve(capture, saturated=saturated) if saturated.any() else solve(capture)
+        result = solve(capture, saturated=saturated if saturated.any() else None, noise=noise)
         seconds["solve"] = time.perf_counter() - start
 
         start = time.perf_counter()

@@ -25,7 +25,7 @@ from cadfd_ros.forward.operators import LayeredBlur, difference_power, image_bat
 from cadfd_ros.optics.psf_bank import PSFBank
 from cadfd_ros.result import Reconstruction, SolverStart
 from cadfd_ros.solvers.filters import fast_guided_filter, gaussian_blur, luminance
-from cadfd_ros.solvers.noise import NOISE_MODELS, estimate_noise_model, estimate_noise_sigma
+from cadfd_ros.solvers.noise import NOISE_MODELS, NoiseModel, estimate_noise_model, estimate_noise_sigma
 
 
 DELTA_RATIO = 1.25  # the delta<1.25 metric's depth ratio: what "the depth is right" means for confidence
@@ -366,11 +366,12 @@ class ClassicalSolver:
         return self.estimate(capture)[0]
 
     @torch.no_grad()
-    def frame_noise(self, capture: np.ndarray, image: torch.Tensor | None = None, saturated: np.ndarray | None = None
-                    ) -> tuple[float, torch.Tensor | None, np.ndarray | None]:
+    def frame_noise(self, capture: np.ndarray, image: torch.Tensor | None = None, saturated: np.ndarray | None = None,
+                    noise: NoiseModel | None = None) -> tuple[float, torch.Tensor | None, np.ndarray | None]:
         """The frame's noise sigma (the frame average under the Poisson-Gaussian model), the per-pixel
         sigma map where the model gives one, and the evidence weight of clipped pixels: what a warm-started
-        frame still needs from this solver when it skips the classical estimate."""
+        frame still needs from this solver when it skips the classical estimate. ``noise``: the frame's
+        (a, b) measured elsewhere (a Bayer frame's raw mosaic), used instead of an estimate from ``capture``."""
         weight = self.evidence_weight(saturated)
         valid = None if weight is None else weight > 0
         if image is None:
@@ -378,26 +379,28 @@ class ClassicalSolver:
         sigma_map = None
         if self.noise_sigma is not None:  # a fixed sigma overrides any model
             sigma = self.noise_sigma
-        elif self.noise_model == "poisson_gaussian":
-            a, b = estimate_noise_model(capture, valid)
+        elif self.noise_model == "poisson_gaussian" or noise is not None:
+            a, b = noise if noise is not None else estimate_noise_model(capture, valid)
             local = gaussian_blur(luminance(image), 1.0)[0, 0].clamp(min=0)
             variance = a * local + b
-            sigma_map = variance.sqrt()
             sigma = float(np.sqrt(variance.mean().item()))  # the frame's average level: the prior weight
+            if self.noise_model == "poisson_gaussian":
+                sigma_map = variance.sqrt()
         else:
             sigma = estimate_noise_sigma(capture, valid)
         return sigma, sigma_map, weight
 
     @torch.no_grad()
-    def estimate(self, capture: np.ndarray, saturated: np.ndarray | None = None
+    def estimate(self, capture: np.ndarray, saturated: np.ndarray | None = None, noise: NoiseModel | None = None
                  ) -> tuple[Reconstruction, SolverStart]:
         """The reconstruction, and the same estimate in solver variables to start a refining solver.
 
-        ``saturated`` (H x W bool): clipped pixels, left out of the noise estimate and the depth evidence."""
+        ``saturated`` (H x W bool): clipped pixels, left out of the noise estimate and the depth evidence.
+        ``noise``: the frame's noise model measured elsewhere (``frame_noise``)."""
         timings: dict[str, float] = {}
         start = time.perf_counter()
         image = image_batch(capture, self.device)
-        sigma, sigma_map, weight = self.frame_noise(capture, image, saturated)
+        sigma, sigma_map, weight = self.frame_noise(capture, image, saturated, noise)
         timings["noise_estimate"] = time.perf_counter() - start
 
         t = time.perf_counter()

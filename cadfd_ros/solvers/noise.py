@@ -58,6 +58,31 @@ def estimate_noise_sigma(capture: np.ndarray, valid: np.ndarray | None = None) -
 
 
 NOISE_MODELS = ("gaussian", "poisson_gaussian")
+NoiseModel = tuple[float, float]  # (a, b) of sigma^2(x) = a*x + b, linear units
+
+
+def estimate_mosaic_noise_model(mosaic: np.ndarray) -> NoiseModel:
+    """The Poisson-Gaussian noise of a raw Bayer mosaic (H x W, linear [0, 1]), from its four colour planes.
+
+    Demosaicing interpolates two thirds of the colour samples, which averages noise away and correlates it
+    over neighbouring pixels: measured on the demosaiced RGB frame, the finest Haar band reads about a third
+    of the sensor's noise (a simulated capture with sigma 0.007: 0.0023), and the depth evidence then takes
+    fine texture for noise-free detail. Each plane (every second pixel of every second row) holds only raw
+    samples, so the estimate runs on those, as one image with four channels."""
+    raw = np.asarray(mosaic, np.float64)
+    if raw.ndim != 2 or raw.shape[0] < 4 or raw.shape[1] < 4:
+        raise ValueError(f"mosaic must be an H x W array of at least 4 x 4, got shape {raw.shape}")
+    h, w = (raw.shape[0] // 2) * 2, (raw.shape[1] // 2) * 2
+    planes = np.stack([raw[dy:h:2, dx:w:2] for dy in (0, 1) for dx in (0, 1)], axis=2)
+    return estimate_noise_model(planes)
+
+
+def rescale_noise_model(model: NoiseModel, black: float, white: float) -> NoiseModel:
+    """The model after x' = (x - black) / (white - black): sigma'^2 = (a (black + (white - black) x') + b) /
+    (white - black)^2."""
+    a, b = model
+    span = white - black
+    return a / span, (a * black + b) / (span * span)
 
 
 def _haar_diagonal(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
