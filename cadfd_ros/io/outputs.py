@@ -52,8 +52,7 @@ def write_depth_png(path: str | Path, depth: np.ndarray, near: float, far: float
 
     height, width = depth.shape
     fig, ax = plt.subplots(figsize=(max(3.0, width / 100 + 1.2), max(2.0, height / 100)), dpi=100)
-    cmap = plt.get_cmap("turbo_r").copy()
-    cmap.set_bad("0.5")
+    cmap = plt.get_cmap("turbo_r").with_extremes(bad="0.5")  # invalid depth in grey
     shown = ax.imshow(np.ma.masked_invalid(depth), cmap=cmap, vmin=near, vmax=far)
     ax.set_title(title)
     ax.axis("off")
