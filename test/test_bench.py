@@ -17,8 +17,12 @@ def test_steps_curve_runs_each_sampler_at_each_step_count(tmp_path):
     assert code == 0
     summary = json.loads((out / "bench.json").read_text())
     assert list(summary) == ["constant", "classical", "dps@1", "dps@2", "dps:dps@1", "dps:dps@2"]
+    constant = summary["constant"]  # the mid-depth guess, with the capture as its image
     for name, metrics in summary.items():
-        assert 0.0 <= metrics["tex_delta1"] <= 1.0 and metrics["aif_psnr"] > 10.0, name
+        if name != "constant":  # depth from defocus beats the guess by far even on 64x80 brick (0.15 vs 0.41-0.48)
+            assert metrics["tex_delta1"] > constant["tex_delta1"] + 0.15, name
+    for name in ("dps@1", "dps@2", "dps:dps@1", "dps:dps@2"):  # the prior's image is sharper than the capture
+        assert summary[name]["aif_ssim"] > constant["aif_ssim"] + 0.05, name
     assert (out / "steps_curve.png").stat().st_size > 10_000
     assert (out / "examples.png").is_file() and "| dps:dps@2 |" in (out / "bench.md").read_text()
 

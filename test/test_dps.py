@@ -427,5 +427,17 @@ def test_the_start_hands_the_side_of_focus_to_the_sampler(prior):
             assert found[0.0] < 0.7
 
 
-def test_a_bank_on_one_side_of_focus_gives_the_sampler_no_side_score(default_bank, classical):
+def test_a_bank_on_one_side_of_focus_gives_the_sampler_no_side_score(default_bank, prior, scene, classical):
+    """The bundled bank lies wholly behind focus: the start hands no side score on, and the side weight then
+    changes nothing in the sampler's output."""
+    from dataclasses import replace
+
     assert classical.side_evidence is None
+    outputs = []
+    for weight in (0.0, SamplerParams().side_weight):
+        sampler = _sampler(default_bank, prior, steps=2)
+        sampler.params = replace(sampler.params, side_weight=weight)
+        outputs.append(sampler.solve(scene.capture, classical))
+    assert SamplerParams().side_weight > 0
+    np.testing.assert_array_equal(outputs[0].depth, outputs[1].depth)
+    np.testing.assert_array_equal(outputs[0].all_in_focus, outputs[1].all_in_focus)

@@ -40,3 +40,29 @@ def test_unknown_argument_is_refused(tmp_path):
 def test_without_cuda_the_real_run_says_so(tmp_path):
     proc = _run(tmp_path)
     assert proc.returncode == 2 and "no CUDA device" in proc.stderr
+
+
+def test_compare_fails_when_two_reconstructions_differ():
+    """The dry run's checks pass by construction (CPU against an identical CPU run), so the comparison itself
+    is tested here: it passes for the same run twice and fails against a reconstruction that is far off."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from cadfd_ros.bench import gpu_check
+    from cadfd_ros.optics.psf_bank import default_psf_bank_path, load_psf_bank
+
+    bank = load_psf_bank(default_psf_bank_path())
+    scene = gpu_check._scene(bank, 64, 64, channels=1)
+
+    class CaptureAsIs:  # the capture as the image, one depth everywhere: what a broken device path might give
+        def reconstruct(self, capture):
+            depth = np.full(capture.shape[:2], float(bank.depths[0]), np.float32)
+            return SimpleNamespace(depth=depth, all_in_focus=capture, timings={"total": 0.0})
+
+    ok, table = gpu_check.compare(bank, scene, gpu_check._reconstructor(bank, "cpu", 1),
+                                  gpu_check._reconstructor(bank, "cpu", 1), ("first", "second"))
+    assert ok and "PASS" in table
+    ok, table = gpu_check.compare(bank, scene, gpu_check._reconstructor(bank, "cpu", 1), CaptureAsIs(),
+                                  ("sampler", "capture as is"))
+    assert not ok and "FAIL" in table

@@ -129,7 +129,11 @@ def test_info_and_diagnostics_agree_on_steps_and_tiles(harness, scene):
     info = h.out.wait_for("info", lambda m: _stamp_of(m) == stamp)
     assert info.method == "classical" and info.steps == 0 and info.sampler == ""
     assert "tiles" not in info.stage_names and info.tiles >= 2  # a count, in its own field
-    assert all(0.0 <= s < 60.0 for s in info.stage_seconds)
+    # the node's own stages add up to the frame's total, and no solver stage is longer than it
+    own = [seconds for name, seconds in zip(info.stage_names, info.stage_seconds) if name.startswith("node_")]
+    assert own and sum(own) == pytest.approx(info.total_seconds, rel=1e-5)
+    assert len(info.stage_seconds) == len(info.stage_names)
+    assert all(0.0 <= s <= info.total_seconds + 1e-6 for s in info.stage_seconds)
     statuses = h.diagnostics(lambda s: any(v.get("frames_processed") == "1" for v in s.values()))
     rec = _status(statuses, "reconstruction")
     assert (rec["method"], rec["steps"], rec["tiles"]) == (info.method, str(info.steps), str(info.tiles))
@@ -253,7 +257,7 @@ def test_an_oversized_frame_is_refused_when_asked(harness, scene):
 
 
 # ---------------------------------------------------------------- item 2: lifecycle during a long solve
-def test_lifecycle_services_answer_within_a_second_during_a_long_solve(harness, scene):
+def test_lifecycle_services_answer_while_a_long_solve_runs(harness, scene):
     import threading
 
     from lifecycle_msgs.msg import Transition
@@ -289,17 +293,17 @@ def test_lifecycle_services_answer_within_a_second_during_a_long_solve(harness, 
 
     h.send(capture, "rgb8", (500, 0))
     assert solving.wait(5.0)
-    seconds, state = call(get_state, GetState.Request())
-    assert seconds < 1.0 and state.current_state.label == "active"
+    # Each answer comes while the 4 s solve still runs (``solved`` unset): nothing waits for it.
+    _, state = call(get_state, GetState.Request())
+    assert state.current_state.label == "active" and not solved.is_set()
     seconds, result = call(change, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_DEACTIVATE)))
-    assert result.success and seconds < 1.0, f"deactivate took {seconds:.2f} s"  # before: the whole solve
-    seconds, state = call(get_state, GetState.Request())
-    assert seconds < 1.0 and state.current_state.label == "inactive"
+    assert result.success and not solved.is_set(), f"deactivate took {seconds:.2f} s"  # before: the whole solve
+    _, state = call(get_state, GetState.Request())
+    assert state.current_state.label == "inactive" and not solved.is_set()
     # Activate again while the abandoned solve still runs; its frame is never published.
     recon.reconstruct = original
-    seconds, result = call(change, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_ACTIVATE)))
-    assert result.success and seconds < 1.0
-    assert not solved.is_set()
+    _, result = call(change, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_ACTIVATE)))
+    assert result.success and not solved.is_set()
     h.wait_connected()
     h.roundtrip(capture, "rgb8", (501, 0))  # the new session works meanwhile
     assert solved.wait(10.0)
@@ -307,7 +311,7 @@ def test_lifecycle_services_answer_within_a_second_during_a_long_solve(harness, 
     assert not [m for m in h.out.messages.get("depth/image", []) if _stamp_of(m) == (500, 0)]
 
 
-def test_get_state_answers_within_a_second_during_a_long_configure(harness, monkeypatch):
+def test_get_state_answers_while_a_long_configure_runs(harness, monkeypatch):
     from lifecycle_msgs.msg import Transition
     from lifecycle_msgs.srv import ChangeState, GetState
 
@@ -325,8 +329,8 @@ def test_get_state_answers_within_a_second_during_a_long_configure(harness, monk
     future = get_state.call_async(GetState.Request())
     while not future.done() and time.monotonic() - start < 10.0:
         time.sleep(0.005)
-    seconds = time.monotonic() - start
-    assert future.done() and seconds < 1.0, f"get_state took {seconds:.2f} s during configure"
+    # answered while the configure (2.5 s warm-up) still runs: the service does not wait for it
+    assert future.done(), "get_state got no answer during configure"
     assert future.result().current_state.label == "configuring" and not configure.done()
     deadline = time.monotonic() + 20.0
     while not configure.done() and time.monotonic() < deadline:

@@ -388,11 +388,23 @@ def test_zero_is_unset_ranges_start_at_zero():
         assert (d.floating_point_range or d.integer_range)[0].from_value == 0, p.name
 
 
-def test_declarations_follow_the_schema():
-    declared = declarations()
-    assert [name for name, _, _ in declared] == [p.name for p in PARAMS]
-    assert {name: default for name, default, _ in declared} == ALL_DEFAULTS
-    assert {"max_pixels", "tile_size"} <= {name for name, _, _ in declared}
+def test_declarations_carry_each_kind_of_constraint():
+    """What `ros2 param describe` shows, per kind of parameter: an integer range, a float range, a list of
+    choices, the configure-time note (solver parameters only), written out here rather than re-derived."""
+    declared = {name: (default, d) for name, default, d in declarations()}
+    default, steps = declared["steps"]
+    assert default == 8 and not steps.floating_point_range
+    assert (steps.integer_range[0].from_value, steps.integer_range[0].to_value) == (1, 1000)
+    default, floor = declared["min_confidence"]
+    assert default == 0.0 and not floor.integer_range
+    assert (floor.floating_point_range[0].from_value, floor.floating_point_range[0].to_value) == (0.0, 1.0)
+    _, method = declared["method"]
+    assert "one of: classical, dps" in method.additional_constraints
+    assert "applied on configure" in method.additional_constraints
+    _, encoding = declared["depth_encoding"]  # an output: may change while active
+    assert "one of: 32FC1, 16UC1" in encoding.additional_constraints
+    assert "applied on configure" not in encoding.additional_constraints
+    assert {"max_pixels", "tile_size"} <= set(declared)
 
 
 def test_configure_time_parameters_refused_while_configured():

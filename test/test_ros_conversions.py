@@ -505,22 +505,31 @@ def test_pointcloud_rejects_mismatched_rgb_and_bad_p() -> None:
         conv.depth_to_pointcloud2(np.ones((6, 8)), other, header())
 
 
-def test_vga_frame_is_fast() -> None:
-    """Vectorised: a 640x480 frame through every conversion well under a second (a few ms each)."""
-    import time
-
+def test_vga_frame_through_every_conversion() -> None:
+    """A full 640x480 frame (the size the node runs at) through every conversion, checked pixel for pixel
+    against arithmetic written out here: the vectorised paths hold at full size, not only on toy frames.
+    Their cost per frame is part of the node overhead that `scripts/measure_node.py` measures, not a test."""
     rgb = random_rgb(480, 640, 8)
-    msg = make_image(rgb, "rgb8")
     info = conv.camera_info_from_intrinsics(header(), 640, 480, 500.0, 500.0, 319.5, 239.5)
     depth = RNG.uniform(0.5, 5.0, size=(480, 640)).astype(np.float32)
-    start = time.perf_counter()
-    capture = conv.image_msg_to_capture(msg)
-    conv.depth_to_image_msg(depth, header())
-    conv.depth_to_image_msg(depth, header(), "16UC1")
-    conv.aif_to_image_msg(capture, header())
-    conv.confidence_to_image_msg(depth / 5, header())
-    conv.depth_to_pointcloud2(depth, info, header(), rgb=capture)
-    assert time.perf_counter() - start < 1.0
+    depth[7, 11] = np.nan
+    capture = conv.image_msg_to_capture(make_image(rgb, "rgb8"))
+    np.testing.assert_allclose(capture, rgb / 255.0, atol=1e-6)
+    np.testing.assert_array_equal(decode_raw(conv.depth_to_image_msg(depth, header())), depth)
+    millimetres = decode_raw(conv.depth_to_image_msg(depth, header(), "16UC1"))
+    assert millimetres[7, 11] == 0 and millimetres[479, 639] == round(1000 * float(depth[479, 639]))
+    np.testing.assert_array_equal(decode_raw(conv.aif_to_image_msg(capture, header())), rgb)
+    confidence = decode_raw(conv.confidence_to_image_msg(np.nan_to_num(depth) / 5, header()))
+    np.testing.assert_allclose(confidence[200:210, 300:310], depth[200:210, 300:310] / 5, rtol=1e-6)
+    cloud = conv.depth_to_pointcloud2(depth, info, header(), rgb=capture)
+    pts = cloud_points(cloud)
+    assert (cloud.height, cloud.width) == (480, 640)
+    u, v = 600, 400
+    np.testing.assert_allclose(pts[v, u, :3], [(u - 319.5) * depth[v, u] / 500.0, (v - 239.5) * depth[v, u] / 500.0,
+                                               depth[v, u]], rtol=1e-5)
+    assert np.all(np.isnan(pts[7, 11, :3]))
+    r, g, b_ = (int(c) for c in rgb[v, u])
+    assert unpack_rgb(cloud)[v, u] == (r << 16) | (g << 8) | b_
 
 
 def test_tiny_bayer_and_integer_aif_are_rejected() -> None:

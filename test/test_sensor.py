@@ -52,9 +52,11 @@ def test_evidence_weight_excludes_a_margin_around_clipped_pixels(default_bank):
     mask = np.zeros((60, 60), bool)
     mask[30, 30] = True
     weight = recon.classical.evidence_weight(mask)
-    side = 2 * int(recon.classical.params.saturation_dilation * default_bank.kernel_size) + 1
-    assert weight.dtype == np.float32 and int((weight == 0).sum()) == side * side
-    assert weight[30, 30] == 0 and weight[0, 0] == 1
+    # 25x25 PSFs, dilation 0.25: 6 px on every side of the clipped pixel, a 13x13 block at (24..36, 24..36)
+    assert default_bank.kernel_size == 25 and recon.classical.params.saturation_dilation == 0.25
+    assert weight.dtype == np.float32 and int((weight == 0).sum()) == 13 * 13
+    assert not weight[24:37, 24:37].any()
+    assert weight[23, 30] == weight[37, 30] == weight[30, 23] == weight[30, 37] == weight[0, 0] == 1
     assert recon.classical.evidence_weight(np.zeros((8, 8), bool)) is None
 
 

@@ -211,8 +211,9 @@ class ClassicalSolver:
         return torch.fft.irfft2(x_spec, s=shape), y_pad, pad
 
     def evidence_weight(self, saturated: np.ndarray | None) -> np.ndarray | None:
-        """1 where a pixel's re-blur error is evidence, 0 within half a PSF of a saturated pixel (the
-        re-blur of a clipped pixel is wrong, and so is its neighbours'); None when nothing is clipped."""
+        """1 where a pixel's re-blur error is evidence, 0 within ``saturation_dilation`` x the PSF size of a
+        saturated pixel (the re-blur of a clipped pixel is wrong, and so is its neighbours'); None when
+        nothing is clipped."""
         if saturated is None or not np.any(saturated):
             return None
         from scipy.ndimage import maximum_filter
