@@ -293,8 +293,9 @@ class FrameProcessor:
         factor, notes = self._oversize(int(image_msg.width), int(image_msg.height))  # before decoding it
         recon = self.reconstructor_for(factor)
         capture = conv.image_msg_to_capture(image_msg)
-        # A demosaiced frame hides two thirds of its noise; the raw mosaic shows it. Not after binning (2x2 bins
-        # and larger average whole mosaic cells, so the binned frame's own estimate holds) or an sRGB curve.
+        # A demosaiced frame reads about a third of the sensor's noise; the raw mosaic shows it. Not after an
+        # sRGB curve, nor after binning, whose frame is estimated as it is (a flat 16-bit mosaic with sigma 0.01:
+        # 0.0032 unbinned; binned 2x2, 0.0044 where its noise is 0.006; binned 4x4, 0.0034 where it is 0.0037).
         noise = conv.bayer_noise_model(image_msg) if factor == 1 and self.input_transfer == "linear" else None
         in_h, in_w = capture.shape[:2]
         if camera_info is not None:
