@@ -378,7 +378,8 @@ class CadfdNode(LifecycleNode):
         latency = (now - stamp).nanoseconds * 1e-9 if stamp.nanoseconds > 0 and not untrusted else None
         self._stats.frame_published(out.intrinsics_source, out.reconstruction.steps,
                                     [*out.reconstruction.notes, *out.notes], time.monotonic() - received, latency,
-                                    time.monotonic(), tiles=out.reconstruction.tiles)
+                                    time.monotonic(), tiles=out.reconstruction.tiles,
+                                    noise_sigma=float(out.reconstruction.noise_sigma), noise_source=out.noise_source)
 
     # ------------------------------------------------------------------ diagnostics (1 Hz timer)
     def _publish_diagnostics(self) -> None:

@@ -333,12 +333,23 @@ def test_diagnostics_ok_with_rates_and_exact_keys():
                                                          "last_warning", "metadata_warnings",
                                                          "last_metadata_warning"]
     assert [k for k in rec if not k.startswith("_")] == [
-        "state", "method", "device", "steps", "tiles", "output_rate_hz", "latency_mean_ms", "latency_max_ms",
+        "state", "method", "device", "steps", "tiles", "noise_sigma", "noise_source", "output_rate_hz",
+        "latency_mean_ms", "latency_max_ms",
         "processing_mean_ms", "processing_max_ms", *counts, "last_error"]
     assert (inp["input_rate_hz"], inp["intrinsics"], inp["frames_in"], inp["frames_dropped"]) == (
         "29.970", "camera_info", "30", "20")
     assert (rec["output_rate_hz"], rec["latency_mean_ms"], rec["latency_max_ms"]) == ("10.000", "200.000", "300.000")
     assert (rec["processing_mean_ms"], rec["steps"], rec["frames_lost"]) == ("nan", "20", "1")
+    assert (rec["noise_sigma"], rec["noise_source"]) == ("nan", "")  # no frame yet
+
+
+def test_diagnostics_report_the_latest_frames_noise_and_where_it_came_from():
+    stats = Stats()
+    stats.frame_published("psf_bank", 0, [], 0.2, None, 6.0, noise_sigma=0.0071234, noise_source="raw mosaic")
+    inp, rec = diagnostic_statuses(stats.snapshot(), "active", 6.5, 1.0, 1.0, "classical", "cpu", 8,
+                                   "/ns/cadfd_node", "/ns/image_raw")
+    values = {kv.key: kv.value for kv in rec.values}
+    assert (values["noise_sigma"], values["noise_source"]) == ("0.00712", "raw mosaic")
 
 
 def test_stats_snapshot_is_an_immutable_copy_and_rates_follow_it():

@@ -353,3 +353,37 @@ def test_final_data_step_ignores_clipped_pixels(small_bank):
     solve = lambda obs, w: op.least_squares(obs, coord, x_ref, 1e-3, x_ref, 200, 1e-6, data_weight=w)[0]
     assert float((solve(clipped, weight) - solve(y, weight)).abs().max()) < 1e-4
     assert float((solve(clipped, None) - solve(y, None)).abs().max()) > 0.05
+
+
+def test_the_node_takes_a_bayer_frames_noise_from_its_mosaic(default_bank):
+    """What the node solves a frame with, and says where the level came from (diagnostics' noise_source)."""
+    pytest.importorskip("sensor_msgs")
+    from sensor_msgs.msg import Image
+
+    from cadfd_ros.bench.scenes import make_scene
+    from cadfd_ros.params import INPUT, OUTPUT, SOLVER, defaults
+    from cadfd_ros.ros import conversions as conv
+    from cadfd_ros.ros.parameters import build_processor, output_settings
+
+    rgb = make_scene("coffee", default_bank, 96, 128, noise_sigma=0.0, seed=0, channels=3).capture
+    rng = np.random.default_rng(5)
+    mosaic = np.empty(rgb.shape[:2], np.float32)
+    for index, (dy, dx) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):  # RGGB
+        mosaic[dy::2, dx::2] = rgb[dy::2, dx::2, [0, 1, 1, 2][index]]
+    raw = np.round(np.clip(mosaic + 0.01 * rng.standard_normal(mosaic.shape), 0, 1) * 65535).astype(np.uint16)
+
+    def message(encoding: str, pixels: np.ndarray) -> Image:
+        return Image(height=pixels.shape[0], width=pixels.shape[1], encoding=encoding, is_bigendian=0,
+                     step=pixels.shape[1] * pixels.itemsize * (3 if pixels.ndim == 3 else 1), data=pixels.tobytes())
+
+    values = {**defaults([INPUT, SOLVER, OUTPUT]), "device": "cpu"}
+    bayer = message("bayer_rggb16", raw)
+    out = build_processor(values).process(bayer, None, output_settings(values))
+    a, b = conv.bayer_noise_model(bayer)
+    assert out.noise_source == "raw mosaic" and 0.008 < np.sqrt(a * 0.3 + b) < 0.013
+    assert 0.008 < out.reconstruction.noise_sigma < 0.013  # the demosaiced frame alone reads about a third
+    rgb16 = np.round(np.clip(rgb + 0.01 * rng.standard_normal(rgb.shape), 0, 1) * 65535).astype(np.uint16)
+    assert build_processor(values).process(message("rgb16", rgb16), None, output_settings(values)).noise_source == "capture"
+    fixed = {**values, "noise_sigma": 0.02}
+    out = build_processor(fixed).process(bayer, None, output_settings(fixed))
+    assert out.noise_source == "noise_sigma parameter" and out.reconstruction.noise_sigma == pytest.approx(0.02)

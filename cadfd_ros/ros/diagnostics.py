@@ -41,6 +41,8 @@ class StatsSnapshot:
     last_metadata_mono: float = -1e9
     last_steps: int = 0
     last_tiles: int = 0
+    last_noise_sigma: float = float("nan")
+    last_noise_source: str = ""
     intrinsics: str = "unknown"
 
 
@@ -69,6 +71,8 @@ class Stats:
     last_metadata_mono: float = -1e9
     last_steps: int = 0  # network evaluations of the latest frame (a time budget picks them)
     last_tiles: int = 0  # tiles the latest frame was solved in (0: no frame yet)
+    last_noise_sigma: float = float("nan")  # the latest frame's noise level (depth quality hangs on it)
+    last_noise_source: str = ""  # where it came from: capture, raw mosaic or the noise_sigma parameter
     intrinsics: str = "unknown"
 
     def snapshot(self) -> StatsSnapshot:
@@ -121,10 +125,12 @@ class Stats:
             self.last_error = ""
 
     def frame_published(self, intrinsics: str, steps: int, notes: Sequence[str], processing_s: float,
-                        latency_s: float | None, now: float, tiles: int = 1) -> None:
+                        latency_s: float | None, now: float, tiles: int = 1, noise_sigma: float = float("nan"),
+                        noise_source: str = "") -> None:
         with self.lock:
             self.processed += 1
             self.intrinsics, self.last_steps, self.last_tiles = intrinsics, steps, tiles
+            self.last_noise_sigma, self.last_noise_source = noise_sigma, noise_source
             if notes:
                 self.last_note, self.last_note_mono = notes[-1], now
             self.processing_s.append(processing_s)
@@ -199,7 +205,8 @@ def diagnostic_statuses(snap: StatsSnapshot, state: str, now: float, input_rate_
         rec.level, rec.message = DiagnosticStatus.OK, f"publishing {output_rate_hz:.1f} Hz"
     rec.values = _key_values(
         state=state, method=method, device=device, steps=snap.last_steps or steps,
-        tiles=snap.last_tiles, output_rate_hz=output_rate_hz,
+        tiles=snap.last_tiles, noise_sigma=f"{snap.last_noise_sigma:.5f}", noise_source=snap.last_noise_source,
+        output_rate_hz=output_rate_hz,
         latency_mean_ms=_mean_ms(snap.latency_s), latency_max_ms=_max_ms(snap.latency_s),
         processing_mean_ms=_mean_ms(snap.processing_s), processing_max_ms=_max_ms(snap.processing_s),
         **counts, last_error=last_error,
