@@ -36,6 +36,14 @@ def mad_sigma(values: np.ndarray) -> float:
     return float((lower + (half - below) / counts[j] * width) / 0.6745)
 
 
+def _haar_diagonal(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """The finest diagonal Haar band (noise std preserved) and the 2x2 block means beside it."""
+    h, w = (image.shape[0] // 2) * 2, (image.shape[1] // 2) * 2
+    a, b = image[0:h:2, 0:w:2], image[0:h:2, 1:w:2]
+    c, d = image[1:h:2, 0:w:2], image[1:h:2, 1:w:2]
+    return (a - b - c + d) / 2.0, (a + b + c + d) / 4.0, (h, w)
+
+
 def estimate_noise_sigma(capture: np.ndarray, valid: np.ndarray | None = None) -> float:
     """Donoho's MAD estimate on the finest diagonal Haar band, in linear units.
 
@@ -45,10 +53,7 @@ def estimate_noise_sigma(capture: np.ndarray, valid: np.ndarray | None = None) -
     """
     image = np.asarray(capture, np.float64)
     image = image if image.ndim == 2 else image.mean(axis=2) * np.sqrt(image.shape[2])  # keep per-channel sigma
-    h, w = (image.shape[0] // 2) * 2, (image.shape[1] // 2) * 2
-    a, b = image[0:h:2, 0:w:2], image[0:h:2, 1:w:2]
-    c, d = image[1:h:2, 0:w:2], image[1:h:2, 1:w:2]
-    diagonal = (a - b - c + d) / 2.0
+    diagonal, _, (h, w) = _haar_diagonal(image)
     if valid is not None:
         v = np.asarray(valid, bool)
         keep = v[0:h:2, 0:w:2] & v[0:h:2, 1:w:2] & v[1:h:2, 0:w:2] & v[1:h:2, 1:w:2]
@@ -83,14 +88,6 @@ def rescale_noise_model(model: NoiseModel, black: float, white: float) -> NoiseM
     a, b = model
     span = white - black
     return a / span, (a * black + b) / (span * span)
-
-
-def _haar_diagonal(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """The finest diagonal Haar band (noise std preserved) and the 2x2 block means beside it."""
-    h, w = (image.shape[0] // 2) * 2, (image.shape[1] // 2) * 2
-    a, b = image[0:h:2, 0:w:2], image[0:h:2, 1:w:2]
-    c, d = image[1:h:2, 0:w:2], image[1:h:2, 1:w:2]
-    return (a - b - c + d) / 2.0, (a + b + c + d) / 4.0, (h, w)
 
 
 def estimate_noise_model(capture: np.ndarray, valid: np.ndarray | None = None, bins: int = 12
