@@ -44,6 +44,12 @@ def _haar_diagonal(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int
     return (a - b - c + d) / 2.0, (a + b + c + d) / 4.0, (h, w)
 
 
+def _valid_blocks(valid: np.ndarray, h: int, w: int) -> np.ndarray:
+    """The 2x2 blocks of the Haar band whose four pixels are all valid."""
+    v = np.asarray(valid, bool)
+    return v[0:h:2, 0:w:2] & v[0:h:2, 1:w:2] & v[1:h:2, 0:w:2] & v[1:h:2, 1:w:2]
+
+
 def estimate_noise_sigma(capture: np.ndarray, valid: np.ndarray | None = None) -> float:
     """Donoho's MAD estimate on the finest diagonal Haar band, in linear units.
 
@@ -55,8 +61,7 @@ def estimate_noise_sigma(capture: np.ndarray, valid: np.ndarray | None = None) -
     image = image if image.ndim == 2 else image.mean(axis=2) * np.sqrt(image.shape[2])  # keep per-channel sigma
     diagonal, _, (h, w) = _haar_diagonal(image)
     if valid is not None:
-        v = np.asarray(valid, bool)
-        keep = v[0:h:2, 0:w:2] & v[0:h:2, 1:w:2] & v[1:h:2, 0:w:2] & v[1:h:2, 1:w:2]
+        keep = _valid_blocks(valid, h, w)
         if keep.sum() >= 64:
             diagonal = diagonal[keep]
     return float(max(mad_sigma(diagonal), MIN_SIGMA))
@@ -105,10 +110,7 @@ def estimate_noise_model(capture: np.ndarray, valid: np.ndarray | None = None, b
     diagonal, mean, (h, w) = _haar_diagonal(intensity)
     diagonal = diagonal * scale
     mean = gaussian_filter(mean, 1.0)
-    keep = np.ones(diagonal.shape, bool)
-    if valid is not None:
-        v = np.asarray(valid, bool)
-        keep = v[0:h:2, 0:w:2] & v[0:h:2, 1:w:2] & v[1:h:2, 0:w:2] & v[1:h:2, 1:w:2]
+    keep = np.ones(diagonal.shape, bool) if valid is None else _valid_blocks(valid, h, w)
     r, m = diagonal[keep], mean[keep]
     if r.size < 64 * 4:
         sigma = estimate_noise_sigma(capture, valid)
