@@ -33,6 +33,11 @@ def image_batch(image: np.ndarray, device: torch.device | str = "cpu") -> torch.
         device, torch.float32)
 
 
+def squared_magnitude(spectrum: torch.Tensor) -> torch.Tensor:
+    """|z|^2 of a complex tensor, without the square root that abs() takes."""
+    return spectrum.real**2 + spectrum.imag**2
+
+
 def layers_in_use(weights: torch.Tensor) -> torch.Tensor:
     """Indices of the layers with any non-zero weight; weights (L, H, W)."""
     return torch.nonzero(weights.flatten(1).amax(dim=1) > 0).flatten()
@@ -204,7 +209,7 @@ class LayeredBlur:
         padded = self.pad_capture(y)
         otf = self.capture_otf
         return CaptureSpectra(padded=padded, adjoint=otf.conj() * torch.fft.rfft2(padded[0]).unsqueeze(0),
-                              otf_power=otf.real**2 + otf.imag**2)
+                              otf_power=squared_magnitude(otf))
 
     def padded_weights(self, layer_coord: torch.Tensor) -> torch.Tensor:
         """Soft layer weights (1, L, Hp, Wp) of a capture-sized layer coordinate (1, H, W) on x's padded grid,
@@ -299,7 +304,7 @@ class LayeredBlur:
         active = layers_in_use(weights[0])
         sub = self.select_layers(active)  # only the layers in use
         weights = weights[:, active]
-        otf2 = sub.otf.real**2 + sub.otf.imag**2  # (A, C, Hf, Wf//2+1)
+        otf2 = squared_magnitude(sub.otf)  # (A, C, Hf, Wf//2+1)
         pull = self.gradient_pull(rho, gradient_weight, x_ref.dtype)
         diagonal = (weights.mean(dim=(0, 2, 3)).view(-1, 1, 1, 1) * otf2).sum(dim=0) + pull
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from cadfd_ros.forward.layers import layer_coord_to_depth, soft_layer_weights
-from cadfd_ros.forward.operators import LayeredBlur, difference_power, image_batch
+from cadfd_ros.forward.operators import LayeredBlur, difference_power, image_batch, squared_magnitude
 from cadfd_ros.optics.psf_bank import PSFBank
 from cadfd_ros.result import Reconstruction, SolverStart
 from cadfd_ros.solvers.filters import fast_guided_filter, gaussian_blur, luminance
@@ -187,7 +187,7 @@ class ClassicalSolver:
         otf = op.capture_otf  # (L, C, Hf, Wf)
         if layers is not None:
             otf = otf[list(layers)]
-        otf2 = otf.real**2 + otf.imag**2
+        otf2 = squared_magnitude(otf)
         spectrum = torch.fft.rfft2(y_pad).unsqueeze(0)
         wy = torch.fft.fftfreq(shape[0], device=self.device)
         wx = torch.fft.rfftfreq(shape[1], device=self.device)
@@ -296,7 +296,7 @@ class ClassicalSolver:
         op = self.operator(height, width, 1)
         spectrum = torch.fft.rfft2(op.pad_capture(luma)[0])  # (1, Hs, Wf)
         otf = op.capture_otf[:, 0]  # (L, Hs, Wf)
-        otf_power = otf.real**2 + otf.imag**2
+        otf_power = squared_magnitude(otf)
         prior = self._gaussian_prior(op.capture_grid, sigma)
         pad = op.capture_pad
 

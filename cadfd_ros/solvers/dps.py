@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from cadfd_ros.errors import CadfdError
 from cadfd_ros.forward.layers import layer_coord_to_depth, soft_layer_weights
-from cadfd_ros.forward.operators import CaptureSpectra, LayeredBlur, image_batch
+from cadfd_ros.forward.operators import CaptureSpectra, LayeredBlur, image_batch, squared_magnitude
 from cadfd_ros.optics.psf_bank import PSFBank
 from cadfd_ros.params import PARAM_BY_NAME
 from cadfd_ros.result import Reconstruction, SolverStart
@@ -324,7 +324,7 @@ def capture_power_spectrum(image: torch.Tensor, bins: int | None = None) -> torc
     per channel, one value per ring of |f| (about one frequency bin wide), the image mean left out."""
     channels, height, width = image.shape
     spectrum = torch.fft.rfft2(image - image.mean(dim=(-2, -1), keepdim=True))
-    power = (spectrum.real**2 + spectrum.imag**2) / (height * width)
+    power = squared_magnitude(spectrum) / (height * width)
     fy = torch.fft.fftfreq(height, device=image.device).abs().view(-1, 1)
     fx = torch.fft.rfftfreq(width, device=image.device).view(1, -1)
     radius = torch.sqrt(fy**2 + fx**2)  # cycles/px, 0 ... 0.707
@@ -517,7 +517,7 @@ def shrink_correction(ctx: FrameContext, x_ref: torch.Tensor, x: torch.Tensor, l
     per layer, blended by the soft weights. Where x_ref is flat the correction is that noise, and goes; where
     it carries detail well above the noise, it stays."""
     op = ctx.operator
-    otf2 = op.otf.real**2 + op.otf.imag**2  # (L, C, Hf, Wf)
+    otf2 = squared_magnitude(op.otf)  # (L, C, Hf, Wf)
     gain = (otf2 / (otf2 + op.gradient_pull(rho, gradient_weight, otf2.dtype)) ** 2).mean(dim=(-2, -1))  # (L, C)
     weights = op.padded_weights(layer_coord)  # (1, L, Hp, Wp)
     noise = strength * ctx.noise_sigma**2 * torch.einsum("blhw,lc->bchw", weights, gain.to(weights.dtype))
