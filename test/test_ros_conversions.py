@@ -185,6 +185,11 @@ def test_bayer_noise_is_measured_on_the_raw_mosaic(bits: int) -> None:
     assert estimate_noise_sigma(conv.image_msg_to_capture(msg)) < 0.6 * expected  # what the demosaiced frame shows
     assert conv.bayer_noise_model(make_image(mosaic, f"mono{bits}")) is None  # not a mosaic: estimated from it
     assert conv.bayer_noise_model(make_image(mosaic[:3, :3], f"bayer_rggb{bits}")) is None  # too small to measure
+    # the node's one-pass decode gives the same capture and model as the two calls
+    capture, model = conv.image_msg_to_capture_and_noise(msg)
+    np.testing.assert_array_equal(capture, conv.image_msg_to_capture(msg))
+    assert model == (a, b)
+    assert conv.image_msg_to_capture_and_noise(make_image(mosaic, f"mono{bits}"))[1] is None
 
 
 def test_errors_name_field_and_problem() -> None:

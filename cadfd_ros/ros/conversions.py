@@ -103,7 +103,16 @@ def image_msg_to_capture(msg: Image) -> np.ndarray:
     Raises InputImageError naming the field at fault for an unsupported encoding, a zero size,
     a ``step`` shorter than a row, or ``data`` whose length is not ``step * height``.
     """
+    return _decoded(msg, *_pixels(msg))
+
+
+def image_msg_to_capture_and_noise(msg: Image) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """``image_msg_to_capture`` and ``bayer_noise_model`` from one view of the message's pixels."""
     pixels, dtype, layout = _pixels(msg)
+    return _decoded(msg, pixels, dtype, layout), _mosaic_noise_model(msg, pixels, dtype)
+
+
+def _decoded(msg: Image, pixels: np.ndarray, dtype: np.dtype, layout: str) -> np.ndarray:
     scale = np.float32(1.0 / np.iinfo(dtype).max)
     encoding, height, width = str(msg.encoding), int(msg.height), int(msg.width)
 
@@ -147,10 +156,14 @@ def bayer_noise_model(msg: Image) -> tuple[float, float] | None:
     for every other encoding (and for a mosaic under 4 x 4), whose noise is estimated from the capture itself."""
     if not str(msg.encoding).startswith("bayer_"):
         return None
+    pixels, dtype, _ = _pixels(msg)
+    return _mosaic_noise_model(msg, pixels, dtype)
+
+
+def _mosaic_noise_model(msg: Image, pixels: np.ndarray, dtype: np.dtype) -> tuple[float, float] | None:
     from cadfd_ros.solvers.noise import estimate_mosaic_noise_model
 
-    pixels, dtype, _ = _pixels(msg)
-    if pixels.shape[0] < 4 or pixels.shape[1] < 4:
+    if not str(msg.encoding).startswith("bayer_") or pixels.shape[0] < 4 or pixels.shape[1] < 4:
         return None
     return estimate_mosaic_noise_model(_scaled(pixels[:, :, 0], np.float32(1.0 / np.iinfo(dtype).max)))
 

@@ -293,11 +293,13 @@ class FrameProcessor:
         start = time.perf_counter()
         factor, notes = self._oversize(int(image_msg.width), int(image_msg.height))  # before decoding it
         recon = self.reconstructor_for(factor)
-        capture = conv.image_msg_to_capture(image_msg)
         # A demosaiced frame reads about a third of the sensor's noise; the raw mosaic shows it. Not after an
         # sRGB curve, nor after binning: a binned frame's own estimate is close to the raw level over the factor
         # (2x2 bins of the node tests' scene: 0.0036-0.0037 against 0.0037-0.0040, the same depth).
-        noise = conv.bayer_noise_model(image_msg) if factor == 1 and self.input_transfer == "linear" else None
+        if factor == 1 and self.input_transfer == "linear":
+            capture, noise = conv.image_msg_to_capture_and_noise(image_msg)
+        else:
+            capture, noise = conv.image_msg_to_capture(image_msg), None
         in_h, in_w = capture.shape[:2]
         if camera_info is not None:
             conv.check_camera_info(camera_info, in_w, in_h)
