@@ -294,6 +294,9 @@ class Reconstructor:
             if self.sampler is not None:
                 result = self.sampler.solve(capture, solver_start)
         result.warm_data_term = term
+        # the precedence ClassicalSolver.frame_noise applies: the configured sigma, a given model, the capture
+        result.noise_source = ("noise_sigma parameter" if self.config.noise_sigma is not None
+                               else "noise model" if noise is not None else "capture")
         if temporal:
             self._previous, self._previous_capture = result.next_start, capture
             self._warm_in_a_row = self._warm_in_a_row + 1 if result.start == "warm" else 0
@@ -369,6 +372,7 @@ class Reconstructor:
             timings=timings,
             residual=float(np.sqrt(residual_sq / (height * width))),
             noise_sigma=parts.noise_sigma,
+            noise_source=parts.noise_source,
             notes=notes,
             tiles=len(rows) * len(cols),
             start=parts.start,

@@ -26,6 +26,9 @@ class Reconstruction:
     network_seconds: float = 0.0  # of those, the time inside prior network calls (0 for classical)
     residual: float = float("nan")  # RMS of capture - forward(all_in_focus, depth)
     noise_sigma: float = float("nan")
+    # where noise_sigma came from: "noise_sigma parameter", "noise model" (one handed in: the node's, from a
+    # Bayer frame's raw mosaic) or "capture"
+    noise_source: str = ""
     notes: list[str] = field(default_factory=list)  # this frame's solver warnings (an unmet time budget)
     tiles: int = 1  # tiles the frame was solved in (1: whole); a count, so not in ``timings``
     # What the sampler started from: classical (SDEdit from the classical estimate), noise, or warm (the

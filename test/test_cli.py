@@ -55,6 +55,7 @@ def test_reconstruct_writes_the_contract_files(capture_files, default_bank):
     assert {"evidence", "total"} <= set(report["timings_s"])
     assert report["final_residual"] < 0.05
     assert report["network_s"] == 0.0 and report["overhead"] is None  # classical: no network
+    assert report["noise_source"] == "capture" and 0 < report["noise_sigma"] < 0.05
     header = (out / "points.ply").read_bytes()[:300].decode("ascii", "replace")
     assert "element vertex 12288" in header and "property uchar red" in header
     for name in ("aif.png", "depth.png"):

@@ -345,11 +345,11 @@ def test_diagnostics_ok_with_rates_and_exact_keys():
 
 def test_diagnostics_report_the_latest_frames_noise_and_where_it_came_from():
     stats = Stats()
-    stats.frame_published("psf_bank", 0, [], 0.2, None, 6.0, noise_sigma=0.0071234, noise_source="raw mosaic")
+    stats.frame_published("psf_bank", 0, [], 0.2, None, 6.0, noise_sigma=0.0071234, noise_source="noise model")
     inp, rec = diagnostic_statuses(stats.snapshot(), "active", 6.5, 1.0, 1.0, "classical", "cpu", 8,
                                    "/ns/cadfd_node", "/ns/image_raw")
     values = {kv.key: kv.value for kv in rec.values}
-    assert (values["noise_sigma"], values["noise_source"]) == ("0.00712", "raw mosaic")
+    assert (values["noise_sigma"], values["noise_source"]) == ("0.00712", "noise model")
 
 
 def test_stats_snapshot_is_an_immutable_copy_and_rates_follow_it():

@@ -95,6 +95,7 @@ def write_reconstruction(
         "start": result.start,
         "warm_data_term": result.warm_data_term if np.isfinite(result.warm_data_term) else None,
         "noise_sigma": result.noise_sigma,
+        "noise_source": result.noise_source,
         "depth_range_m": [low, high],
         "valid_fraction": result.valid_fraction,
         "intrinsics": dict(zip(("fx", "fy", "cx", "cy"), intrinsics)),

@@ -72,7 +72,7 @@ class Stats:
     last_steps: int = 0  # network evaluations of the latest frame (a time budget picks them)
     last_tiles: int = 0  # tiles the latest frame was solved in (0: no frame yet)
     last_noise_sigma: float = float("nan")  # the latest frame's noise level (depth quality hangs on it)
-    last_noise_source: str = ""  # where it came from: capture, raw mosaic or the noise_sigma parameter
+    last_noise_source: str = ""  # where it came from: Reconstruction.noise_source
     intrinsics: str = "unknown"
 
     def snapshot(self) -> StatsSnapshot:

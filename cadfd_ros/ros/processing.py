@@ -73,7 +73,6 @@ class FrameOutputs:
     seconds: dict[str, float]  # per-stage wall time: convert, solve, publish-side encode
     scan: object | None = None  # sensor_msgs/LaserScan
     notes: list[str] = field(default_factory=list)  # outputs left out of this frame, and why
-    noise_source: str = "capture"  # where the frame's noise level came from: capture, raw mosaic, noise_sigma
 
 
 def _area_weights(old_size: int, factor: float) -> np.ndarray:
@@ -368,8 +367,6 @@ class FrameProcessor:
             seconds=seconds,
             scan=scan,
             notes=notes,
-            noise_source=("noise_sigma parameter" if recon.config.noise_sigma is not None
-                          else "raw mosaic" if noise is not None else "capture"),
         )
 
     def info_message(self, result: Reconstruction, header: object, seconds: dict[str, float]) -> object | None:
