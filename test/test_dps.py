@@ -96,6 +96,11 @@ def test_depth_updates_can_be_capped_and_spread_over_long_schedules(default_bank
     assert sorted(depth_update_steps(8, 4, 3)) == [0, 4, 7]
     assert sorted(depth_update_steps(20, 4, 3)) == [0, 10, 19]
     assert sorted(depth_update_steps(20, 4, None)) == [0, 4, 8, 12, 16, 19]
+    # short schedules get at least three, or every step
+    assert sorted(depth_update_steps(4, 4, None, 3)) == [0, 2, 3]
+    assert sorted(depth_update_steps(5, 4, None, 3)) == [0, 2, 4]
+    assert sorted(depth_update_steps(2, 4, None, 3)) == [0, 1]
+    assert sorted(depth_update_steps(8, 4, None, 3)) == [0, 4, 7]  # already three: unchanged
     from dataclasses import replace
 
     solver = _sampler(default_bank, prior, steps=12)
