@@ -154,8 +154,9 @@ def test_the_pipeline_builds_one_classical_solver_and_hands_its_start_on(default
 
 def test_the_sampler_uses_the_start_image_not_the_start_depth(default_bank, prior, scene):
     """Why a rough start suffices: the first depth update (step 0) re-decides depth from x0, so the start's
-    depth map is never used; only its image, noised to start_sigma. The start's evidence with 0 HQS
-    iterations is cheaper than the classical method's, and its depth differs."""
+    depth map is never used; only its image, noised to start_sigma. The start's evidence (0 HQS iterations)
+    gives another depth than the classical method's. (That it is cheaper is a speed figure: `cadfd bench
+    --speed`'s start column; a timed assert here failed on a loaded machine.)"""
     from dataclasses import replace as replace_start
 
     from cadfd_ros.solvers.classical import ClassicalSolver
@@ -163,7 +164,6 @@ def test_the_sampler_uses_the_start_image_not_the_start_depth(default_bank, prio
     full_result, full_start = ClassicalSolver(default_bank).estimate(scene.capture)
     rough_result, rough_start = _start(default_bank, scene.capture)
     assert np.mean(np.abs(full_result.depth - rough_result.depth) / full_result.depth) > 0.01
-    assert rough_start.timings["evidence"] < full_start.timings["evidence"]
     flat = replace_start(rough_start, layer_coord=torch.zeros_like(rough_start.layer_coord))
     a = _sampler(default_bank, prior, steps=4).solve(scene.capture, rough_start)
     b = _sampler(default_bank, prior, steps=4).solve(scene.capture, flat)
