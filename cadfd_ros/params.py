@@ -87,7 +87,7 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("method", "classical", "reconstruction method", SOLVER, choices=METHODS),
     ParamSpec("sampler", "auto", "diffusion sampler for method dps ('auto' picks the default, diffpir)", SOLVER,
               choices=SAMPLERS),
-    ParamSpec("steps", 8, "prior network evaluations per frame (method dps)", SOLVER, value_range=(1, 1000)),
+    ParamSpec("steps", 4, "prior network evaluations per frame (method dps)", SOLVER, value_range=(1, 1000)),
     ParamSpec("time_budget_ms", 0.0, "per-frame solver time budget in ms, picks the steps (method dps); 0 = no budget",
               SOLVER, value_range=(1.0, 600000.0), zero_is_unset=True),
     ParamSpec("seed", 0, "random seed of the sampler (reproducible output)", SOLVER, value_range=(0, 2**31 - 1)),

@@ -31,7 +31,7 @@ class ReconstructionConfig:
 
     method: str = "classical"
     sampler: str = "auto"
-    steps: int = 8
+    steps: int = 4
     time_budget_ms: float | None = None
     seed: int = 0
     device: str = "auto"

@@ -404,7 +404,7 @@ def test_declarations_carry_each_kind_of_constraint():
     choices, the configure-time note (solver parameters only), written out here rather than re-derived."""
     declared = {name: (default, d) for name, default, d in declarations()}
     default, steps = declared["steps"]
-    assert default == 8 and not steps.floating_point_range
+    assert default == 4 and not steps.floating_point_range
     assert (steps.integer_range[0].from_value, steps.integer_range[0].to_value) == (1, 1000)
     default, floor = declared["min_confidence"]
     assert default == 0.0 and not floor.integer_range

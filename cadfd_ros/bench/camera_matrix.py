@@ -268,7 +268,7 @@ class CameraResult:
                 for level, (total, kept, good) in zip(MIN_CONFIDENCE_LEVELS, counts.tolist())]
 
 
-def run_camera(camera: CameraSpec, photos: tuple[str, ...], steps: int = 8, seed: int = 0, repeats: int = 1,
+def run_camera(camera: CameraSpec, photos: tuple[str, ...], steps: int = 4, seed: int = 0, repeats: int = 1,
                device: str = "cpu", progress: bool = True) -> CameraResult:
     from tqdm import tqdm
 
