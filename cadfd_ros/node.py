@@ -379,7 +379,8 @@ class CadfdNode(LifecycleNode):
         self._stats.frame_published(out.intrinsics_source, out.reconstruction.steps,
                                     [*out.reconstruction.notes, *out.notes], time.monotonic() - received, latency,
                                     time.monotonic(), tiles=out.reconstruction.tiles,
-                                    noise_sigma=float(out.reconstruction.noise_sigma), noise_source=out.reconstruction.noise_source)
+                                    noise_sigma=float(out.reconstruction.noise_sigma),
+                                    noise_source=out.reconstruction.noise_source)
 
     # ------------------------------------------------------------------ diagnostics (1 Hz timer)
     def _publish_diagnostics(self) -> None:

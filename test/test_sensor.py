@@ -383,7 +383,8 @@ def test_the_node_takes_a_bayer_frames_noise_from_its_mosaic(default_bank):
     assert out.reconstruction.noise_source == "noise model" and 0.008 < np.sqrt(a * 0.3 + b) < 0.013
     assert 0.008 < out.reconstruction.noise_sigma < 0.013  # the demosaiced frame alone reads about a third
     rgb16 = np.round(np.clip(rgb + 0.01 * rng.standard_normal(rgb.shape), 0, 1) * 65535).astype(np.uint16)
-    assert build_processor(values).process(message("rgb16", rgb16), None, output_settings(values)).reconstruction.noise_source == "capture"
+    rgb_out = build_processor(values).process(message("rgb16", rgb16), None, output_settings(values))
+    assert rgb_out.reconstruction.noise_source == "capture"
     fixed = {**values, "noise_sigma": 0.02}
     out = build_processor(fixed).process(bayer, None, output_settings(fixed))
     assert out.reconstruction.noise_source == "noise_sigma parameter" and out.reconstruction.noise_sigma == pytest.approx(0.02)
