@@ -261,8 +261,6 @@ class Reconstructor:
         began = time.perf_counter()
         sigma, _, weight = self.classical.frame_noise(capture, saturated=saturated, noise=noise)
         weight_t = None if weight is None else torch.from_numpy(weight)
-        if self.config.noise_sigma is not None:
-            sigma = self.config.noise_sigma
         # the previous estimate moved with the scene: a misregistered start costs more than it saves
         dy, dx, _ = estimate_translation(self._previous_capture, capture)
         previous = self._previous
@@ -294,9 +292,7 @@ class Reconstructor:
             if self.sampler is not None:
                 result = self.sampler.solve(capture, solver_start)
         result.warm_data_term = term
-        # the precedence ClassicalSolver.frame_noise applies: the configured sigma, a given model, the capture
-        result.noise_source = ("noise_sigma parameter" if self.config.noise_sigma is not None
-                               else "noise model" if noise is not None else "capture")
+        result.noise_source = self.classical.noise_source(noise)
         if temporal:
             self._previous, self._previous_capture = result.next_start, capture
             self._warm_in_a_row = self._warm_in_a_row + 1 if result.start == "warm" else 0

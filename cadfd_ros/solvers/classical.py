@@ -391,6 +391,12 @@ class ClassicalSolver:
             sigma = estimate_noise_sigma(capture, valid)
         return sigma, sigma_map, weight
 
+    def noise_source(self, noise: NoiseModel | None = None) -> str:
+        """Where ``frame_noise`` takes the level from, in its order: the fixed sigma, a given model, the capture."""
+        if self.noise_sigma is not None:
+            return "noise_sigma parameter"
+        return "noise model" if noise is not None else "capture"
+
     @torch.no_grad()
     def estimate(self, capture: np.ndarray, saturated: np.ndarray | None = None, noise: NoiseModel | None = None
                  ) -> tuple[Reconstruction, SolverStart]:
