@@ -111,6 +111,9 @@ def test_depth_updates_can_be_capped_and_spread_over_long_schedules(default_bank
     parts = {k: result.timings[f"dps_{k}"] for k in ("frame_context", "depth", "data_step", "final_data_step")}
     assert set(parts) == set(trace.stage_seconds) and all(v > 0 for v in parts.values())
     assert trace.network_seconds + sum(parts.values()) <= result.timings["dps"]
+    # the default sampler takes the minimum: three updates at 4 steps, not every 4th and the last
+    _, short = _sampler(default_bank, prior, steps=4).solve_with_trace(scene.capture, classical)
+    assert short.data_timesteps == [short.timesteps[i] for i in (0, 2, 3)]
 
 
 def test_depth_beats_classical_in_textured_regions(default_bank, prior):
