@@ -379,7 +379,7 @@ def test_the_node_takes_a_bayer_frames_noise_from_its_mosaic(default_bank):
     values = {**defaults([INPUT, SOLVER, OUTPUT]), "device": "cpu"}
     bayer = message("bayer_rggb16", raw)
     out = build_processor(values).process(bayer, None, output_settings(values))
-    a, b = conv.bayer_noise_model(bayer)
+    a, b = conv.image_msg_to_capture_and_noise(bayer)[1]
     assert out.reconstruction.noise_source == "noise model" and 0.008 < np.sqrt(a * 0.3 + b) < 0.013
     assert 0.008 < out.reconstruction.noise_sigma < 0.013  # the demosaiced frame alone reads about a third
     rgb16 = np.round(np.clip(rgb + 0.01 * rng.standard_normal(rgb.shape), 0, 1) * 65535).astype(np.uint16)

@@ -107,7 +107,12 @@ def image_msg_to_capture(msg: Image) -> np.ndarray:
 
 
 def image_msg_to_capture_and_noise(msg: Image) -> tuple[np.ndarray, tuple[float, float] | None]:
-    """``image_msg_to_capture`` and ``bayer_noise_model`` from one view of the message's pixels."""
+    """``image_msg_to_capture``, and for a Bayer encoding the sensor's noise model (a, b) of sigma^2 = a x + b
+    in [0, 1] units, measured on the raw mosaic's colour planes (``estimate_mosaic_noise_model``): the
+    demosaiced frame reads about a third of it. The raw level is kept, not the demosaiced pixels' own spread
+    (0.77 of it, the interpolated ones averaged): on the node tests' two-plane scene the far plane's delta was
+    0.52-0.91 with the raw level and 0.30-0.76 with 0.77 of it, over six Bayer encodings. The model is None for
+    every other encoding (and for a mosaic under 4 x 4), whose noise is estimated from the capture itself."""
     pixels, dtype, layout = _pixels(msg)
     return _decoded(msg, pixels, dtype, layout), _mosaic_noise_model(msg, pixels, dtype)
 
@@ -145,19 +150,6 @@ def _pixels(msg: Image) -> tuple[np.ndarray, np.dtype, str]:
     # Byte order only matters for 16-bit data; 8-bit ignores is_bigendian.
     dtype = np.dtype(dtype_code).newbyteorder(">" if msg.is_bigendian else "<")
     return rows.view(dtype).reshape(height, width, channels), dtype, layout
-
-
-def bayer_noise_model(msg: Image) -> tuple[float, float] | None:
-    """For a Bayer encoding, the sensor's noise model (a, b) of sigma^2 = a x + b in [0, 1] units, measured on
-    the raw mosaic's colour planes (``estimate_mosaic_noise_model``): the demosaiced frame that
-    ``image_msg_to_capture`` returns reads about a third of it. The raw level is kept, not the demosaiced
-    pixels' own spread (0.77 of it, the interpolated ones averaged): on the node tests' two-plane scene the far
-    plane's delta was 0.52-0.91 with the raw level and 0.30-0.76 with 0.77 of it, over six Bayer encodings. None
-    for every other encoding (and for a mosaic under 4 x 4), whose noise is estimated from the capture itself."""
-    if not str(msg.encoding).startswith("bayer_"):
-        return None
-    pixels, dtype, _ = _pixels(msg)
-    return _mosaic_noise_model(msg, pixels, dtype)
 
 
 def _mosaic_noise_model(msg: Image, pixels: np.ndarray, dtype: np.dtype) -> tuple[float, float] | None:
