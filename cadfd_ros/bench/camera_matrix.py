@@ -24,6 +24,7 @@ import numpy as np
 from cadfd_ros.bench.metrics import evaluation_mask, textured_mask, within_delta1
 from cadfd_ros.bench.runner import score
 from cadfd_ros.bench.scenes import Scene, make_scene
+from cadfd_ros.params import PARAM_BY_NAME
 from cadfd_ros.errors import CadfdError
 from cadfd_ros.optics.psf_bank import PSFBank
 
@@ -268,8 +269,8 @@ class CameraResult:
                 for level, (total, kept, good) in zip(MIN_CONFIDENCE_LEVELS, counts.tolist())]
 
 
-def run_camera(camera: CameraSpec, photos: tuple[str, ...], steps: int = 4, seed: int = 0, repeats: int = 1,
-               device: str = "cpu", progress: bool = True) -> CameraResult:
+def run_camera(camera: CameraSpec, photos: tuple[str, ...], steps: int = PARAM_BY_NAME["steps"].default,
+               seed: int = 0, repeats: int = 1, device: str = "cpu", progress: bool = True) -> CameraResult:
     from tqdm import tqdm
 
     from cadfd_ros.pipeline import ReconstructionConfig, Reconstructor

@@ -72,7 +72,7 @@ class SamplerConfig:
     """The user's options for the sampler (the node's and CLI's solver parameters)."""
 
     sampler: str = "auto"
-    steps: int = 4  # exact number of prior network evaluations (the quality-against-steps curve: README)
+    steps: int = PARAM_BY_NAME["steps"].default  # exact number of prior network evaluations (README: the curve)
     time_budget_ms: float | None = None  # picks ``steps`` to fit
     seed: int = 0
     noise_sigma: float | None = None  # None: the start's (estimated) sigma
