@@ -149,6 +149,27 @@ def test_padding_for_odd_sizes_and_gradients(tiny):
     assert tiny.predict_noise(torch.randn(1, 1, 1, 3), 4).shape == (1, 1, 1, 3)  # replicate-pad fallback
 
 
+def test_channels_last_gives_the_same_noise_and_gradients(tiny):
+    # the sampler runs the UNet channels-last on CPU (faster there); the output must not change
+    x = torch.randn(1, 3, 13, 21, requires_grad=True)
+    reference = tiny.predict_noise(x, 4).detach()
+    conv = tiny.unet.conv_in
+    assert not conv.weight.is_contiguous(memory_format=torch.channels_last)
+    tiny.set_memory_format(torch.channels_last)
+    try:
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+        out = tiny.predict_noise(x, 4)
+        assert out.is_contiguous()  # what the FFT-based data steps downstream expect
+        assert torch.allclose(out.detach(), reference, atol=1e-5)
+        out.square().sum().backward()
+        assert x.grad is not None and x.grad.abs().sum() > 0
+    finally:
+        tiny.set_memory_format(torch.contiguous_format)
+    assert conv.weight.is_contiguous()
+    with pytest.raises(PriorError, match="memory_format"):
+        tiny.set_memory_format(torch.preserve_format)
+
+
 def test_tweedie_and_sigma_timestep_map(tiny, monkeypatch):
     x0 = torch.rand(1, 3, 8, 8) * 2 - 1
     eps = torch.randn_like(x0)

@@ -105,6 +105,7 @@ class DiffusionPrior:
         self.device = torch.device(device)
         self.unet = unet.to(self.device).eval()
         self.unet.requires_grad_(False)  # a prior is frozen; gradients flow to x_t only
+        self.memory_format = torch.contiguous_format  # of the UNet's weights and input (set_memory_format)
         self.scheduler = scheduler
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
         self.prediction_type = pred
@@ -128,6 +129,14 @@ class DiffusionPrior:
         return (x + 1.0) * 0.5
 
     # ------------------------------------------------------------------ network
+    def set_memory_format(self, memory_format: torch.memory_format) -> None:
+        """Run the UNet in ``memory_format`` (``torch.channels_last`` or ``torch.contiguous_format``): its
+        weights are converted once, each input on the way in; outputs come back contiguous."""
+        if memory_format not in (torch.channels_last, torch.contiguous_format):
+            raise PriorError(f"memory_format: {memory_format} is neither channels_last nor contiguous_format")
+        self.unet.to(memory_format=memory_format)
+        self.memory_format = memory_format
+
     def _timesteps(self, t: int | torch.Tensor, batch: int) -> torch.Tensor:
         t = torch.as_tensor(t, device=self.device).long().reshape(-1)
         if t.numel() == 1:
@@ -166,7 +175,7 @@ class DiffusionPrior:
             # reflect keeps image statistics at the border; replicate when the frame is too small
             mode = "reflect" if (h > ph and w > pw) else "replicate"
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        out = self.unet(x, t).sample[..., :h, :w]
+        out = self.unet(x.contiguous(memory_format=self.memory_format), t).sample[..., :h, :w].contiguous()
         out = self._to_eps(out, x[..., :h, :w], t)
         if c == 1 and self.channels == 3:
             out = out.mean(dim=1, keepdim=True)

@@ -396,6 +396,14 @@ def default_network_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def default_network_memory_format(device: torch.device) -> torch.memory_format:
+    """channels-last on CPU, where oneDNN's convolutions prefer it: on the 2-core AMD EPYC (fp32) one call
+    on a 160x120 RGB frame took 111 ms instead of 127, mono 117 instead of 127, 320x240 RGB 379 instead of
+    417 (5 alternating rounds of 10 calls; outputs within 1e-5); 0.91x on the first machine in fp32.
+    Contiguous on CUDA until a GPU measures it."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
 class StageClock:
     """Accumulates wall time per named stage (``with clock("depth"): ...``); CUDA is synchronised at
     the edges so asynchronous kernels are charged to the stage that launched them."""
@@ -672,6 +680,7 @@ class DiffusionPosteriorSampler:
         self.params = params or SamplerParams()
         self.sampler = self.config.sampler_name
         self.prior = prior if prior is not None else load_prior(self.config.prior, device=self.device)
+        self.prior.set_memory_format(default_network_memory_format(self.device))
         self.start_solver = start_solver
         self._operators: dict[tuple[int, int, int], LayeredBlur] = {}
         self._network_seconds: dict[tuple[int, int, int], float] = {}
