@@ -170,3 +170,21 @@ def test_side_evidence_is_none_for_a_bank_on_one_side_of_focus(default_bank):
     bank, _, _ = _twin_scene(2)
     assert ClassicalSolver(bank, params=ClassicalParams(side_weight=0.0)).side_evidence(capture, 0.01) is None
     assert ClassicalSolver(bank).side_evidence(capture, 0.01).shape == (1, bank.num_layers, 12, 12)
+
+
+def test_subpixel_argmin_picks_the_first_of_tied_layers_and_refines_interior_minima():
+    from cadfd_ros.solvers.classical import subpixel_argmin
+
+    layers = torch.arange(8, dtype=torch.float32).view(1, -1, 1, 1)
+    # a parabola with its minimum at 3.3, then a flat-bottomed volume (two identical layers, as at the sharp
+    # end of an in-front-of-focus bank): the first of the tied layers, not refined past its neighbours
+    parabola = (layers - 3.3) ** 2
+    tied = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0, 0.5, 0.5, 0.9]).view(1, -1, 1, 1)
+    best, c0, coord = subpixel_argmin(torch.cat([parabola, tied], dim=3))
+    assert best.flatten().tolist() == [3, 5]
+    assert c0.flatten().tolist() == pytest.approx([0.09, 0.5])
+    assert coord[0, 0, 0, 0].item() == pytest.approx(3.3, abs=1e-5)
+    assert 4.5 <= coord[0, 0, 0, 1].item() <= 5.5
+    # the same choice as argmin on a random volume with many exact ties
+    noisy = torch.round(torch.randn(1, 12, 30, 40, generator=torch.Generator().manual_seed(0)) * 2) / 2
+    assert torch.equal(subpixel_argmin(noisy)[0], noisy.argmin(dim=1, keepdim=True))
