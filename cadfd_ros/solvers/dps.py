@@ -667,7 +667,8 @@ class DiffusionPosteriorSampler:
     """Joint depth and all-in-focus sampler; the prior is loaded once and kept on the device.
 
     ``start_solver`` gives the start when ``solve`` gets none (the pipeline passes its classical
-    solver, so there is one). The caller chooses torch's thread count."""
+    solver, so there is one). The caller chooses torch's thread count. The prior (a passed-in one too) is
+    set to the device's network memory format (``default_network_memory_format``)."""
 
     def __init__(self, psf_bank: PSFBank, config: SamplerConfig | None = None, device: str = "cpu",
                  params: SamplerParams | None = None, prior=None, start_solver: ClassicalSolver | None = None
