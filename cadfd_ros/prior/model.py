@@ -134,6 +134,8 @@ class DiffusionPrior:
         weights are converted once, each input on the way in; outputs come back contiguous."""
         if memory_format not in (torch.channels_last, torch.contiguous_format):
             raise PriorError(f"memory_format: {memory_format} is neither channels_last nor contiguous_format")
+        if memory_format == self.memory_format:
+            return
         self.unet.to(memory_format=memory_format)
         self.memory_format = memory_format
 

@@ -429,10 +429,11 @@ class StageClock:
 
 
 class _CountingDenoiser:
-    """The prior's noise prediction under the device's autocast, counted so the step budget can be
-    verified exactly."""
+    """The prior's noise prediction under the device's autocast and memory format, counted so the step
+    budget can be verified exactly."""
 
     def __init__(self, prior, device: torch.device, dtype: torch.dtype | None = None) -> None:
+        prior.set_memory_format(default_network_memory_format(device))
         self.prior = prior
         self.device = device
         self.dtype = dtype if dtype is not None else default_network_dtype(device)
@@ -667,8 +668,8 @@ class DiffusionPosteriorSampler:
     """Joint depth and all-in-focus sampler; the prior is loaded once and kept on the device.
 
     ``start_solver`` gives the start when ``solve`` gets none (the pipeline passes its classical
-    solver, so there is one). The caller chooses torch's thread count. The prior (a passed-in one too) is
-    set to the device's network memory format (``default_network_memory_format``)."""
+    solver, so there is one). The caller chooses torch's thread count. Its network calls set the prior (a
+    passed-in one too) to the device's memory format (``default_network_memory_format``)."""
 
     def __init__(self, psf_bank: PSFBank, config: SamplerConfig | None = None, device: str = "cpu",
                  params: SamplerParams | None = None, prior=None, start_solver: ClassicalSolver | None = None
@@ -681,7 +682,6 @@ class DiffusionPosteriorSampler:
         self.params = params or SamplerParams()
         self.sampler = self.config.sampler_name
         self.prior = prior if prior is not None else load_prior(self.config.prior, device=self.device)
-        self.prior.set_memory_format(default_network_memory_format(self.device))
         self.start_solver = start_solver
         self._operators: dict[tuple[int, int, int], LayeredBlur] = {}
         self._network_seconds: dict[tuple[int, int, int], float] = {}
