@@ -146,7 +146,10 @@ class Harness:
 
     def close(self) -> None:
         self.node.stop()
-        self.executor.shutdown(timeout_sec=2.0)
+        # the spin thread may still be inside a long callback (a tiled frame): destroying the nodes under it
+        # raised InvalidHandle in that thread, so wait for it to leave first
+        self.executor.shutdown(timeout_sec=10.0)
+        self.thread.join(timeout=10.0)
         self.node.destroy_node()
         self.client.destroy_node()
 
