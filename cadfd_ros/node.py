@@ -22,7 +22,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.event_handler import SubscriptionEventCallbacks
-from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.exceptions import InvalidHandle, InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleNodeMixin, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
@@ -408,6 +408,21 @@ class CadfdNode(LifecycleNode):
         self._release_solver()
 
 
+def spin_through_destroyed_entities(executor: Any, logger: Any = None) -> None:
+    """``executor.spin()`` until the executor or its context shuts down, carrying on past InvalidHandle.
+    Deactivate, cleanup and shutdown destroy subscriptions in the transition's thread while another executor
+    thread may be adding their event handlers to a wait set; rclpy then raises InvalidHandle out of spin
+    (ros2/rclpy#1284; seen in this package's tests). The entity is gone, the next wait set no longer holds it,
+    so spinning on is right and the node keeps running."""
+    while True:
+        try:
+            executor.spin()
+            return
+        except InvalidHandle as exc:
+            if logger is not None:
+                logger.debug(f"executor: an entity destroyed during a wait ({exc}); spinning on")
+
+
 def main(args: list[str] | None = None) -> int:
     from cadfd_ros.runtime import keep_freed_memory
 
@@ -420,7 +435,7 @@ def main(args: list[str] | None = None) -> int:
         if node.get_parameter("autostart").value and not node._startup_errors:
             if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
                 node.trigger_activate()
-        executor.spin()
+        spin_through_destroyed_entities(executor, node.get_logger())
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -73,7 +73,7 @@ class Harness:
     """The node plus a client node (publishers, output subscriptions) spinning in a thread."""
 
     def __init__(self, context, **params) -> None:
-        from cadfd_ros.node import CadfdNode
+        from cadfd_ros.node import CadfdNode, spin_through_destroyed_entities
 
         self.ns = f"/t_{uuid.uuid4().hex[:8]}"
         overrides = [Parameter(k, value=v) for k, v in params.items()]
@@ -96,7 +96,7 @@ class Harness:
         self.executor = MultiThreadedExecutor(num_threads=4, context=context)
         self.executor.add_node(self.node)
         self.executor.add_node(self.client)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread = threading.Thread(target=spin_through_destroyed_entities, args=(self.executor,), daemon=True)
         self.thread.start()
 
     def state(self) -> str:
@@ -146,8 +146,7 @@ class Harness:
 
     def close(self) -> None:
         self.node.stop()
-        # the spin thread may still be inside a long callback (a tiled frame): destroying the nodes under it
-        # raised InvalidHandle in that thread, so wait for it to leave first
+        # the spin thread may still be inside a long callback (a tiled frame): let it leave before the nodes go
         self.executor.shutdown(timeout_sec=10.0)
         self.thread.join(timeout=10.0)
         self.node.destroy_node()

@@ -509,3 +509,38 @@ def test_an_abandoned_worker_publishes_nothing_more():
     worker.abandon()  # deactivate during the solve
     worker.handle(image_at(1), 0.0)
     assert len(processor.calls) == 1 and published == []
+
+
+def test_spin_carries_on_past_an_entity_destroyed_during_a_wait():
+    # rclpy raises InvalidHandle out of spin when a transition destroys a subscription while another executor
+    # thread builds a wait set (ros2/rclpy#1284): the node's spin loop must go on, and return at shutdown
+    InvalidHandle = pytest.importorskip("rclpy.exceptions").InvalidHandle
+
+    from cadfd_ros.node import spin_through_destroyed_entities
+
+    class Executor:
+        def __init__(self, failures: int) -> None:
+            self.failures, self.spins = failures, 0
+
+        def spin(self) -> None:
+            self.spins += 1
+            if self.spins <= self.failures:
+                raise InvalidHandle("cannot use Destroyable because destruction was requested")
+
+    class Logger:
+        def __init__(self) -> None:
+            self.messages: list[str] = []
+
+        def debug(self, message: str) -> None:
+            self.messages.append(message)
+
+    executor, logger = Executor(failures=2), Logger()
+    spin_through_destroyed_entities(executor, logger)
+    assert executor.spins == 3 and len(logger.messages) == 2 and "destroyed" in logger.messages[0]
+
+    class Failing:
+        def spin(self) -> None:
+            raise RuntimeError("context invalid")
+
+    with pytest.raises(RuntimeError, match="context invalid"):  # anything else still ends the node
+        spin_through_destroyed_entities(Failing())
