@@ -419,9 +419,9 @@ def test_rgb_layer_evidence_one_channel_at_a_time_equals_the_joint_one(default_b
 
 def test_the_start_hands_the_side_of_focus_to_the_sampler(prior):
     """On a bank straddling focus the classical start carries its side-of-focus score, and the sampler's depth
-    updates use it: on the plane at layer 2 (in front of focus) the sampler alone keeps about half the pixels
-    on the wrong side (0.44 measured at one tau, 0.60 with the profile over tau); with the score 1.0. The plane
-    behind focus: 0.91 without, 0.99 with."""
+    updates use it: on the plane at layer 2 (in front of focus) the sampler alone puts 0.86 of the pixels on the
+    right side with the bundled prior of 11121 steps (0.61 with the 3000-step prior, 0.44 at one tau before the
+    profile over tau); with the score 1.0. The plane behind focus: 0.94 without, 0.99 with."""
     from dataclasses import replace
 
     from test_classical import _right_side, _twin_scene
@@ -437,7 +437,7 @@ def test_the_start_hands_the_side_of_focus_to_the_sampler(prior):
             found[weight] = _right_side(sampler.solve(scene.capture, start).depth, layer, focus)
         assert found[SamplerParams().side_weight] > 0.95
         if layer == 2:
-            assert found[0.0] < 0.7
+            assert found[0.0] < 0.9
 
 
 def test_a_bank_on_one_side_of_focus_gives_the_sampler_no_side_score(default_bank, prior, scene, classical):
