@@ -1,5 +1,6 @@
-"""Time one prior network call on CPU under the variants issue 14 asks about: fp32 channels-last (the
-sampler's default on CPU), contiguous, torch.inference_mode, bf16 autocast, torch.compile and thread counts.
+"""Time one prior network call on CPU under the variants issue 14 asks about: fp32 and bf16 autocast (where
+the CPU has native bf16), channels-last and contiguous, torch.inference_mode, torch.compile and thread counts.
+The sampler's default on this CPU (``default_network_dtype``, ``default_network_memory_format``) is marked.
 
     .venv/bin/python scripts/bench_cpu_network.py [--size 144x184] [--repeats 10] [--no-compile]
 
@@ -17,6 +18,7 @@ import torch
 
 from cadfd_ros.prior.model import load_prior
 from cadfd_ros.runtime import keep_freed_memory
+from cadfd_ros.solvers.dps import default_network_dtype, default_network_memory_format
 
 
 def timed(fn, x, t, repeats: int) -> tuple[float, torch.Tensor]:
@@ -58,14 +60,21 @@ def main() -> int:
             return prior.predict_noise(v, step).float()
 
     contiguous, channels_last = torch.contiguous_format, torch.channels_last
-    # (name, call, memory format, threads); the sampler's default on CPU is fp32, no_grad, channels-last
+    # (name, call, memory format, threads); fp32 contiguous first: the reference for the differences
     variants = [("fp32, no_grad, contiguous", fp32, contiguous, threads),
-                ("fp32, no_grad, channels-last (default)", fp32, channels_last, threads),
-                ("inference_mode, channels-last", inference, channels_last, threads)]
+                ("fp32, no_grad, channels-last", fp32, channels_last, threads),
+                ("fp32, inference_mode, channels-last", inference, channels_last, threads)]
     native_bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     if native_bf16:  # emulated bf16 took 6.3 s a call on the AMD EPYC without AVX512-BF16: not worth timing
-        variants.append(("bf16 autocast, channels-last", bf16, channels_last, threads))
-    variants += [(f"{n} thread(s), channels-last", fp32, channels_last, n) for n in sorted({1, threads} - {threads})]
+        variants += [("bf16 autocast, no_grad, contiguous", bf16, contiguous, threads),
+                     ("bf16 autocast, no_grad, channels-last", bf16, channels_last, threads)]
+    fewer = sorted({1, threads} - {threads})
+    variants += [(f"fp32, {n} thread(s), channels-last", fp32, channels_last, n) for n in fewer]
+    if native_bf16:
+        variants += [(f"bf16 autocast, {n} thread(s), channels-last", bf16, channels_last, n) for n in fewer]
+    cpu = torch.device("cpu")
+    default = (f"{'bf16 autocast' if default_network_dtype(cpu) == torch.bfloat16 else 'fp32'}, no_grad, "
+               f"{'channels-last' if default_network_memory_format(cpu) == channels_last else 'contiguous'}")
     # Interleaved rounds, median over them: the first variant timed in a fresh process reads high, so a
     # single pass in order favours the later ones.
     times: dict[str, list[float]] = {name: [] for name, *_ in variants}
@@ -93,9 +102,11 @@ def main() -> int:
     print(f"network input {args.channels}x{height}x{width}, torch {torch.__version__}, {threads} threads\n")
     if not native_bf16:
         print("bf16 autocast: not timed, this CPU has no native bf16 (the sampler runs fp32 here)\n")
+    base = next(ms for name, ms, _ in rows if name == default)
     print("| variant | ms / call | vs default | max abs diff from fp32 |\n|---|---|---|---|")
     for name, ms, out in rows:
-        print(f"| {name} | {ms:.1f} | {ms / rows[1][1]:.2f} | {float((out - reference).abs().max()):.2e} |")
+        label = f"**{name} (the sampler's default here)**" if name == default else name
+        print(f"| {label} | {ms:.1f} | {ms / base:.2f} | {float((out - reference).abs().max()):.2e} |")
     return 0
 
 
