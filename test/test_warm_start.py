@@ -162,6 +162,31 @@ def test_sequence_frames_move_slowly_and_cut(default_bank):
     assert SequenceConfig(cold_every=5).runs_cold(101) and not SequenceConfig(cold_every=5).runs_cold(104)
 
 
+def test_drift_standard_error_counts_warm_chains_not_frames():
+    # a warm chain's frames share its start, so they are one sample: 12 frames in 3 chains give the spread of the
+    # 3 chain means, and a chain restarts wherever the warm arm started cold (a cut or the periodic cold frame)
+    from cadfd_ros.bench.sequence import FrameRow, chain_standard_error, summarise_sequence
+
+    starts = ["classical", "warm", "warm", "warm"] * 3
+    offsets = [0.1, 0.1, 0.1, 0.1, -0.2, -0.2, -0.2, -0.2, 0.0, 0.0, 0.0, 0.0]
+    rows = []
+    for frame in range(36):
+        start, offset = starts[frame % 12], offsets[frame % 12]
+        for arm, shift in (("warm", offset), ("cold", 0.0)):
+            rows.append(FrameRow(frame, 0, "p", arm, start if arm == "warm" else "classical", 1, float("nan"), 0.1,
+                                 0.5 + shift, 0.5 + shift, 0.1, 25.0 + shift, 0.5))
+    means = np.array([0.1, -0.2, 0.0])
+    expected = float(np.std(means, ddof=1) / math.sqrt(3))
+    assert chain_standard_error([0.1] * 4 + [-0.2] * 4 + [0.0] * 4, [0] * 4 + [1] * 4 + [2] * 4) == pytest.approx(expected)
+    assert math.isnan(chain_standard_error([0.1, 0.2], [0, 0]))
+    config = SequenceConfig(frames=36, cut_every=100, height=8, width=8)
+    drift = summarise_sequence(rows, config)["drift"][0]
+    assert drift["delta_diff_first"] == pytest.approx(float(np.mean(offsets)))  # the first 12 frames
+    assert drift["delta_diff_first_se"] == pytest.approx(expected)  # 3 chains, not 12 frames
+    assert drift["psnr_diff_last_se"] == pytest.approx(expected)
+    assert drift["delta_diff_last_se"] > 2 * float(np.std(offsets, ddof=1) / math.sqrt(12))  # wider than per frame
+
+
 def test_translation_estimate_and_fourier_shift():
     import cv2
     import torch

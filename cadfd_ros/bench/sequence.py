@@ -193,6 +193,25 @@ def _paired(rows: list[FrameRow]) -> list[tuple[FrameRow, FrameRow]]:
     return [(r, cold[r.frame]) for r in rows if r.arm == "warm" and r.frame in cold]
 
 
+def _warm_chains(rows: list[FrameRow]) -> dict[int, int]:
+    """frame -> the index of its warm-arm chain: a chain begins at every frame the warm arm started cold."""
+    chains, index = {}, -1
+    for r in sorted((r for r in rows if r.arm == "warm"), key=lambda r: r.frame):
+        index += r.start != "warm"
+        chains[r.frame] = max(index, 0)
+    return chains
+
+
+def chain_standard_error(values: list[float], chains: list[int]) -> float:
+    """Standard error of the mean of ``values`` with the frames of one warm chain as one block: the spread of
+    the chains' means over the root of their number (NaN with fewer than two chains)."""
+    blocks: dict[int, list[float]] = {}
+    for value, key in zip(values, chains):
+        blocks.setdefault(key, []).append(value)
+    means = np.array([np.mean(v) for v in blocks.values()])
+    return float(np.std(means, ddof=1) / math.sqrt(len(means))) if len(means) > 1 else float("nan")
+
+
 def summarise_sequence(rows: list[FrameRow], config: SequenceConfig) -> dict:
     """Per arm means, the paired warm - cold differences, the recovery after each cut, drift and the goals."""
     out: dict = {"config": asdict(config), "arms": {}}
@@ -242,19 +261,24 @@ def summarise_sequence(rows: list[FrameRow], config: SequenceConfig) -> dict:
                            "data_term_at_cut": w0.warm_data_term if w0 else float("nan"),
                            "frames_to_recover": recovered})
     out["cuts"] = recoveries
-    # drift: the paired difference over the first and the last third of every segment
+    # drift: the paired difference over the first and the last third of every segment, with a standard error
+    # over the warm chains in it (frames of one chain share their start, so they are not independent)
     drift = []
+    chain = _warm_chains(rows)
     for segment in sorted({r.segment for r in rows}):
         seg = [(w, c) for w, c in paired if w.segment == segment]
         if len(seg) < 6:
             continue
         third = len(seg) // 3
         first, last = seg[:third], seg[-third:]
-        drift.append({"segment": segment, "photo": seg[0][0].photo,
-                      "delta_diff_first": float(np.mean([w.tex_delta1 - c.tex_delta1 for w, c in first])),
-                      "delta_diff_last": float(np.mean([w.tex_delta1 - c.tex_delta1 for w, c in last])),
-                      "psnr_diff_first": float(np.mean([w.aif_psnr - c.aif_psnr for w, c in first])),
-                      "psnr_diff_last": float(np.mean([w.aif_psnr - c.aif_psnr for w, c in last]))})
+        entry = {"segment": segment, "photo": seg[0][0].photo}
+        for name, part in (("first", first), ("last", last)):
+            for key, diff in (("delta_diff", lambda w, c: w.tex_delta1 - c.tex_delta1),
+                              ("psnr_diff", lambda w, c: w.aif_psnr - c.aif_psnr)):
+                values = [diff(w, c) for w, c in part]
+                entry[f"{key}_{name}"] = float(np.mean(values))
+                entry[f"{key}_{name}_se"] = chain_standard_error(values, [chain[w.frame] for w, _ in part])
+        drift.append(entry)
     out["drift"] = drift
     if "paired" in out and "cold" in out["arms"]:
         worst_last = min([d["delta_diff_last"] for d in drift], default=float("nan"))
@@ -300,8 +324,12 @@ def sequence_markdown(summary: dict, header: str) -> str:
         lines += ["", "| segment | photo | δ diff, first third | δ diff, last third | PSNR diff, first third | "
                       "PSNR diff, last third |", "|---|---|---|---|---|---|"]
         for d in summary["drift"]:
-            lines.append(f"| {d['segment']} | {d['photo']} | {d['delta_diff_first']:+.4f} | {d['delta_diff_last']:+.4f} | "
-                         f"{d['psnr_diff_first']:+.3f} | {d['psnr_diff_last']:+.3f} |")
+            lines.append(f"| {d['segment']} | {d['photo']} | {d['delta_diff_first']:+.4f} ± "
+                         f"{_fmt(d['delta_diff_first_se'], '.4f')} | {d['delta_diff_last']:+.4f} ± "
+                         f"{_fmt(d['delta_diff_last_se'], '.4f')} | {d['psnr_diff_first']:+.3f} ± "
+                         f"{_fmt(d['psnr_diff_first_se'], '.3f')} | {d['psnr_diff_last']:+.3f} ± "
+                         f"{_fmt(d['psnr_diff_last_se'], '.3f')} |")
+        lines.append("(± one standard error over the warm chains in each third: a chain's frames share its start.)")
     if "goals" in summary:
         g = summary["goals"]
         lines += ["", f"Goals (issue 14): δ within {GOAL_DELTA}: {'met' if g['delta_within'] else 'NOT met'}; "
