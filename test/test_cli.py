@@ -130,3 +130,14 @@ def test_entry_points_keep_freed_buffers_on_glibc(monkeypatch):
     assert keep_freed_memory() is False
     monkeypatch.delenv(OPT_OUT)
     assert keep_freed_memory() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+
+
+@pytest.mark.parametrize("mode", [["--cameras", "--only", "just-behind-focus"], ["--speed", "--speed-sizes", "64x48",
+                                                                                 "--speed-steps", "1"]])
+def test_bench_modes_use_the_solver_flags(tmp_path, capsys, mode):
+    # the camera-matrix and speed benches once built their solver from steps, seed and device alone, so --prior
+    # (and every other solver flag) was silently ignored: a missing prior folder must now stop them by name
+    missing = tmp_path / "no_such_prior"
+    assert main(["bench", *mode, "--prior", str(missing), "--out-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "does not exist" in err

@@ -13,6 +13,8 @@ ceilings that attribute each loss:
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 import time
 import tomllib
@@ -27,6 +29,9 @@ from cadfd_ros.bench.scenes import Scene, make_scene
 from cadfd_ros.params import PARAM_BY_NAME
 from cadfd_ros.errors import CadfdError
 from cadfd_ros.optics.psf_bank import PSFBank
+
+if TYPE_CHECKING:
+    from cadfd_ros.pipeline import ReconstructionConfig
 
 CEILING_WINDOW = 7  # px, the depth ceiling's evidence window
 DECILES = 10
@@ -270,14 +275,21 @@ class CameraResult:
 
 
 def run_camera(camera: CameraSpec, photos: tuple[str, ...], steps: int = PARAM_BY_NAME["steps"].default,
-               seed: int = 0, repeats: int = 1, device: str = "cpu", progress: bool = True) -> CameraResult:
+               seed: int = 0, repeats: int = 1, device: str = "cpu", progress: bool = True,
+               config: ReconstructionConfig | None = None) -> CameraResult:
+    """Every scene of ``camera`` through every method and both ceilings. ``config``: the solver settings
+    (``cadfd bench``'s solver flags: the prior, the noise model, ...); method, steps, seed and device are this
+    function's."""
+    from dataclasses import replace
+
     from tqdm import tqdm
 
     from cadfd_ros.pipeline import ReconstructionConfig, Reconstructor
 
     bank = camera.psf_bank()
     result = CameraResult(camera, blur_range_px(bank))
-    reconstructor = Reconstructor(bank, ReconstructionConfig(method="dps", steps=steps, seed=seed, device=device))
+    config = replace(config or ReconstructionConfig(), method="dps", steps=steps, seed=seed, device=device)
+    reconstructor = Reconstructor(bank, config)
     middle = 2.0 / (1.0 / bank.depths[0] + 1.0 / bank.depths[-1])
     from cadfd_ros.solvers.classical import ClassicalSolver
 

@@ -113,8 +113,11 @@ def measure(bank: PSFBank, height: int, width: int, channels: int, steps: int, d
 
 
 def run_speed(bank: PSFBank, sizes=SPEED_SIZES, steps=SPEED_STEPS, channels=(1, 3), device: str = "cpu",
-              repeats: int = 2, progress: bool = True) -> list[SpeedRow]:
-    """Every (size, channels, steps) combination; one Reconstructor per step count and channel count."""
+              repeats: int = 2, progress: bool = True, config: ReconstructionConfig | None = None) -> list[SpeedRow]:
+    """Every (size, channels, steps) combination; one Reconstructor per step count. ``config``: the solver
+    settings (``cadfd bench``'s solver flags); method, steps and device are this function's."""
+    from dataclasses import replace
+
     from tqdm import tqdm
 
     combos = [(s, c, n) for s in sizes for c in channels for n in steps]
@@ -122,7 +125,8 @@ def run_speed(bank: PSFBank, sizes=SPEED_SIZES, steps=SPEED_STEPS, channels=(1, 
     recs: dict[int, Reconstructor] = {}
     for (height, width), ch, n in tqdm(combos, desc="speed", disable=not progress):
         if n not in recs:
-            recs[n] = Reconstructor(bank, ReconstructionConfig(method="dps", steps=n, device=device))
+            recs[n] = Reconstructor(bank, replace(config or ReconstructionConfig(), method="dps", steps=n,
+                                                  device=device))
         rows.append(measure(bank, height, width, ch, n, device, repeats, reconstructor=recs[n]))
     return rows
 

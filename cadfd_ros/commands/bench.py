@@ -160,8 +160,12 @@ def _run_cameras(args: argparse.Namespace) -> int:
             raise CadfdError(f"--photos with --cameras: tuning, heldout, or photos of one split of {path}; "
                              f"got {args.photos!r}")
         args.photos = f"{owner.pop()} subset"
+    from cadfd_ros.commands.reconstruct import config_from_args
+
     device = resolve_device(args.device)
-    results = [cm.run_camera(camera, photos, steps=args.steps, seed=args.seed, repeats=args.repeats, device=device)
+    solver = config_from_args(args, method="dps")  # the solver flags (--prior, --noise-model, ...) apply here too
+    results = [cm.run_camera(camera, photos, steps=args.steps, seed=args.seed, repeats=args.repeats, device=device,
+                             config=solver)
                for camera in cameras]
     args.out_dir.mkdir(parents=True, exist_ok=True)
     header = (f"Camera matrix {path.name}, {args.photos} photos ({', '.join(photos)}) x {args.repeats} depth map(s), "
@@ -201,7 +205,10 @@ def _run_speed(args: argparse.Namespace) -> int:
         raise CadfdError(f"--speed-repeats must be at least 1, got {args.speed_repeats}")
     bank = load_psf_bank(args.psf_bank or default_psf_bank_path())
     device = resolve_device(args.device)
-    rows = speed.run_speed(bank, sizes, steps, tuple(names[w] for w in wanted), device, args.speed_repeats)
+    from cadfd_ros.commands.reconstruct import config_from_args
+
+    rows = speed.run_speed(bank, sizes, steps, tuple(names[w] for w in wanted), device, args.speed_repeats,
+                           config=config_from_args(args, method="dps"))
     header = (f"Speed, DFD-DPS, bank {bank.source}, {speed.machine_description(device)}, {speed.timestamp()}; "
               f"median of {args.speed_repeats} frames after a warm-up. overhead = total / network_s.")
     print(speed.write_speed(args.out_dir, rows, header))
