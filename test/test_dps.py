@@ -419,9 +419,11 @@ def test_rgb_layer_evidence_one_channel_at_a_time_equals_the_joint_one(default_b
 
 def test_the_start_hands_the_side_of_focus_to_the_sampler(prior):
     """On a bank straddling focus the classical start carries its side-of-focus score, and the sampler's depth
-    updates use it: on the plane at layer 2 (in front of focus) the sampler alone puts 0.86 of the pixels on the
-    right side with the bundled prior of 11121 steps (0.61 with the 3000-step prior, 0.44 at one tau before the
-    profile over tau); with the score 1.0. The plane behind focus: 0.94 without, 0.99 with."""
+    updates use it: with the score the planes in front of and behind focus come out on the right side (1.00
+    and 0.99 of the pixels), and with the score reversed on the wrong one (0.00 and 0.02). The sampler alone
+    gets 0.90 and 0.93 with the bundled prior of 18890 steps (0.61 at layer 2 with the 3000-step prior, 0.86
+    with the 11121-step one): as the prior grows stronger that no-score figure is no test of the score, so the
+    reversed score is."""
     from dataclasses import replace
 
     from test_classical import _right_side, _twin_scene
@@ -431,13 +433,14 @@ def test_the_start_hands_the_side_of_focus_to_the_sampler(prior):
         start = _start(bank, scene.capture)[1]
         assert start.side_evidence is not None and start.side_evidence.shape[1] == bank.num_layers
         found = {}
-        for weight in (0.0, SamplerParams().side_weight):
+        reversed_start = replace(start, side_evidence=-start.side_evidence)
+        for name, weight, given in (("score", SamplerParams().side_weight, start),
+                                    ("reversed", SamplerParams().side_weight, reversed_start)):
             sampler = _sampler(bank, prior, steps=4)
             sampler.params = replace(sampler.params, side_weight=weight)
-            found[weight] = _right_side(sampler.solve(scene.capture, start).depth, layer, focus)
-        assert found[SamplerParams().side_weight] > 0.95
-        if layer == 2:
-            assert found[0.0] < 0.9
+            found[name] = _right_side(sampler.solve(scene.capture, given).depth, layer, focus)
+        assert found["score"] > 0.95
+        assert found["reversed"] < 0.1, layer
 
 
 def test_a_bank_on_one_side_of_focus_gives_the_sampler_no_side_score(default_bank, prior, scene, classical):
