@@ -433,11 +433,9 @@ def test_the_start_hands_the_side_of_focus_to_the_sampler(prior):
         start = _start(bank, scene.capture)[1]
         assert start.side_evidence is not None and start.side_evidence.shape[1] == bank.num_layers
         found = {}
-        reversed_start = replace(start, side_evidence=-start.side_evidence)
-        for name, weight, given in (("score", SamplerParams().side_weight, start),
-                                    ("reversed", SamplerParams().side_weight, reversed_start)):
-            sampler = _sampler(bank, prior, steps=4)
-            sampler.params = replace(sampler.params, side_weight=weight)
+        for name, given in (("score", start), ("reversed", replace(start, side_evidence=-start.side_evidence))):
+            sampler = _sampler(bank, prior, steps=4)  # the default side weight
+            assert sampler.params.side_weight == SamplerParams().side_weight > 0
             found[name] = _right_side(sampler.solve(scene.capture, given).depth, layer, focus)
         assert found["score"] > 0.95
         assert found["reversed"] < 0.1, layer

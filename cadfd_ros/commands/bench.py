@@ -137,6 +137,7 @@ def _run(args: argparse.Namespace) -> int:
 def _run_cameras(args: argparse.Namespace) -> int:
     from cadfd_ros.bench import camera_matrix as cm
     from cadfd_ros.bench.scenes import TEST_PHOTOS
+    from cadfd_ros.commands.reconstruct import config_from_args
     from cadfd_ros.errors import CadfdError
     from cadfd_ros.pipeline import resolve_device
 
@@ -160,8 +161,6 @@ def _run_cameras(args: argparse.Namespace) -> int:
             raise CadfdError(f"--photos with --cameras: tuning, heldout, or photos of one split of {path}; "
                              f"got {args.photos!r}")
         args.photos = f"{owner.pop()} subset"
-    from cadfd_ros.commands.reconstruct import config_from_args
-
     device = resolve_device(args.device)
     solver = config_from_args(args, method="dps")  # the solver flags (--prior, --noise-model, ...) apply here too
     results = [cm.run_camera(camera, photos, steps=args.steps, seed=args.seed, repeats=args.repeats, device=device,
@@ -186,6 +185,7 @@ def _run_cameras(args: argparse.Namespace) -> int:
 
 def _run_speed(args: argparse.Namespace) -> int:
     from cadfd_ros.bench import speed
+    from cadfd_ros.commands.reconstruct import config_from_args
     from cadfd_ros.errors import CadfdError
     from cadfd_ros.optics.psf_bank import default_psf_bank_path, load_psf_bank
     from cadfd_ros.pipeline import resolve_device
@@ -205,8 +205,6 @@ def _run_speed(args: argparse.Namespace) -> int:
         raise CadfdError(f"--speed-repeats must be at least 1, got {args.speed_repeats}")
     bank = load_psf_bank(args.psf_bank or default_psf_bank_path())
     device = resolve_device(args.device)
-    from cadfd_ros.commands.reconstruct import config_from_args
-
     rows = speed.run_speed(bank, sizes, steps, tuple(names[w] for w in wanted), device, args.speed_repeats,
                            config=config_from_args(args, method="dps"))
     header = (f"Speed, DFD-DPS, bank {bank.source}, {speed.machine_description(device)}, {speed.timestamp()}; "
