@@ -455,3 +455,34 @@ def test_a_bank_on_one_side_of_focus_gives_the_sampler_no_side_score(default_ban
     assert SamplerParams().side_weight > 0
     np.testing.assert_array_equal(outputs[0].depth, outputs[1].depth)
     np.testing.assert_array_equal(outputs[0].all_in_focus, outputs[1].all_in_focus)
+
+
+def test_the_final_step_pulls_harder_towards_x0_on_a_bank_that_reaches_focus(default_bank, prior, scene, classical):
+    """SamplerParams.final_proximal_weight for banks whose every layer is blurred (the bundled one: its smallest
+    PSF is about 12.7 px across), the near-focus weight for a bank with a point-like layer (the twin bank
+    straddles focus); the weight in use is the one the final step runs with."""
+    from dataclasses import replace
+
+    from test_classical import _twin_scene
+
+    params = SamplerParams()
+    assert params.final_proximal_weight < params.final_proximal_weight_near_focus
+    blurred = _sampler(default_bank, prior, steps=1)
+    assert blurred.smallest_psf_px > 10 and blurred.final_proximal_weight == params.final_proximal_weight
+    twin_bank = _twin_scene(2)[0]
+    near = _sampler(twin_bank, prior, steps=1)
+    assert near.smallest_psf_px < params.near_focus_psf_px
+    assert near.final_proximal_weight == params.final_proximal_weight_near_focus
+    # the step uses it: on the bundled bank the output stays when only the near-focus weight changes (unused
+    # there) and moves when the far one does
+    from cadfd_ros.errors import CadfdError
+
+    outputs = []
+    for change in ({}, {"final_proximal_weight_near_focus": 1.0}, {"final_proximal_weight": 200.0}):
+        sampler = _sampler(default_bank, prior, steps=1)
+        sampler.params = replace(sampler.params, **change)
+        outputs.append(sampler.solve(scene.capture, classical).all_in_focus)
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    assert np.abs(outputs[0] - outputs[2]).mean() > 1e-4
+    with pytest.raises(CadfdError, match="final_proximal_weight_near_focus"):
+        SamplerParams(final_proximal_weight_near_focus=0.0)

@@ -109,3 +109,19 @@ def test_straddles_focus_needs_layers_on_both_sides_and_a_focus_distance():
     assert not PSFBank(psfs, depths, {"focus_distance_m": 0.3}).straddles_focus()  # range behind focus
     assert not PSFBank(psfs, depths, {"focus_distance_m": 4.0}).straddles_focus()  # range in front of it
     assert not PSFBank(psfs, depths).straddles_focus()  # no focus distance: the side cannot be known
+
+
+def test_effective_diameter_of_a_point_and_a_disc():
+    # sqrt(4 / (pi sum h^2)): a point is 2/sqrt(pi) = 1.13 px, a uniform disc of n pixels sqrt(4 n / pi), and
+    # an RGB bank's channels are averaged first
+    k = 15
+    yy, xx = np.mgrid[:k, :k] - k // 2
+    disc = (xx**2 + yy**2 <= 5**2).astype(np.float32)
+    point = np.zeros((k, k), np.float32)
+    point[k // 2, k // 2] = 1
+    psfs = np.stack([point, disc / disc.sum()])[:, None]
+    bank = PSFBank(psfs, np.array([1.0, 2.0], np.float32), {})
+    np.testing.assert_allclose(bank.effective_diameters_px(), [2 / np.sqrt(np.pi), np.sqrt(4 * disc.sum() / np.pi)],
+                               rtol=1e-6)
+    rgb = PSFBank(np.repeat(psfs, 3, axis=1), bank.depths, {})
+    np.testing.assert_allclose(rgb.effective_diameters_px(), bank.effective_diameters_px(), rtol=1e-6)

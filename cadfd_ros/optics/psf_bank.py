@@ -61,6 +61,15 @@ class PSFBank:
         """Border band (pixels) whose capture sees content from outside the frame."""
         return self.kernel_size // 2
 
+    def effective_diameters_px(self) -> np.ndarray:
+        """Per layer, the diameter of the disc whose uniform PSF has the same energy sum(h^2) as this one (channels
+        averaged): sqrt(4 / (pi sum(h^2))). A point is 1.13 px, a disc of diameter D about D; it needs no lens
+        model, so calibrated banks have it too."""
+        psfs = np.asarray(self.psfs, np.float64).reshape(self.num_layers, -1, self.kernel_size, self.kernel_size)
+        psfs = psfs.mean(axis=1)
+        psfs = psfs / psfs.sum(axis=(-2, -1), keepdims=True)
+        return np.sqrt(4.0 / (np.pi * (psfs**2).sum(axis=(-2, -1))))
+
     @property
     def inverse_depths(self) -> np.ndarray:
         """1/depth per layer, decreasing with the layer index."""

@@ -122,7 +122,17 @@ class SamplerParams:
     # residual, and the final data step fits the capture anyway. Only the last step's (rho_t ~ 200) is
     # skipped at 4-20 steps; camera matrix mean delta and AIF unchanged (skipping from 0.1: -0.008). None: never
     proximal_max_rho: float | None = 10.0
-    final_proximal_weight: float | None = 100.0  # last data step, rho = this * sigma_y^2 (None: keep x0)
+    # Last data step, rho = this * sigma_y^2 (None: keep x0), for banks whose every layer is blurred; a bank that
+    # reaches focus (a layer's PSF under ``near_focus_psf_px``, PSFBank.effective_diameters_px) takes the second,
+    # a stronger pull towards x0: there depth is often wrong in ways the data cannot see (a PSF's 180-degree twin
+    # across focus, sub-pixel blur steps near it), and the step deconvolves with that depth. On the camera matrix
+    # (tuning photos, 4 steps, seed 0) the four banks reaching focus were best at 200 (+0.07 to +0.10 dB and
+    # SSIM +0.004 to +0.012 over 100). The blurred ones were best at 50 in PSNR (+0.1 to +0.2 dB) but the bundled
+    # bench's SSIM fell 0.002 there, so they keep 100. The smallest PSF is 1.13 px (a point) or 7.3 px and more
+    # in that matrix, so the threshold between is not set by these data.
+    final_proximal_weight: float | None = 100.0
+    final_proximal_weight_near_focus: float | None = 200.0
+    near_focus_psf_px: float = 3.0
     final_cg_iterations: int = 30  # refine the last data step on the exact layered model: at most this many (0: off)
     final_cg_tolerance: float = 2e-2  # ... stopping once the preconditioned residual falls by this factor
     # Last data step: also pull the gradients towards x0, weight rho * this. With a small PSF (|H| ~ 1 up to high
@@ -251,6 +261,12 @@ class SamplerParams:
             raise CadfdError(f"evidence_prior_stds must be one or more positive values, got {self.evidence_prior_stds}")
         if not self.warm_start_sigma > 0:
             raise CadfdError(f"warm_start_sigma must be positive, got {self.warm_start_sigma}")
+        for name in ("final_proximal_weight", "final_proximal_weight_near_focus"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise CadfdError(f"{name} must be positive (or None: keep x0), got {value}")
+        if not self.near_focus_psf_px > 0:
+            raise CadfdError(f"near_focus_psf_px must be positive, got {self.near_focus_psf_px}")
         if self.final_shrink_window is not None and not (self.final_shrink_window > 0 and self.final_shrink_strength >= 0):
             raise CadfdError(f"final_shrink_window must be positive (or None: off) and final_shrink_strength 0 or more, "
                              f"got {self.final_shrink_window} and {self.final_shrink_strength}")
@@ -686,8 +702,16 @@ class DiffusionPosteriorSampler:
         self._operators: dict[tuple[int, int, int], LayeredBlur] = {}
         self._network_seconds: dict[tuple[int, int, int], float] = {}
         self.network_dtype: torch.dtype | None = None  # None: default_network_dtype(device)
+        self.smallest_psf_px = float(psf_bank.effective_diameters_px().min())  # fixed with the bank
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def final_proximal_weight(self) -> float | None:
+        """The last data step's weight for this bank (SamplerParams.final_proximal_weight and its near-focus twin)."""
+        p = self.params
+        near = self.smallest_psf_px < p.near_focus_psf_px
+        return p.final_proximal_weight_near_focus if near else p.final_proximal_weight
+
     def operator(self, height: int, width: int, channels: int) -> LayeredBlur:
         key = (height, width, channels)
         if key not in self._operators:
@@ -865,11 +889,12 @@ class DiffusionPosteriorSampler:
                 trace.data_term.append(out.data_term)
             trace.timesteps.append(int(t))
         x0 = state.x0
+        final_weight = self.final_proximal_weight
         with torch.no_grad(), clock("final_data_step"):
-            if p.final_proximal_weight is not None:
+            if final_weight is not None:
                 # The last steps' rho_t is so large that x0 is the prior's estimate; one moderate data
                 # step regularised towards it (not towards smoothness) restores detail the prior lost.
-                rho = p.final_proximal_weight * sigma_y * sigma_y
+                rho = final_weight * sigma_y * sigma_y
                 g = p.final_gradient_weight
                 x_prox = ctx.operator.prox_l2(x0, state.layer_coord, rho, ctx.spectra, g)
                 x0, trace.final_cg_iterations = ctx.operator.least_squares(
