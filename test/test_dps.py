@@ -463,6 +463,7 @@ def test_the_final_step_pulls_harder_towards_x0_on_a_bank_that_reaches_focus(def
     straddles focus); the weight in use is the one the final step runs with."""
     from dataclasses import replace
 
+    from cadfd_ros.errors import CadfdError
     from test_classical import _twin_scene
 
     params = SamplerParams()
@@ -475,8 +476,6 @@ def test_the_final_step_pulls_harder_towards_x0_on_a_bank_that_reaches_focus(def
     assert near.final_proximal_weight == params.final_proximal_weight_near_focus
     # the step uses it: on the bundled bank the output stays when only the near-focus weight changes (unused
     # there) and moves when the far one does
-    from cadfd_ros.errors import CadfdError
-
     outputs = []
     for change in ({}, {"final_proximal_weight_near_focus": 1.0}, {"final_proximal_weight": 200.0}):
         sampler = _sampler(default_bank, prior, steps=1)
