@@ -83,13 +83,21 @@ def speed_capture(bank: PSFBank, height: int, width: int, channels: int, seed: i
     return make_scene(SPEED_PHOTO, bank, height, width, 0.01, seed, channels=channels).capture
 
 
+def speed_reconstructor(bank: PSFBank, steps: int, device: str, config: ReconstructionConfig | None = None
+                        ) -> Reconstructor:
+    """DFD-DPS at ``steps`` on ``device`` with the other solver settings of ``config`` (default: the defaults)."""
+    from dataclasses import replace
+
+    return Reconstructor(bank, replace(config or ReconstructionConfig(), method="dps", steps=steps, device=device))
+
+
 def measure(bank: PSFBank, height: int, width: int, channels: int, steps: int, device: str = "cpu",
-            repeats: int = 2, reconstructor: Reconstructor | None = None, **config: object) -> SpeedRow:
+            repeats: int = 2, reconstructor: Reconstructor | None = None,
+            config: ReconstructionConfig | None = None) -> SpeedRow:
     """One row: a warm-up frame (allocations, kernels, the operator's OTFs), then ``repeats`` timed ones."""
     import torch
 
-    rec = reconstructor or Reconstructor(bank, ReconstructionConfig(method="dps", steps=steps, device=device,
-                                                                    **config))
+    rec = reconstructor or speed_reconstructor(bank, steps, device, config)
     capture = speed_capture(bank, height, width, channels)
     rec.reconstruct(capture)
     cuda = rec.device == "cuda"
@@ -116,8 +124,6 @@ def run_speed(bank: PSFBank, sizes=SPEED_SIZES, steps=SPEED_STEPS, channels=(1, 
               repeats: int = 2, progress: bool = True, config: ReconstructionConfig | None = None) -> list[SpeedRow]:
     """Every (size, channels, steps) combination; one Reconstructor per step count. ``config``: the solver
     settings (``cadfd bench``'s solver flags); method, steps and device are this function's."""
-    from dataclasses import replace
-
     from tqdm import tqdm
 
     combos = [(s, c, n) for s in sizes for c in channels for n in steps]
@@ -125,8 +131,7 @@ def run_speed(bank: PSFBank, sizes=SPEED_SIZES, steps=SPEED_STEPS, channels=(1, 
     recs: dict[int, Reconstructor] = {}
     for (height, width), ch, n in tqdm(combos, desc="speed", disable=not progress):
         if n not in recs:
-            recs[n] = Reconstructor(bank, replace(config or ReconstructionConfig(), method="dps", steps=n,
-                                                  device=device))
+            recs[n] = speed_reconstructor(bank, n, device, config)
         rows.append(measure(bank, height, width, ch, n, device, repeats, reconstructor=recs[n]))
     return rows
 
