@@ -485,3 +485,38 @@ def test_the_final_step_pulls_harder_towards_x0_on_a_bank_that_reaches_focus(def
     assert np.abs(outputs[0] - outputs[2]).mean() > 1e-4
     with pytest.raises(CadfdError, match="final_proximal_weight_near_focus"):
         SamplerParams(final_proximal_weight_near_focus=0.0)
+
+
+def test_the_exact_data_step_runs_once_midway_and_at_the_end(default_bank, prior, scene, classical, monkeypatch):
+    """SamplerParams.midway_exact_step: the final step's exact solve also after step steps // 2 - 1 (never the
+    last step, never in a one-step schedule), its image handed to the prior for the steps left."""
+    from dataclasses import replace
+
+    from cadfd_ros.solvers import dps
+
+    assert [dps.midway_step(n) for n in (1, 2, 3, 4, 8, 20)] == [None, 0, 0, 1, 3, 9]
+    calls, trace_steps = [], []  # steps finished when each exact step began; the steps finished so far
+    exact, step = dps.exact_data_step, dps.STEPS["diffpir"]
+
+    def counted(ctx, x0, layer_coord):
+        calls.append(len(trace_steps))
+        return exact(ctx, x0, layer_coord)
+
+    def traced(ctx, state, scheduler, index, *rest):
+        out = step(ctx, state, scheduler, index, *rest)
+        trace_steps.append(index)
+        return out
+
+    monkeypatch.setattr(dps, "exact_data_step", counted)
+    monkeypatch.setitem(dps.STEPS, "diffpir", traced)
+    outputs = {}
+    for steps, midway in ((4, True), (4, False), (1, True)):
+        calls.clear()
+        trace_steps.clear()
+        sampler = _sampler(default_bank, prior, steps=steps)
+        sampler.params = replace(sampler.params, midway_exact_step=midway)
+        outputs[steps, midway] = sampler.solve(scene.capture, classical)
+        # during step 1 (one step finished) and after the last
+        assert calls == ([1, steps] if midway and steps > 1 else [steps])
+    # it changes the image (what it buys is measured by the camera-matrix and bundled benches, not by one scene)
+    assert np.abs(outputs[4, True].all_in_focus - outputs[4, False].all_in_focus).mean() > 1e-4
