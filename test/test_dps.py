@@ -337,6 +337,13 @@ def test_time_budget_picks_the_step_count(default_bank, prior, scene, classical,
     (small, _), (large, _) = solver.steps_for_budget(shape, 2e3), solver.steps_for_budget(shape, 2e4)
     assert 1 <= small < large <= 1000
     assert solver.steps_for_budget(shape, 2e4, spent_ms=1e4)[0] < large  # time already spent counts
+    # the midway exact step is paid for: without it the same budget (and the same network time) holds more steps
+    from dataclasses import replace
+
+    plain = _sampler(default_bank, prior)
+    plain.params = replace(plain.params, midway_exact_step=False)
+    plain._network_seconds = solver._network_seconds
+    assert plain.steps_for_budget(shape, 2e3)[0] > small
     budgeted = _sampler(default_bank, prior, time_budget_ms=500.0)
     result, trace = budgeted.solve_with_trace(scene.capture, classical)
     assert result.steps == trace.network_evaluations >= 1

@@ -802,8 +802,12 @@ class DiffusionPosteriorSampler:
         ``spent_ms`` (the classical start, the timing call); at least one, with a warning then."""
         per_call_ms = 1e3 * self.network_seconds(capture_shape)
         per_step_ms = per_call_ms * (3.0 if self.sampler == "dps" else 1.3)  # measured overheads (README)
-        final_ms = per_call_ms * 2.5  # the final exact data step, measured at 320x240 and 600x400 RGB
+        exact_ms = per_call_ms * 2.5  # the exact data step, measured at 320x240 and 600x400 RGB
+        final_ms = exact_ms
         steps = int((budget_ms - spent_ms - final_ms) // per_step_ms)
+        if steps >= 2 and self.sampler == "diffpir" and self.params.midway_exact_step:
+            final_ms += exact_ms  # and once midway
+            steps = max(1, int((budget_ms - spent_ms - final_ms) // per_step_ms))
         warning = None
         if steps < 1:
             warning = (f"time budget {budget_ms:.0f} ms is below one sampler step at "
