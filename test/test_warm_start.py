@@ -266,3 +266,30 @@ def test_a_warm_frame_of_a_straddling_bank_gets_its_own_side_of_focus(default_ba
             assert (start.side_evidence is not None) == straddles
         if straddles:  # this frame's capture, so the same score as the cold start's
             assert np.allclose(seen[1][1].side_evidence, seen[0][1].side_evidence, atol=1e-5)
+
+
+def test_a_warm_frame_refits_its_start_image_to_its_capture(default_bank, prior, frames, monkeypatch):
+    """SamplerParams.warm_exact_step: a warm frame's start image goes through the exact data step before it is
+    noised (one step cannot refit it), so a warm frame runs that step twice (its one step has no midway step),
+    a cold frame of this 2-step schedule twice too (midway and final); off, the warm frame runs it once."""
+    from cadfd_ros.solvers import dps
+
+    calls = []
+    exact = dps.exact_data_step
+
+    def counted(ctx, x0, layer_coord):
+        calls.append(x0.shape)
+        return exact(ctx, x0, layer_coord)
+
+    monkeypatch.setattr(dps, "exact_data_step", counted)
+    images = {}
+    for refit in (True, False):
+        r = _reconstructor(default_bank, prior)
+        r.sampler.params = replace(r.sampler.params, warm_exact_step=refit)
+        calls.clear()
+        assert r.reconstruct(frames[0].capture).start == "classical" and len(calls) == 2
+        calls.clear()
+        second = r.reconstruct(frames[1].capture)
+        assert second.start == "warm" and len(calls) == (2 if refit else 1)
+        images[refit] = second.all_in_focus
+    assert np.abs(images[True] - images[False]).mean() > 1e-4
