@@ -527,3 +527,31 @@ def test_the_exact_data_step_runs_once_midway_and_at_the_end(default_bank, prior
         assert calls == ([1, steps] if midway and steps > 1 else [steps])
     # it changes the image (what it buys is measured by the camera-matrix and bundled benches, not by one scene)
     assert np.abs(outputs[4, True].all_in_focus - outputs[4, False].all_in_focus).mean() > 1e-4
+
+
+def test_the_last_depth_update_reads_the_final_image(default_bank, prior, scene, classical, monkeypatch):
+    """SamplerParams.final_depth_update: depth is read once more from the image the exact data step returns,
+    not only from the last step's Tweedie estimate; without it, depth comes from an image that is not the output."""
+    from dataclasses import replace
+
+    from cadfd_ros.solvers import dps
+
+    seen = []  # the images whose layer evidence was computed, in order
+    layer_error = dps.image_layer_error
+
+    def recorded(ctx, x0):
+        seen.append(ctx.operator.crop_image(x0)[0].permute(1, 2, 0).numpy()[:, :, 0].copy())
+        return layer_error(ctx, x0)
+
+    monkeypatch.setattr(dps, "image_layer_error", recorded)
+    outputs = {}
+    for final in (True, False):
+        seen.clear()
+        sampler = _sampler(default_bank, prior, steps=4)
+        sampler.params = replace(sampler.params, final_depth_update=final)
+        outputs[final] = result = sampler.solve(scene.capture, classical)
+        assert len(seen) == 3 + final  # depth_updates_min 3 at 4 steps, and the final one
+        gap = np.abs(seen[-1] - result.all_in_focus).max()
+        assert (gap < 1e-6) if final else (gap > 1e-3)
+    assert np.abs(outputs[True].all_in_focus - outputs[False].all_in_focus).max() < 1e-6  # the image is the same
+    assert np.mean(outputs[True].depth != outputs[False].depth) > 0.001
