@@ -261,6 +261,14 @@ def test_init_from_continues_exported_weights_and_records_the_budget(tmp_path, p
     info = json.loads((tmp_path / "more" / "TRAINING.json").read_text())
     assert info["steps"] == 3 and info["total_steps"] == 5 and info["init"]["steps"] == 2
     assert info["total_wall_time_s"] >= info["wall_time_s"]
+    # the leg's export bundled where it started from (as cadfd_ros/prior/default is), then the leg resumed: the
+    # budget still counts the first run once, not the leg twice
+    (tmp_path / "first" / "TRAINING.json").write_text((tmp_path / "more" / "TRAINING.json").read_text())
+    resumed = _cfg(tmp_path / "more", photo_dir, 4, seed=1)
+    resumed.init_from = str(tmp_path / "first")
+    Trainer(resumed, resume=True).run()
+    info = json.loads((tmp_path / "more" / "TRAINING.json").read_text())
+    assert info["steps"] == 4 and info["init"]["steps"] == 2 and info["total_steps"] == 6
     wrong = _cfg(tmp_path / "wrong", photo_dir, 1)
     wrong.channels, wrong.init_from = (8, 24), str(tmp_path / "first")
     with pytest.raises(PriorError, match="--init-from .*do not fit"):

@@ -192,7 +192,11 @@ class Trainer:
         else:
             with open(self.out / LOG_NAME, "w", newline="") as f:
                 csv.writer(f).writerow(LOG_FIELDS)
-        self.init = self._init_record(cfg.init_from) if cfg.init_from else None
+        # A resume keeps the record taken when the leg began: by now --init-from may hold this leg's own export.
+        if state is not None and "init" in state:
+            self.init = state["init"]
+        else:
+            self.init = self._init_record(cfg.init_from) if cfg.init_from else None
         if self.init is not None and state is None:  # a resume already has its own weights
             self.model.load_state_dict(self._init_weights(cfg.init_from))
             self.ema.load_state_dict(self.model.state_dict())
@@ -304,7 +308,7 @@ class Trainer:
         save_file(opt_tensors, tmp / "optimizer.safetensors")
         save_file({"generator": self.gen.get_state()}, tmp / "rng.safetensors")
         state = {"step": self.step, "wall_s": self.wall_s, "loss_ema": self.loss_ema,
-                 "config": _jsonable(asdict(self.cfg)), "optimizer": opt_meta,
+                 "config": _jsonable(asdict(self.cfg)), "optimizer": opt_meta, "init": self.init,
                  "saved_at": _now()}
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
         final = self.out / CKPT_DIR
