@@ -816,6 +816,8 @@ class DiffusionPosteriorSampler:
         per_step_ms = per_call_ms * (3.0 if self.sampler == "dps" else 1.3)  # measured overheads (README)
         exact_ms = per_call_ms * 2.5  # the exact data step, measured at 320x240 and 600x400 RGB
         final_ms = exact_ms
+        if self.sampler == "diffpir" and self.params.final_depth_update:
+            final_ms += per_call_ms * 0.5  # one depth update: 0.2-0.7 of a call at 160x120-320x240 (speed bench)
         steps = int((budget_ms - spent_ms - final_ms) // per_step_ms)
         if steps >= 2 and self.sampler == "diffpir" and self.params.midway_exact_step:
             final_ms += exact_ms  # and once midway
