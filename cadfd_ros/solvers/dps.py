@@ -951,15 +951,16 @@ class DiffusionPosteriorSampler:
                 # The last steps' rho_t is so large that x0 is the prior's estimate; one moderate data
                 # step regularised towards it (not towards smoothness) restores detail the prior lost.
                 x0, trace.final_cg_iterations = exact_data_step(ctx, x0, state.layer_coord)
-            confidence = state.confidence
-            if p.final_depth_update and confidence is not None:  # diffpir: its last step's update ran
+            layer_coord, confidence = state.layer_coord, state.confidence
+            # diffpir (its last step's update gave a confidence): depth read once more from the final image; the dps
+            # sampler: the final estimate's evidence for its confidence only
+            final_update = p.final_depth_update and confidence is not None
+            if final_update or confidence is None:
                 error, blurred = image_layer_error(ctx, x0)
-                coord, _, confidence = depth_update(ctx, blurred, state.layer_coord, state.evidence, error=error)
-                state = replace(state, layer_coord=coord)
-            if confidence is None:  # the dps sampler: evidence of the final estimate
-                error, blurred = image_layer_error(ctx, x0)
-                _, _, confidence = depth_update(ctx, blurred, state.layer_coord, state.evidence, error=error)
+                coord, _, confidence = depth_update(ctx, blurred, layer_coord, state.evidence, error=error)
+                if final_update:
+                    layer_coord = coord
         trace.network_evaluations = denoiser.count
         trace.network_seconds = denoiser.seconds
         trace.stage_seconds = clock.seconds
-        return SampleOutput(x0.detach(), state.layer_coord.detach(), confidence, trace)
+        return SampleOutput(x0.detach(), layer_coord.detach(), confidence, trace)
