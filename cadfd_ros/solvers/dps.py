@@ -951,6 +951,7 @@ class DiffusionPosteriorSampler:
                 # The last steps' rho_t is so large that x0 is the prior's estimate; one moderate data
                 # step regularised towards it (not towards smoothness) restores detail the prior lost.
                 x0, trace.final_cg_iterations = exact_data_step(ctx, x0, state.layer_coord)
+        with torch.no_grad(), clock("depth"):
             layer_coord, confidence = state.layer_coord, state.confidence
             # diffpir (its last step's update gave a confidence): depth read once more from the final image; the dps
             # sampler: the final estimate's evidence for its confidence only
