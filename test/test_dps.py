@@ -421,7 +421,7 @@ def test_rgb_layer_evidence_one_channel_at_a_time_equals_the_joint_one(default_b
         joint_blurs = ctx.operator.blur_layers(x0)
         torch.testing.assert_close(blurred, joint_blurs, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(error, layer_error(ctx, joint_blurs), rtol=1e-5, atol=1e-4)
-        assert error.shape == (len(sampler.params.evidence_prior_stds), default_bank.num_layers, 40, 48)
+        assert error.shape == (len(sampler.evidence_prior_stds), default_bank.num_layers, 40, 48)
 
 
 def test_the_start_hands_the_side_of_focus_to_the_sampler(prior):
@@ -492,6 +492,33 @@ def test_the_final_step_pulls_harder_towards_x0_on_a_bank_that_reaches_focus(def
     assert np.abs(outputs[0] - outputs[2]).mean() > 1e-4
     with pytest.raises(CadfdError, match="final_proximal_weight_near_focus"):
         SamplerParams(final_proximal_weight_near_focus=0.0)
+
+
+def test_the_depth_evidence_takes_its_candidate_taus_from_the_bank(default_bank, prior, scene, classical):
+    """SamplerParams.evidence_prior_stds on banks whose every layer is blurred (the bundled one), the near-focus set on
+    a bank with a point-like layer (the twin bank), by the same rule as the final step's weight; the frame's evidence
+    holds one term per candidate of its bank's set, and only that set moves the depth."""
+    from dataclasses import replace
+
+    from cadfd_ros.errors import CadfdError
+    from test_classical import _twin_scene
+
+    params = SamplerParams()
+    assert max(params.evidence_prior_stds) > max(params.evidence_prior_stds_near_focus)
+    blurred, near = _sampler(default_bank, prior, steps=1), _sampler(_twin_scene(2)[0], prior, steps=1)
+    assert not blurred.reaches_focus and blurred.evidence_prior_stds == params.evidence_prior_stds
+    assert near.reaches_focus and near.evidence_prior_stds == params.evidence_prior_stds_near_focus
+    y = torch.from_numpy(scene.capture[None, None].astype(np.float32))
+    assert len(blurred.frame_context(y, 0.01).evidence) == len(params.evidence_prior_stds)
+    depths = []
+    for change in ({}, {"evidence_prior_stds_near_focus": (0.05,)}, {"evidence_prior_stds": (0.05,)}):
+        sampler = _sampler(default_bank, prior, steps=2)
+        sampler.params = replace(sampler.params, **change)
+        depths.append(sampler.solve(scene.capture, classical).depth)
+    np.testing.assert_array_equal(depths[0], depths[1])
+    assert np.mean(depths[0] != depths[2]) > 0.01
+    with pytest.raises(CadfdError, match="evidence_prior_stds_near_focus"):
+        SamplerParams(evidence_prior_stds_near_focus=())
 
 
 def test_the_exact_data_step_runs_once_midway_and_at_the_end(default_bank, prior, scene, classical, monkeypatch):

@@ -187,7 +187,15 @@ class SamplerParams:
     # (sigma 0.005) 0.702 -> 0.633; (0.1, 0.15, 0.2) 0.672; (0.05, 0.1, 0.2, 0.4) 0.675 but just-behind-focus 0.580.
     # (0.1, 0.2) for the smallest loss on any camera. One tau per window for all its layers (the window's likeliest)
     # lost more on that camera: 0.621 with (0.1, 0.2), 0.546 with the four.
-    evidence_prior_stds: tuple[float, ...] = (0.1, 0.2)
+    # Per bank, as the final step's weight (near_focus_psf_px): a larger candidate where every layer is blurred, whose
+    # x0 carries more error, and none where a layer is near a point, whose log-determinant a large tau inflates
+    # (the sharp layers then read as blurrier ones). Tuning photos, 4 steps, with the final depth update, adding 0.3:
+    # the blurred banks delta / AIF at seed 0 | 1 bundled -0.001 / +0.02 dB | +0.006 / +0.02, behind-f5.6 +0.002 /
+    # +0.16 | +0.008 / +0.15, sixteen-layers +0.008 / +0.09 | +0.003 / +0.23, eight-layers-alt-mask +0.025 / +0.20 |
+    # +0.018 / +0.12; on all eight banks front-of-focus-circle lost 0.030 / 0.18 dB, so the near-focus banks keep
+    # (0.1, 0.2). (0.1, 0.2, 0.4) on the blurred banks: much the same (sixteen-layers -0.005 against 0.3).
+    evidence_prior_stds: tuple[float, ...] = (0.1, 0.2, 0.3)
+    evidence_prior_stds_near_focus: tuple[float, ...] = (0.1, 0.2)
     # The bounded evidence's bound, in units of the capture's ring-averaged signal power, and its floor, as a share
     # of the flat tau^2 |H_k|^2. Tuning matrix mean delta: scale 1 / 10 / 30 / 100 without a floor 0.617 / 0.637 /
     # 0.633 / 0.633 (behind-f5.6 0.730-0.752: where the capture is all noise the flat model's penalty on small
@@ -278,8 +286,10 @@ class SamplerParams:
         if not (self.evidence_bound_scale > 0 and 0 <= self.evidence_bound_floor <= 1):
             raise CadfdError(f"evidence_bound_scale must be positive and evidence_bound_floor in [0, 1], got "
                              f"{self.evidence_bound_scale} and {self.evidence_bound_floor}")
-        if not (self.evidence_prior_stds and all(tau > 0 for tau in self.evidence_prior_stds)):
-            raise CadfdError(f"evidence_prior_stds must be one or more positive values, got {self.evidence_prior_stds}")
+        for name in ("evidence_prior_stds", "evidence_prior_stds_near_focus"):
+            taus = getattr(self, name)
+            if not (taus and all(tau > 0 for tau in taus)):
+                raise CadfdError(f"{name} must be one or more positive values, got {taus}")
         if not self.warm_start_sigma > 0:
             raise CadfdError(f"warm_start_sigma must be positive, got {self.warm_start_sigma}")
         for name in ("final_proximal_weight", "final_proximal_weight_near_focus"):
@@ -388,7 +398,7 @@ class FrameContext:
     capture: torch.Tensor  # y (1, C, H, W) linear
     operator: LayeredBlur
     spectra: CaptureSpectra
-    evidence: tuple[MarginalEvidence, ...]  # one per candidate tau (SamplerParams.evidence_prior_stds)
+    evidence: tuple[MarginalEvidence, ...]  # one per candidate tau (DiffusionPosteriorSampler.evidence_prior_stds)
     guide: torch.Tensor  # luminance of y, steers the edge-aware depth regulariser
     noise_sigma: float
     params: SamplerParams
@@ -755,8 +765,18 @@ class DiffusionPosteriorSampler:
     def final_proximal_weight(self) -> float | None:
         """The last data step's weight for this bank (SamplerParams.final_proximal_weight and its near-focus twin)."""
         p = self.params
-        near = self.smallest_psf_px < p.near_focus_psf_px
-        return p.final_proximal_weight_near_focus if near else p.final_proximal_weight
+        return p.final_proximal_weight_near_focus if self.reaches_focus else p.final_proximal_weight
+
+    @property
+    def evidence_prior_stds(self) -> tuple[float, ...]:
+        """The depth evidence's candidate taus for this bank (SamplerParams.evidence_prior_stds and its near-focus twin)."""
+        p = self.params
+        return p.evidence_prior_stds_near_focus if self.reaches_focus else p.evidence_prior_stds
+
+    @property
+    def reaches_focus(self) -> bool:
+        """Whether a layer's PSF is under ``SamplerParams.near_focus_psf_px`` across (near a point)."""
+        return self.smallest_psf_px < self.params.near_focus_psf_px
 
     def operator(self, height: int, width: int, channels: int) -> LayeredBlur:
         key = (height, width, channels)
@@ -777,7 +797,7 @@ class DiffusionPosteriorSampler:
                             evidence=tuple(MarginalEvidence.from_spectra(
                                 spectra, tau / noise_sigma, noise_sigma if bounded else None,
                                 self.params.evidence_bound_scale, self.params.evidence_bound_floor, signal)
-                                for tau in self.params.evidence_prior_stds),
+                                for tau in self.evidence_prior_stds),
                             guide=luminance(y), noise_sigma=noise_sigma, params=self.params,
                             layer_depths=torch.from_numpy(self.bank.depths).to(self.device),
                             evidence_weight=None if evidence_weight is None else
