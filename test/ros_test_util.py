@@ -215,3 +215,36 @@ def stop_client(executor: Any, node: Any, context: Any, process: Any) -> None:
         process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+def call_service(client: Any, request: Any, timeout: float = 30.0, attempt_s: float = 5.0,
+                 resend: bool = True) -> Any:
+    """The response to ``request`` from a client spun elsewhere; an idempotent request is resent.
+
+    Fast DDS drops a response whose client reader the server has not matched within 100 ms of sending
+    ("failed to send response (timeout): client will not receive response", rmw_fastrtps #467): on a
+    loaded machine a client's first call can get no answer although ``wait_for_service`` passed.
+    """
+    assert client.wait_for_service(timeout_sec=timeout), f"service {client.srv_name} not available"
+    deadline = time.monotonic() + timeout
+    while True:
+        future = client.call_async(request)
+        attempt_end = min(deadline, time.monotonic() + (attempt_s if resend else timeout))
+        while not future.done() and time.monotonic() < attempt_end:
+            time.sleep(0.01)
+        if future.done():
+            return future.result()
+        client.remove_pending_request(future)
+        assert resend and time.monotonic() < deadline, f"{client.srv_name} did not answer in {timeout} s"
+
+
+def prime_lifecycle_clients(get_state: Any, change_state: Any) -> None:
+    """Round-trip both lifecycle clients with requests that change nothing, resent until answered, so
+    later calls (a timed or non-idempotent transition) do not meet Fast DDS's unmatched first response.
+    A transition named by an unknown label is answered ``success=False`` and leaves the state alone."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    call_service(get_state, GetState.Request())
+    no_op = ChangeState.Request(transition=Transition(label="cadfd_test_no_such_transition"))
+    assert not call_service(change_state, no_op).success

@@ -19,7 +19,7 @@ pytest.importorskip("rclpy.lifecycle", reason="rclpy has no lifecycle support")
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 
-from ros_test_util import camera_info_msg, image_msg, unique_domain_id  # noqa: E402
+from ros_test_util import camera_info_msg, image_msg, prime_lifecycle_clients, unique_domain_id  # noqa: E402
 # the same fixtures as test_node: float32 default, a DDS context, the small bank and its scene
 from test_node import FRAME, Harness, _float32_default, bank_path, context, scene  # noqa: E402,F401
 
@@ -281,6 +281,7 @@ def test_lifecycle_services_answer_while_a_long_solve_runs(harness, scene):
     get_state = h.client.create_client(GetState, f"{h.ns}/cadfd_node/get_state")
     change = h.client.create_client(ChangeState, f"{h.ns}/cadfd_node/change_state")
     assert get_state.wait_for_service(5.0) and change.wait_for_service(5.0)
+    prime_lifecycle_clients(get_state, change)  # the timed calls below must not meet an unmatched answer
 
     def call(client, request) -> tuple[float, object]:
         start = time.monotonic()
@@ -323,6 +324,7 @@ def test_get_state_answers_while_a_long_configure_runs(harness, monkeypatch):
     get_state = h.client.create_client(GetState, f"{h.ns}/cadfd_node/get_state")
     change = h.client.create_client(ChangeState, f"{h.ns}/cadfd_node/change_state")
     assert get_state.wait_for_service(5.0) and change.wait_for_service(5.0)
+    prime_lifecycle_clients(get_state, change)
     configure = change.call_async(ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE)))
     time.sleep(0.5)  # inside the 2.5 s warm-up
     start = time.monotonic()

@@ -29,8 +29,8 @@ from sensor_msgs.msg import CameraInfo, Image, LaserScan, PointCloud2  # noqa: E
 
 import d2ls_reference as d2ls  # noqa: E402
 from ros_test_util import (  # noqa: E402
-    CX, CY, FX, FY, Collector, camera_info_msg, cloud_xyz, depth_array, diagnostic_values, image_msg,
-    simulated_capture, unique_domain_id,
+    CX, CY, FX, FY, Collector, call_service, camera_info_msg, cloud_xyz, depth_array, diagnostic_values,
+    image_msg, prime_lifecycle_clients, simulated_capture, unique_domain_id,
 )
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -95,16 +95,18 @@ class Client:
         self.thread.start()
 
     def call(self, client, request, timeout: float = 30.0):
-        assert client.wait_for_service(timeout_sec=30.0), f"service {client.srv_name} not available"
-        future = client.call_async(request)
-        deadline = time.monotonic() + timeout
-        while not future.done():
-            assert time.monotonic() < deadline, f"{client.srv_name} did not answer in {timeout} s"
-            time.sleep(0.02)
-        return future.result()
+        # get_state and set_parameters (of one value) are idempotent: a lost answer is asked again.
+        return call_service(client, request, timeout=timeout)
+
+    def prime(self) -> None:
+        """Match every client's response path before the test's calls (see ``call_service``)."""
+        prime_lifecycle_clients(self.get_state, self.change)
+        assert self.call(self.set_params, SetParameters.Request()).results == []
 
     def transition(self, transition_id: int) -> bool:
-        return self.call(self.change, ChangeState.Request(transition=Transition(id=transition_id))).success
+        # Not resent: after prime() the answer's path is matched, and a transition is not idempotent.
+        request = ChangeState.Request(transition=Transition(id=transition_id))
+        return call_service(self.change, request, resend=False).success
 
     def state(self) -> str:
         return self.call(self.get_state, GetState.Request()).current_state.label
@@ -178,6 +180,7 @@ def test_node_process_lifecycle_outputs_and_30hz_stream(node_process):
     t_start = time.monotonic()
 
     # Lifecycle through the services, as a manager or `ros2 lifecycle set` would.
+    client.prime()
     assert client.state() == "unconfigured"
     assert client.transition(Transition.TRANSITION_CONFIGURE)
     assert client.state() == "inactive"
