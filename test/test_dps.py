@@ -354,6 +354,36 @@ def test_time_budget_picks_the_step_count(default_bank, prior, scene, classical,
     assert "below one sampler step" in caplog.text  # logged as well
 
 
+def test_time_budget_prices_steps_from_the_last_cold_frame(default_bank, prior, scene, classical):
+    """After a cold frame the budget is priced from what that frame measured, split into per-call, per-step,
+    per-depth-update, per-exact-step and once costs; repricing the same step count gives back its time."""
+    from cadfd_ros.solvers.dps import FrameCosts
+
+    solver = _sampler(default_bank, prior, steps=4)
+    shape = scene.capture.shape
+    assert solver.frame_costs(shape) is None
+    _, trace = solver.solve_with_trace(scene.capture, classical)
+    costs = solver.frame_costs(shape)
+    assert costs is not None and min(costs.call_s, costs.depth_update_s, costs.exact_step_s) > 0
+    measured = trace.network_seconds + sum(trace.stage_seconds.values())
+    assert solver.predicted_seconds(shape, 4) == pytest.approx(measured, rel=1e-6)
+    # more steps cost more: a call and a prox step each, and depth updates where the schedule adds them
+    assert solver.predicted_seconds(shape, 8) > solver.predicted_seconds(shape, 4) + 4 * costs.call_s
+    # with set costs the choice is exact: the largest step count that fits, the next one not
+    solver._frame_costs[solver._size_key(shape)] = FrameCosts(
+        call_s=0.1, step_s=0.01, depth_update_s=0.05, exact_step_s=0.2, once_s=0.02)
+    for budget_ms, spent_ms in ((1500.0, 0.0), (1500.0, 400.0), (4000.0, 100.0)):
+        steps, warning = solver.steps_for_budget(shape, budget_ms, spent_ms)
+        left = 1e-3 * (budget_ms - spent_ms)
+        assert warning is None and solver.predicted_seconds(shape, steps) <= left
+        assert solver.predicted_seconds(shape, steps + 1) > left
+    # one step at these costs: 0.02 + 0.11 + 2 depth updates (the step's and the final one) + one exact step
+    assert solver.predicted_seconds(shape, 1) == pytest.approx(0.02 + 0.11 + 0.1 + 0.2)
+    # a warm frame (its own start refit, one step) is not what a cold frame costs: it leaves the record alone
+    solver.solve_with_trace(scene.capture, classical, warm=True)
+    assert solver.frame_costs(shape).call_s == 0.1
+
+
 def test_confidence_is_low_where_the_scene_has_no_texture(default_bank, prior):
     """A plane at 1 m, the left half textured (its depth is recoverable: the premise is checked), the
     right half a flat wall, where defocus carries no depth."""

@@ -340,6 +340,19 @@ class SamplerTrace:
 
 
 @dataclass(frozen=True)
+class FrameCosts:
+    """Seconds one cold diffpir frame of a size spent, split so a time budget can price any step count: per network
+    call, per step outside it (the prox data step), per depth update, per exact data step, and once (the frame's
+    context). Measured on the last cold frame of that size (``DiffusionPosteriorSampler.frame_costs``)."""
+
+    call_s: float
+    step_s: float
+    depth_update_s: float
+    exact_step_s: float
+    once_s: float
+
+
+@dataclass(frozen=True)
 class MarginalEvidence:
     """x ~ N(x0, tau^2) makes y | k ~ N(h_k*x0, tau^2 H_k H_k^T + sigma^2): a per-frequency whitening
     filter and the per-layer log-determinant, from the PSFs and the ratio tau / sigma."""
@@ -764,6 +777,7 @@ class DiffusionPosteriorSampler:
         self.start_solver = start_solver
         self._operators: dict[tuple[int, int, int], LayeredBlur] = {}
         self._network_seconds: dict[tuple[int, int, int], float] = {}
+        self._frame_costs: dict[tuple[int, int, int], FrameCosts] = {}  # measured; priced by steps_for_budget
         self.network_dtype: torch.dtype | None = None  # None: default_network_dtype(device)
         self.smallest_psf_px = float(psf_bank.effective_diameters_px().min())  # fixed with the bank
 
@@ -835,26 +849,68 @@ class DiffusionPosteriorSampler:
         self._network_seconds[key] = (time.perf_counter() - start) / repeats
         return self._network_seconds[key]
 
+    @staticmethod
+    def _size_key(capture_shape: tuple[int, ...]) -> tuple[int, int, int]:
+        return (capture_shape[0], capture_shape[1], 1 if len(capture_shape) == 2 else 3)
+
+    def frame_costs(self, capture_shape: tuple[int, ...]) -> FrameCosts | None:
+        """The costs measured on the last cold diffpir frame of this size, or None before one."""
+        return self._frame_costs.get(self._size_key(capture_shape))
+
+    def _record_frame_costs(self, capture_shape: tuple[int, ...], trace: SamplerTrace) -> None:
+        """Split a cold frame's measured seconds into ``FrameCosts`` (diffpir; the dps sampler's per-step cost
+        is its network call with gradients, priced by the constants in ``predicted_seconds``)."""
+        steps, stage = trace.network_evaluations, trace.stage_seconds
+        if self.sampler != "diffpir" or steps < 1 or "final_data_step" not in stage:
+            return
+        exact_s = stage["final_data_step"]
+        midway = self.params.midway_exact_step and midway_step(steps) is not None and exact_s > 0
+        updates = len(trace.data_timesteps) + int(self.params.final_depth_update)
+        self._frame_costs[self._size_key(capture_shape)] = FrameCosts(
+            call_s=trace.network_seconds / steps,
+            step_s=max(0.0, stage.get("data_step", 0.0) - (exact_s if midway else 0.0)) / steps,
+            depth_update_s=stage.get("depth", 0.0) / max(1, updates),
+            exact_step_s=exact_s,
+            once_s=stage.get("frame_context", 0.0))
+
+    def predicted_seconds(self, capture_shape: tuple[int, ...], steps: int) -> float:
+        """The sampler's seconds for a cold frame of this size at ``steps`` (the start not included): priced from
+        the last such frame (``frame_costs``) or, before one, from the timed network call and measured ratios."""
+        p = self.params
+        costs = self.frame_costs(capture_shape)
+        if costs is None:
+            call = self.network_seconds(capture_shape)
+            if self.sampler == "dps":  # gradients through the network, a depth step every step (README)
+                return steps * 3.0 * call + 2.5 * call
+            # ratios to one call, measured at 160x120 mono to 640x480 RGB (speed bench, 2026-12-07): the prox
+            # step 0.1-0.3, a depth update 0.3-1.5, the exact data step 1-3.6
+            costs = FrameCosts(call_s=call, step_s=0.3 * call, depth_update_s=1.0 * call,
+                               exact_step_s=2.5 * call, once_s=0.1 * call)
+        updates = len(depth_update_steps(steps, p.depth_every, p.depth_updates_max, p.depth_updates_min))
+        updates += int(p.final_depth_update)
+        exact_steps = 1 + int(p.midway_exact_step and midway_step(steps) is not None)
+        return (costs.once_s + steps * (costs.call_s + costs.step_s) + updates * costs.depth_update_s
+                + exact_steps * costs.exact_step_s)
+
     def steps_for_budget(self, capture_shape: tuple[int, ...], budget_ms: float, spent_ms: float = 0.0
                          ) -> tuple[int, str | None]:
-        """Largest step count whose estimated time fits what is left of the budget after
+        """Largest step count whose predicted time (``predicted_seconds``) fits what is left of the budget after
         ``spent_ms`` (the classical start, the timing call); at least one, with a warning then."""
-        per_call_ms = 1e3 * self.network_seconds(capture_shape)
-        per_step_ms = per_call_ms * (3.0 if self.sampler == "dps" else 1.3)  # measured overheads (README)
-        exact_ms = per_call_ms * 2.5  # the exact data step, measured at 320x240 and 600x400 RGB
-        final_ms = exact_ms
-        if self.sampler == "diffpir" and self.params.final_depth_update:
-            final_ms += per_call_ms * 0.5  # one depth update: 0.2-0.7 of a call at 160x120-320x240 (speed bench)
-        steps = int((budget_ms - spent_ms - final_ms) // per_step_ms)
-        if steps >= 2 and self.sampler == "diffpir" and self.params.midway_exact_step:
-            final_ms += exact_ms  # and once midway
-            steps = max(1, int((budget_ms - spent_ms - final_ms) // per_step_ms))
+        left_s = 1e-3 * (budget_ms - spent_ms)
+        steps = 0
+        for candidate in range(1, 1001):  # the time is not linear in steps (depth updates, the midway step)
+            if self.predicted_seconds(capture_shape, candidate) > left_s:
+                if candidate > steps + 8:
+                    break  # rising past the budget for good
+                continue
+            steps = candidate
         warning = None
         if steps < 1:
             warning = (f"time budget {budget_ms:.0f} ms is below one sampler step at "
                        f"{'x'.join(map(str, capture_shape))} (about {spent_ms:.0f} ms spent, "
-                       f"{per_step_ms + final_ms:.0f} ms for one step and the final data step): running 1 step")
-        return min(1000, max(1, steps)), warning
+                       f"{1e3 * self.predicted_seconds(capture_shape, 1):.0f} ms for one step and the final data "
+                       f"step): running 1 step")
+        return max(1, steps), warning
 
     # ------------------------------------------------------------------ main entry
     def solve(self, capture: np.ndarray, start: SolverStart | None = None, warm: bool = False) -> Reconstruction:
@@ -915,6 +971,8 @@ class DiffusionPosteriorSampler:
                           side_evidence=start.side_evidence, refit_start=warm and self.params.warm_exact_step)
         timings["dps"] = time.perf_counter() - began
         timings.update({f"dps_{name}": value for name, value in out.trace.stage_seconds.items()})
+        if not warm:
+            self._record_frame_costs(capture.shape, out.trace)
         op = self.operator(*y.shape[-2:], y.shape[1])
         with torch.no_grad():
             weights = soft_layer_weights(out.layer_coord, self.bank.num_layers)
