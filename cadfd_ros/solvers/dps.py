@@ -43,7 +43,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import astuple, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -343,7 +343,7 @@ class SamplerTrace:
 class FrameCosts:
     """Seconds one cold diffpir frame of a size spent, split so a time budget can price any step count: per network
     call, per step outside it (the prox data step), per depth update, per exact data step, and once (the frame's
-    context). Measured on the last cold frame of that size (``DiffusionPosteriorSampler.frame_costs``)."""
+    context). Measured on the cold frames of that size (``DiffusionPosteriorSampler.frame_costs``)."""
 
     call_s: float
     step_s: float
@@ -854,10 +854,11 @@ class DiffusionPosteriorSampler:
         return (capture_shape[0], capture_shape[1], 1 if len(capture_shape) == 2 else 3)
 
     def frame_costs(self, capture_shape: tuple[int, ...]) -> FrameCosts | None:
-        """The costs measured on the last cold diffpir frame of this size, or None before one."""
+        """The costs measured on the cold diffpir frames of this size (each frame's averaged with the record
+        before it), or None before one."""
         return self._frame_costs.get(self._size_key(capture_shape))
 
-    def _record_frame_costs(self, capture_shape: tuple[int, ...], trace: SamplerTrace) -> None:
+    def _record_frame_costs(self, capture_shape: tuple[int, ...], trace: SamplerTrace, other_s: float = 0.0) -> None:
         """Split a cold frame's measured seconds into ``FrameCosts`` (diffpir; the dps sampler's per-step cost
         is its network call with gradients, priced by the constants in ``predicted_seconds``)."""
         steps, stage = trace.network_evaluations, trace.stage_seconds
@@ -866,16 +867,21 @@ class DiffusionPosteriorSampler:
         exact_s = stage["final_data_step"]
         midway = self.params.midway_exact_step and midway_step(steps) is not None and exact_s > 0
         updates = len(trace.data_timesteps) + int(self.params.final_depth_update)
-        self._frame_costs[self._size_key(capture_shape)] = FrameCosts(
+        measured = FrameCosts(
             call_s=trace.network_seconds / steps,
             step_s=max(0.0, stage.get("data_step", 0.0) - (exact_s if midway else 0.0)) / steps,
             depth_update_s=stage.get("depth", 0.0) / max(1, updates),
             exact_step_s=exact_s,
-            once_s=stage.get("frame_context", 0.0))
+            once_s=stage.get("frame_context", 0.0) + other_s)
+        key = self._size_key(capture_shape)
+        previous = self._frame_costs.get(key)
+        if previous is not None:  # one frame's timings jitter by 10-20% on a shared CPU: average with the last
+            measured = FrameCosts(*(0.5 * (a + b) for a, b in zip(astuple(previous), astuple(measured))))
+        self._frame_costs[key] = measured
 
     def predicted_seconds(self, capture_shape: tuple[int, ...], steps: int) -> float:
         """The sampler's seconds for a cold frame of this size at ``steps`` (the start not included): priced from
-        the last such frame (``frame_costs``) or, before one, from the timed network call and measured ratios."""
+        the cold frames of this size (``frame_costs``) or, before one, from the timed network call and measured ratios."""
         p = self.params
         costs = self.frame_costs(capture_shape)
         if costs is None:
@@ -971,8 +977,6 @@ class DiffusionPosteriorSampler:
                           side_evidence=start.side_evidence, refit_start=warm and self.params.warm_exact_step)
         timings["dps"] = time.perf_counter() - began
         timings.update({f"dps_{name}": value for name, value in out.trace.stage_seconds.items()})
-        if not warm:
-            self._record_frame_costs(capture.shape, out.trace)
         op = self.operator(*y.shape[-2:], y.shape[1])
         with torch.no_grad():
             weights = soft_layer_weights(out.layer_coord, self.bank.num_layers)
@@ -995,6 +999,11 @@ class DiffusionPosteriorSampler:
             start="warm" if warm else self.params.start,
             next_start=SolverStart(layer_coord=out.layer_coord, padded_image=out.x0, noise_sigma=sigma_y),
         )
+        # what no stage clock holds (noise draws, the schedule, conversions to the result): priced once a frame
+        timings["dps_other"] = max(0.0, time.perf_counter() - began - out.trace.network_seconds
+                                   - sum(out.trace.stage_seconds.values()))
+        if not warm:
+            self._record_frame_costs(capture.shape, out.trace, timings["dps_other"])
         return result, out.trace
 
     def sample(self, y: torch.Tensor, x_init: torch.Tensor, coord_init: torch.Tensor, sigma_y: float, steps: int,

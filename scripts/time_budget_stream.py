@@ -1,0 +1,42 @@
+"""Does ``time_budget_ms`` hold on a stream? Frames of one size through one ``Reconstructor`` (method dps), as the
+node runs them: the steps each frame took and its whole time (classical start included) against the budget.
+
+The first frame is priced from a timed network call and fixed ratios, the later ones from the frame before
+(``DiffusionPosteriorSampler.predicted_seconds``). Tuning photo astronaut, σ 0.01, the bundled bank.
+
+usage: python scripts/time_budget_stream.py [--runs 160x120:mono:300,320x240:rgb:1500,640x480:rgb:6000] [--frames 4]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+from cadfd_ros.bench.scenes import make_scene
+from cadfd_ros.optics.psf_bank import load_psf_bank
+from cadfd_ros.pipeline import ReconstructionConfig, Reconstructor
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default="160x120:mono:300,320x240:rgb:1500,640x480:rgb:6000",
+                        help="WIDTHxHEIGHT:mono|rgb:BUDGET_MS, comma-separated")
+    parser.add_argument("--frames", type=int, default=4)
+    parser.add_argument("--bank", default="config/default_psf_bank.npz")
+    args = parser.parse_args()
+    bank = load_psf_bank(args.bank)
+    for run in args.runs.split(","):
+        size, channels, budget = run.split(":")
+        width, height = (int(v) for v in size.split("x"))
+        scene = make_scene("astronaut", bank, height, width, noise_sigma=0.01)
+        capture = scene.capture if channels == "rgb" else scene.capture.mean(axis=2)
+        reconstructor = Reconstructor(bank, ReconstructionConfig(method="dps", time_budget_ms=float(budget), seed=0))
+        frames = []
+        for _ in range(args.frames):
+            began = time.perf_counter()
+            result = reconstructor.reconstruct(capture)
+            frames.append(f"{result.steps} steps in {1e3 * (time.perf_counter() - began):.0f} ms")
+        print(f"{size} {channels}, budget {float(budget):.0f} ms: " + "; ".join(frames), flush=True)
+
+
+if __name__ == "__main__":
+    main()
