@@ -343,7 +343,8 @@ class SamplerTrace:
 class FrameCosts:
     """Seconds one cold diffpir frame of a size spent, split so a time budget can price any step count: per network
     call, per step outside it (the prox data step), per depth update, per exact data step, and once (the frame's
-    context). Measured on the cold frames of that size (``DiffusionPosteriorSampler.frame_costs``)."""
+    context and what no stage clock holds). Measured on the cold frames of that size
+    (``DiffusionPosteriorSampler.frame_costs``)."""
 
     call_s: float
     step_s: float
@@ -881,7 +882,8 @@ class DiffusionPosteriorSampler:
 
     def predicted_seconds(self, capture_shape: tuple[int, ...], steps: int) -> float:
         """The sampler's seconds for a cold frame of this size at ``steps`` (the start not included): priced from
-        the cold frames of this size (``frame_costs``) or, before one, from the timed network call and measured ratios."""
+        the cold frames of this size (``frame_costs``) or, before one, from the timed network call and fixed
+        ratios."""
         p = self.params
         costs = self.frame_costs(capture_shape)
         if costs is None:
