@@ -19,7 +19,9 @@ pytest.importorskip("rclpy.lifecycle", reason="rclpy has no lifecycle support")
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 
-from ros_test_util import camera_info_msg, image_msg, prime_lifecycle_clients, unique_domain_id  # noqa: E402
+from ros_test_util import (  # noqa: E402
+    call_service, camera_info_msg, image_msg, prime_lifecycle_clients, unique_domain_id,
+)
 # the same fixtures as test_node: float32 default, a DDS context, the small bank and its scene
 from test_node import FRAME, Harness, _float32_default, bank_path, context, scene  # noqa: E402,F401
 
@@ -285,12 +287,8 @@ def test_lifecycle_services_answer_while_a_long_solve_runs(harness, scene):
 
     def call(client, request) -> tuple[float, object]:
         start = time.monotonic()
-        future = client.call_async(request)
-        deadline = start + 10.0
-        while not future.done() and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert future.done(), "no answer within 10 s"
-        return time.monotonic() - start, future.result()
+        result = call_service(client, request, timeout=10.0, resend=False)
+        return time.monotonic() - start, result
 
     h.send(capture, "rgb8", (500, 0))
     assert solving.wait(5.0)
