@@ -354,7 +354,7 @@ def test_time_budget_picks_the_step_count(default_bank, prior, scene, classical,
     assert "below one sampler step" in caplog.text  # logged as well
 
 
-def test_time_budget_prices_steps_from_the_last_cold_frame(default_bank, prior, scene, classical):
+def test_time_budget_prices_steps_from_measured_cold_frames(default_bank, prior, scene, classical):
     """After a cold frame the budget is priced from what that frame measured, split into per-call, per-step,
     per-depth-update, per-exact-step and once costs; repricing the same step count gives back its time."""
     from cadfd_ros.solvers.dps import FrameCosts
