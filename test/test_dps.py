@@ -113,7 +113,8 @@ def test_depth_updates_can_be_capped_and_spread_over_long_schedules(default_bank
     result, trace = solver.solve_with_trace(scene.capture, classical)
     assert trace.data_timesteps == [trace.timesteps[i] for i in (0, 6, 11)]
     # the seconds outside the network are attributed to the sampler's parts, within its own time
-    parts = {k: result.timings[f"dps_{k}"] for k in ("frame_context", "depth", "data_step", "final_data_step")}
+    parts = {k: result.timings[f"dps_{k}"]
+             for k in ("frame_context", "depth", "data_step", "midway_data_step", "final_data_step")}
     assert set(parts) == set(trace.stage_seconds) and all(v > 0 for v in parts.values())
     assert trace.network_seconds + sum(parts.values()) <= result.timings["dps"]
     # the default sampler takes the minimum: three updates at 4 steps, not every 4th and the last

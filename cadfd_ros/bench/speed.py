@@ -137,8 +137,8 @@ def run_speed(bank: PSFBank, sizes=SPEED_SIZES, steps=SPEED_STEPS, channels=(1, 
 
 
 START_STAGES = ("noise_estimate", "evidence", "regularise", "all_in_focus")  # the classical start's stages
-OVERHEAD_COLUMNS = (("start", START_STAGES), ("depth", ("dps_depth",)), ("data steps", ("dps_data_step",)),
-                    ("final step", ("dps_final_data_step",)))
+OVERHEAD_COLUMNS = (("start", START_STAGES), ("depth", ("dps_depth",)),
+                    ("data steps", ("dps_data_step", "dps_midway_data_step")), ("final step", ("dps_final_data_step",)))
 
 
 def speed_table(rows: list[SpeedRow]) -> str:

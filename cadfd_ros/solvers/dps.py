@@ -713,8 +713,9 @@ def diffpir_step(ctx: FrameContext, state: SamplerState, scheduler: PosteriorSch
             x0 = op.prox_l2(x0, coord, rho_t, ctx.spectra)
         else:
             x0 = gradient_data_step(ctx, x0, soft_layer_weights(coord, op.num_layers), blurred, rho_t)
-        if (p.midway_exact_step and ctx.exact_step_weight is not None
-                and index == midway_step(len(scheduler.timesteps))):
+    if (p.midway_exact_step and ctx.exact_step_weight is not None
+            and index == midway_step(len(scheduler.timesteps))):
+        with clock("midway_data_step"):  # its own stage: a time budget prices it as an exact step
             x0 = exact_data_step(ctx, x0, coord)[0]
     x_t = state.x_t
     if t_next is not None:
@@ -865,14 +866,13 @@ class DiffusionPosteriorSampler:
         steps, stage = trace.network_evaluations, trace.stage_seconds
         if self.sampler != "diffpir" or steps < 1 or "final_data_step" not in stage:
             return
-        exact_s = stage["final_data_step"]
-        midway = self.params.midway_exact_step and midway_step(steps) is not None and exact_s > 0
+        exact_steps = 1 + int("midway_data_step" in stage)
         updates = len(trace.data_timesteps) + int(self.params.final_depth_update)
         measured = FrameCosts(
             call_s=trace.network_seconds / steps,
-            step_s=max(0.0, stage.get("data_step", 0.0) - (exact_s if midway else 0.0)) / steps,
+            step_s=stage.get("data_step", 0.0) / steps,
             depth_update_s=stage.get("depth", 0.0) / max(1, updates),
-            exact_step_s=exact_s,
+            exact_step_s=(stage["final_data_step"] + stage.get("midway_data_step", 0.0)) / exact_steps,
             once_s=stage.get("frame_context", 0.0) + other_s)
         key = self._size_key(capture_shape)
         previous = self._frame_costs.get(key)
