@@ -380,6 +380,9 @@ def test_time_budget_prices_steps_from_measured_cold_frames(default_bank, prior,
         left = 1e-3 * (budget_ms - spent_ms)
         assert warning is None and solver.predicted_seconds(shape, steps) <= left
         assert solver.predicted_seconds(shape, steps + 1) > left
+    # the choice walks up the step counts: the predicted time must never fall as they grow
+    times = [solver.predicted_seconds(shape, n) for n in range(1, 60)]
+    assert all(b > a for a, b in zip(times, times[1:]))
     # one step at these costs: 0.02 + 0.11 + 2 depth updates (the step's and the final one) + one exact step
     assert solver.predicted_seconds(shape, 1) == pytest.approx(0.02 + 0.11 + 0.1 + 0.2)
     # a warm frame (its own start refit, one step) is not what a cold frame costs: it leaves the record alone

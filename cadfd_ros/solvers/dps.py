@@ -828,12 +828,15 @@ class DiffusionPosteriorSampler:
                             side_evidence=None if side_evidence is None else side_evidence.to(self.device),
                             exact_step_weight=self.final_proximal_weight)
 
+    @staticmethod
+    def _size_key(capture_shape: tuple[int, ...]) -> tuple[int, int, int]:
+        return (capture_shape[0], capture_shape[1], 1 if len(capture_shape) == 2 else 3)
+
     def network_seconds(self, capture_shape: tuple[int, ...], repeats: int = 1, cached: bool = True) -> float:
         """Time of one prior network call on this capture size (after a warm-up call); cached per
         size, so a stream of frames pays for the measurement once."""
-        height, width = capture_shape[:2]
-        channels = 1 if len(capture_shape) == 2 else 3
-        key = (height, width, channels)
+        key = self._size_key(capture_shape)
+        height, width, channels = key
         if cached and key in self._network_seconds:
             return self._network_seconds[key]
         op = self.operator(height, width, channels)
@@ -850,10 +853,6 @@ class DiffusionPosteriorSampler:
                 torch.cuda.synchronize()
         self._network_seconds[key] = (time.perf_counter() - start) / repeats
         return self._network_seconds[key]
-
-    @staticmethod
-    def _size_key(capture_shape: tuple[int, ...]) -> tuple[int, int, int]:
-        return (capture_shape[0], capture_shape[1], 1 if len(capture_shape) == 2 else 3)
 
     def frame_costs(self, capture_shape: tuple[int, ...]) -> FrameCosts | None:
         """The costs measured on the cold diffpir frames of this size (each frame's averaged with the record
@@ -905,13 +904,9 @@ class DiffusionPosteriorSampler:
         """Largest step count whose predicted time (``predicted_seconds``) fits what is left of the budget after
         ``spent_ms`` (the classical start, the timing call); at least one, with a warning then."""
         left_s = 1e-3 * (budget_ms - spent_ms)
-        steps = 0
-        for candidate in range(1, 1001):  # the time is not linear in steps (depth updates, the midway step)
-            if self.predicted_seconds(capture_shape, candidate) > left_s:
-                if candidate > steps + 8:
-                    break  # rising past the budget for good
-                continue
-            steps = candidate
+        steps = 0  # the predicted time never falls as steps grow (depth updates and exact steps only get added)
+        while steps < 1000 and self.predicted_seconds(capture_shape, steps + 1) <= left_s:
+            steps += 1
         warning = None
         if steps < 1:
             warning = (f"time budget {budget_ms:.0f} ms is below one sampler step at "
