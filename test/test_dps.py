@@ -358,11 +358,20 @@ def test_time_budget_picks_the_step_count(default_bank, prior, scene, classical,
 def test_time_budget_prices_steps_from_measured_cold_frames(default_bank, prior, scene, classical):
     """After a cold frame the budget is priced from what that frame measured, split into per-call, per-step,
     per-depth-update, per-exact-step and once costs; repricing the same step count gives back its time."""
-    from cadfd_ros.solvers.dps import FrameCosts
+    from cadfd_ros.solvers.dps import FrameCosts, first_frame_costs
 
     solver = _sampler(default_bank, prior, steps=4)
     shape = scene.capture.shape
     assert solver.frame_costs(shape) is None
+    # before a frame of this size: the timed call and the upper-end ratios, per colour channel for the data work
+    call = solver.network_seconds(shape)
+    rgb, mono = first_frame_costs(call, 3), first_frame_costs(call, 1)
+    assert rgb.call_s == mono.call_s == call
+    assert rgb.depth_update_s > 2 * mono.depth_update_s and rgb.exact_step_s > 2 * mono.exact_step_s
+    first = solver.predicted_seconds(shape, 4)
+    solver._frame_costs[solver._size_key(shape)] = mono if len(shape) == 2 else rgb
+    assert first == pytest.approx(solver.predicted_seconds(shape, 4))
+    solver._frame_costs.clear()
     result, trace = solver.solve_with_trace(scene.capture, classical)
     costs = solver.frame_costs(shape)
     assert costs is not None and min(costs.call_s, costs.depth_update_s, costs.exact_step_s) > 0

@@ -353,6 +353,19 @@ class FrameCosts:
     once_s: float
 
 
+def first_frame_costs(call_s: float, channels: int) -> FrameCosts:
+    """A frame size's costs before any cold frame of it was measured: ratios to one timed network call, the upper
+    end of what the speed bench measured from 160x120 to 640x480 (2026-12-07, 2-core EPYC, bf16 network), so a
+    first frame ends early rather than late. The evidence and the data steps run per colour channel, the network
+    once: mono a depth update 0.26-0.44 calls and an exact step 0.8-2.0, RGB 0.67-1.35 and 2.0-4.2. With the
+    middle of those ranges (one set for both), first RGB frames ran 13-16% over their budget."""
+    if channels == 1:
+        return FrameCosts(call_s=call_s, step_s=0.1 * call_s, depth_update_s=0.45 * call_s,
+                          exact_step_s=2.0 * call_s, once_s=0.1 * call_s)
+    return FrameCosts(call_s=call_s, step_s=0.3 * call_s, depth_update_s=1.4 * call_s,
+                      exact_step_s=4.2 * call_s, once_s=0.2 * call_s)
+
+
 @dataclass(frozen=True)
 class MarginalEvidence:
     """x ~ N(x0, tau^2) makes y | k ~ N(h_k*x0, tau^2 H_k H_k^T + sigma^2): a per-frequency whitening
@@ -889,10 +902,7 @@ class DiffusionPosteriorSampler:
             call = self.network_seconds(capture_shape)
             if self.sampler == "dps":  # gradients through the network, a depth step every step (README)
                 return steps * 3.0 * call + 2.5 * call
-            # ratios to one call, measured at 160x120 mono to 640x480 RGB (speed bench, 2026-12-07): the prox
-            # step 0.1-0.3, a depth update 0.3-1.5, the exact data step 1-3.6
-            costs = FrameCosts(call_s=call, step_s=0.3 * call, depth_update_s=1.0 * call,
-                               exact_step_s=2.5 * call, once_s=0.1 * call)
+            costs = first_frame_costs(call, 1 if len(capture_shape) == 2 else capture_shape[2])
         updates = len(depth_update_steps(steps, p.depth_every, p.depth_updates_max, p.depth_updates_min))
         updates += int(p.final_depth_update)
         exact_steps = 1 + int(p.midway_exact_step and midway_step(steps) is not None)
