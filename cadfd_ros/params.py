@@ -114,7 +114,7 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("temporal_warm_start", False, "method dps on a video: start each frame from the previous frame's "
               "depth and image, noised to a lower level and refined in fewer network evaluations, instead of from "
               "the classical estimate; a scene cut (the previous estimate no longer explains the capture), a "
-              "change of frame size and every 7th frame start cold", SOLVER),
+              "change of frame size and every 11th frame (SamplerParams.warm_refresh_every) start cold", SOLVER),
     ParamSpec("input_transfer", "linear", "transfer curve of the input frames, inverted before solving: linear "
               "(raw sensors) or srgb (gamma-encoded 8-bit frames, most UVC/GigE drivers); the AIF output is linear "
               "either way", INPUT, choices=("linear", "srgb")),

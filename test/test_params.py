@@ -78,3 +78,11 @@ def test_demo_refuses_an_unknown_method(capsys, tmp_path):
 
     assert main(["demo", "--out-dir", str(tmp_path), "--methods", "dps,magic"]) == 2
     assert "--methods must be a comma list of classical, dps, got 'dps,magic'" in capsys.readouterr().err
+
+
+def test_warm_start_description_names_the_refresh_period():
+    """The parameter's documentation (ROS descriptor, CLI help) states the periodic cold frame the sampler runs."""
+    from cadfd_ros.solvers.dps import SamplerParams
+
+    period = SamplerParams().warm_refresh_every
+    assert f"every {period}th frame" in PARAM_BY_NAME["temporal_warm_start"].description
