@@ -253,7 +253,10 @@ class SamplerParams:
     # deconvolution's noise on smooth regions, which "blend" halves. Sequence bench, tuning photos, warm - cold
     # PSNR paired | worst segment third, brick/gravel/camera: previous -0.17 | -1.17 dB (brick), deconvolved
     # +0.16 | -0.19, blend +0.22 | +0.09; astronaut/coffee/chelsea: previous +0.26 | -0.16 (chelsea), deconvolved
-    # -0.17 | -0.40 (coffee), blend +0.13 | +0.05 (all at warm_start_sigma 0.6). The blend's 1/2 was not swept.
+    # -0.17 | -0.40 (coffee), blend +0.13 | +0.05 (all at warm_start_sigma 0.6). The previous image's share of the
+    # blend (sequence bench, 96x128, 0.3 level, seeds 0 | 1, paired PSNR for astronaut / brick / smooth sets): 0.3
+    # +0.67 +0.55 +0.35 | +0.31 +0.49 +0.00 dB; 0.5 +0.89 +0.64 +0.41 | +0.49 +0.50 +0.06; 0.7 +1.12 +0.58 +0.38 |
+    # +0.67 +0.44 +0.02, but its worst last third -0.23 dB (gravel) against -0.10 at 0.5: the half stays.
     warm_start_image: str = "blend"
     # The warm start image first put through the exact data step (exact_data_step, with the moved depth), then noised:
     # one step from warm_start_sigma cannot refit it to this capture the way a cold start's schedule does. Sequence
