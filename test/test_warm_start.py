@@ -293,3 +293,29 @@ def test_a_warm_frame_refits_its_start_image_to_its_capture(default_bank, prior,
         assert second.start == "warm" and len(calls) == (2 if refit else 1)
         images[refit] = second.all_in_focus
     assert np.abs(images[True] - images[False]).mean() > 1e-4
+
+
+def test_a_warm_frame_weighs_its_exact_steps_by_the_warm_scale_and_shrink(default_bank, prior, frames, monkeypatch):
+    """SamplerParams.warm_exact_step_weight_scale and warm_shrink_strength: a warm frame's exact data steps (refit and
+    final) pull towards x0 with the scaled weight and shrink their correction with the warm strength; a cold frame's
+    keep the bank's weight and final_shrink_strength."""
+    from cadfd_ros.solvers import dps
+
+    seen = []
+    exact = dps.exact_data_step
+
+    def recording(ctx, x0, layer_coord):
+        seen.append((ctx.exact_step_weight, ctx.params.final_shrink_strength))
+        return exact(ctx, x0, layer_coord)
+
+    monkeypatch.setattr(dps, "exact_data_step", recording)
+    r = _reconstructor(default_bank, prior)
+    r.sampler.params = replace(r.sampler.params, warm_exact_step_weight_scale=0.25, warm_shrink_strength=2.0)
+    p, weight = r.sampler.params, r.sampler.final_proximal_weight
+    assert r.reconstruct(frames[0].capture).start == "classical"
+    assert seen and all(s == (weight, p.final_shrink_strength) for s in seen)
+    seen.clear()
+    assert r.reconstruct(frames[1].capture).start == "warm"
+    assert len(seen) == 2 and all(s == (0.25 * weight, 2.0) for s in seen)
+    with pytest.raises(Exception, match="warm_exact_step_weight_scale"):
+        replace(p, warm_exact_step_weight_scale=0.0)
