@@ -276,7 +276,8 @@ class SamplerParams:
     #   (0.5, 0.5):       +1.07 +1.02 -0.43 | ... +0.51 -0.82 (the smooth set falls)
     #   (1, 1):           +0.82 +0.54 +0.78 | +0.45 +0.47 +0.47, worst -0.02 dB, delta -0.018
     #   (0.5, 1):         +1.03 +0.90 +0.50 | +0.56 +0.53 +0.13, worst -0.01 dB, delta -0.023 (gravel, s0)
-    # (0.5, 1) is ahead of cold's pair on all six; its depth is within 0.006 of it per set.
+    # (0.5, 1) is ahead of cold's pair on all six; its depth is within 0.006 of it per set. Its neighbours at seed 0:
+    # (0.35, 1) +1.08 +1.00 +0.23 (moon's last third -0.26 dB, gravel's -0.028 delta), (0.5, 1.5) +0.85 +0.67 +0.62.
     warm_exact_step_weight_scale: float = 0.5
     warm_shrink_strength: float = 1.0
     # Cut detection: a warm start whose data term (RMS of y - A(moved previous x, depth) / sigma_y) exceeds this
