@@ -299,6 +299,7 @@ def test_a_warm_frame_weighs_its_exact_steps_by_the_warm_scale_and_shrink(defaul
     """SamplerParams.warm_exact_step_weight_scale and warm_shrink_strength: a warm frame's exact data steps (refit and
     final) pull towards x0 with the scaled weight and shrink their correction with the warm strength; a cold frame's
     keep the bank's weight and final_shrink_strength."""
+    from cadfd_ros.errors import CadfdError
     from cadfd_ros.solvers import dps
 
     seen = []
@@ -317,5 +318,5 @@ def test_a_warm_frame_weighs_its_exact_steps_by_the_warm_scale_and_shrink(defaul
     seen.clear()
     assert r.reconstruct(frames[1].capture).start == "warm"
     assert len(seen) == 2 and all(s == (0.25 * weight, 2.0) for s in seen)
-    with pytest.raises(Exception, match="warm_exact_step_weight_scale"):
+    with pytest.raises(CadfdError, match="warm_exact_step_weight_scale"):
         replace(p, warm_exact_step_weight_scale=0.0)

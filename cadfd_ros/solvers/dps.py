@@ -273,7 +273,7 @@ class SamplerParams:
     # cold PSNR for astronaut,coffee,chelsea / brick,gravel,camera / retina,moon,rocket:
     #   cold's (1, 0.5):  +0.89 +0.64 +0.41 | +0.49 +0.50 +0.06 dB, worst last third -0.10 dB, delta -0.017
     #   (2, 0.5):         +0.53 +0.15 +0.71 | +0.26 +0.33 +0.44, worst -0.23 dB (gravel)
-    #   (0.5, 0.5):       +1.07 +1.02 -0.43 | ... +0.51 -0.82 (the smooth set falls)
+    #   (0.5, 0.5):       +1.07 +1.02 -0.43 | +0.54 +0.51 -0.82 (the smooth set falls)
     #   (1, 1):           +0.82 +0.54 +0.78 | +0.45 +0.47 +0.47, worst -0.02 dB, delta -0.018
     #   (0.5, 1):         +1.03 +0.90 +0.50 | +0.56 +0.53 +0.13, worst -0.01 dB, delta -0.023 (gravel, s0)
     # (0.5, 1) is ahead of cold's pair on all six; its depth is within 0.006 of it per set. Its neighbours at seed 0:
