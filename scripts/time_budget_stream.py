@@ -1,8 +1,8 @@
 """Does ``time_budget_ms`` hold on a stream? Frames of one size through one ``Reconstructor`` (method dps), as the
 node runs them: the steps each frame took and its whole time (classical start included) against the budget.
 
-The first frame is priced from a timed network call and fixed ratios, the later ones from the frame before
-(``DiffusionPosteriorSampler.predicted_seconds``). Tuning photo astronaut, σ 0.01, the bundled bank.
+The first frame is priced from a timed network call and upper-end ratios to it (``first_frame_costs``), the later
+ones from the cold frames before (``DiffusionPosteriorSampler.predicted_seconds``). Tuning photo astronaut, σ 0.01, the bundled bank.
 
 usage: python scripts/time_budget_stream.py [--runs 160x120:mono:300,320x240:rgb:1500,640x480:rgb:6000] [--frames 4]
 """

@@ -916,15 +916,15 @@ class DiffusionPosteriorSampler:
 
     def predicted_seconds(self, capture_shape: tuple[int, ...], steps: int) -> float:
         """The sampler's seconds for a cold frame of this size at ``steps`` (the start not included): priced from
-        the cold frames of this size (``frame_costs``) or, before one, from the timed network call and fixed
-        ratios."""
+        the cold frames of this size (``frame_costs``) or, before one, from the timed network call and the ratios
+        of ``first_frame_costs``."""
         p = self.params
         costs = self.frame_costs(capture_shape)
         if costs is None:
             call = self.network_seconds(capture_shape)
             if self.sampler == "dps":  # gradients through the network, a depth step every step (README)
                 return steps * 3.0 * call + 2.5 * call
-            costs = first_frame_costs(call, 1 if len(capture_shape) == 2 else capture_shape[2])
+            costs = first_frame_costs(call, self._size_key(capture_shape)[2])
         updates = len(depth_update_steps(steps, p.depth_every, p.depth_updates_max, p.depth_updates_min))
         updates += int(p.final_depth_update)
         exact_steps = 1 + int(p.midway_exact_step and midway_step(steps) is not None)
