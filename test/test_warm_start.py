@@ -187,6 +187,37 @@ def test_drift_standard_error_counts_warm_chains_not_frames():
     assert drift["delta_diff_last_se"] > 2 * float(np.std(offsets, ddof=1) / math.sqrt(12))  # wider than per frame
 
 
+def test_a_segment_without_textured_pixels_has_no_delta_to_drift_or_recover_in():
+    # a smooth photo (the tuning set's retina) gives frames with no textured pixels, so no delta: its segment is
+    # judged on PSNR alone, and a NaN must not fail the drift or recovery goal, nor hide a real miss elsewhere
+    from cadfd_ros.bench.sequence import FrameRow, sequence_markdown, summarise_sequence
+
+    def rows_for(delta_warm: float, delta_cold: float, smooth_psnr_drop: float = 0.0) -> list[FrameRow]:
+        rows = []
+        for frame in range(60):
+            segment, start = frame // 30, "classical" if frame % 5 == 0 else "warm"
+            smooth = segment == 1  # the cut at frame 30 lands on the smooth photo
+            for arm, delta, psnr in (("warm", delta_warm, 25.0 - smooth * smooth_psnr_drop), ("cold", delta_cold, 25.0)):
+                value = float("nan") if smooth else delta
+                rows.append(FrameRow(frame, segment, "retina" if smooth else "brick", arm,
+                                     start if arm == "warm" else "classical", 1, float("nan"), 0.1, value, value, 0.1,
+                                     psnr, 0.5))
+        return rows
+
+    config = SequenceConfig(frames=60, cut_every=30, height=8, width=8)
+    summary = summarise_sequence(rows_for(0.80, 0.80), config)
+    textured, smooth = summary["drift"]
+    assert math.isnan(smooth["delta_diff_last"]) and math.isnan(smooth["delta_diff_last_se"])
+    assert textured["delta_diff_last"] == pytest.approx(0.0)
+    assert summary["goals"]["no_drift"] and summary["goals"]["recovers"]
+    assert summary["paired"]["delta_diff"] == pytest.approx(0.0)
+    assert "| 1 | retina | n/a ± n/a | n/a ± n/a |" in sequence_markdown(summary, "header")
+    # a real miss still fails: the textured segment's delta, and the smooth segment's PSNR after the cut
+    assert not summarise_sequence(rows_for(0.70, 0.80), config)["goals"]["no_drift"]
+    dropped = summarise_sequence(rows_for(0.80, 0.80, smooth_psnr_drop=0.5), config)["goals"]
+    assert not dropped["no_drift"] and not dropped["recovers"]
+
+
 def test_translation_estimate_and_fourier_shift():
     import cv2
     import torch

@@ -204,12 +204,33 @@ def _warm_chains(rows: list[FrameRow]) -> dict[int, int]:
 
 def chain_standard_error(values: list[float], chains: list[int]) -> float:
     """Standard error of the mean of ``values`` with the frames of one warm chain as one block: the spread of
-    the chains' means over the root of their number (NaN with fewer than two chains)."""
+    the chains' means over the root of their number (NaN with fewer than two chains). NaN values are left out."""
     blocks: dict[int, list[float]] = {}
     for value, key in zip(values, chains):
-        blocks.setdefault(key, []).append(value)
+        if math.isfinite(value):  # a frame without textured pixels has no delta
+            blocks.setdefault(key, []).append(value)
     means = np.array([np.mean(v) for v in blocks.values()])
     return float(np.std(means, ddof=1) / math.sqrt(len(means))) if len(means) > 1 else float("nan")
+
+
+def _nan_mean(values: np.ndarray) -> float:
+    """Mean over the finite values (a frame without textured pixels has a NaN delta); NaN when there are none."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+def _nan_se(values: np.ndarray) -> float:
+    """Per-frame standard error of ``_nan_mean``, over the finite values only."""
+    finite = values[np.isfinite(values)]
+    return float(finite.std(ddof=1) / math.sqrt(finite.size)) if finite.size > 1 else float("nan")
+
+
+def _delta_within(warm: FrameRow, cold: FrameRow) -> bool:
+    """The warm frame's delta within the goal of the cold one's; a frame without textured pixels has none to
+    miss, so it passes (its PSNR is still judged)."""
+    if not (math.isfinite(warm.tex_delta1) and math.isfinite(cold.tex_delta1)):
+        return True
+    return warm.tex_delta1 >= cold.tex_delta1 - GOAL_DELTA
 
 
 def summarise_sequence(rows: list[FrameRow], config: SequenceConfig) -> dict:
@@ -239,12 +260,8 @@ def summarise_sequence(rows: list[FrameRow], config: SequenceConfig) -> dict:
     if paired:
         d_delta = np.array([w.tex_delta1 - c.tex_delta1 for w, c in paired])
         d_psnr = np.array([w.aif_psnr - c.aif_psnr for w, c in paired])
-        out["paired"] = {"frames": len(paired), "delta_diff": float(np.nanmean(d_delta)),
-                         "delta_diff_se": float(np.nanstd(d_delta, ddof=1) / math.sqrt(len(paired))) if len(paired) > 1
-                         else float("nan"),
-                         "psnr_diff_db": float(np.nanmean(d_psnr)),
-                         "psnr_diff_se": float(np.nanstd(d_psnr, ddof=1) / math.sqrt(len(paired))) if len(paired) > 1
-                         else float("nan")}
+        out["paired"] = {"frames": len(paired), "delta_diff": _nan_mean(d_delta), "delta_diff_se": _nan_se(d_delta),
+                         "psnr_diff_db": _nan_mean(d_psnr), "psnr_diff_se": _nan_se(d_psnr)}
     by_frame = {(r.arm, r.frame): r for r in rows}
     recoveries = []
     for cut in config.cut_frames():
@@ -253,7 +270,7 @@ def summarise_sequence(rows: list[FrameRow], config: SequenceConfig) -> dict:
             w, c = by_frame.get(("warm", cut + k)), by_frame.get(("cold", cut + k))
             if w is None or c is None:
                 break
-            if w.tex_delta1 >= c.tex_delta1 - GOAL_DELTA and w.aif_psnr >= c.aif_psnr - GOAL_PSNR_DB:
+            if _delta_within(w, c) and w.aif_psnr >= c.aif_psnr - GOAL_PSNR_DB:
                 recovered = k
                 break
         w0 = by_frame.get(("warm", cut))
@@ -276,13 +293,14 @@ def summarise_sequence(rows: list[FrameRow], config: SequenceConfig) -> dict:
             for key, diff in (("delta_diff", lambda w, c: w.tex_delta1 - c.tex_delta1),
                               ("psnr_diff", lambda w, c: w.aif_psnr - c.aif_psnr)):
                 values = [diff(w, c) for w, c in part]
-                entry[f"{key}_{name}"] = float(np.mean(values))
+                entry[f"{key}_{name}"] = _nan_mean(np.array(values))
                 entry[f"{key}_{name}_se"] = chain_standard_error(values, [chain[w.frame] for w, _ in part])
         drift.append(entry)
     out["drift"] = drift
     if "paired" in out and "cold" in out["arms"]:
-        worst_last = min([d["delta_diff_last"] for d in drift], default=float("nan"))
-        worst_last_psnr = min([d["psnr_diff_last"] for d in drift], default=float("nan"))
+        # a segment whose last third has no textured pixels (a smooth photo) has no delta to drift in
+        worst_last = min([d["delta_diff_last"] for d in drift if math.isfinite(d["delta_diff_last"])], default=0.0)
+        worst_last_psnr = min([d["psnr_diff_last"] for d in drift], default=0.0)
         cold_nfe = max(r.nfe for r in rows if r.arm == "cold")
         out["goals"] = {
             "delta_within": out["paired"]["delta_diff"] >= -GOAL_DELTA,
@@ -291,7 +309,7 @@ def summarise_sequence(rows: list[FrameRow], config: SequenceConfig) -> dict:
             "nfe_within": out["arms"]["warm"]["nfe_per_frame"] <= GOAL_NFE_SHARE * cold_nfe + 1e-9,
             "recovers": all(c["frames_to_recover"] is not None and c["frames_to_recover"] <= GOAL_RECOVERY_FRAMES
                             for c in recoveries),
-            "no_drift": (not drift) or (worst_last >= -GOAL_DELTA and worst_last_psnr >= -GOAL_PSNR_DB),
+            "no_drift": worst_last >= -GOAL_DELTA and worst_last_psnr >= -GOAL_PSNR_DB,
         }
     return out
 
@@ -324,12 +342,13 @@ def sequence_markdown(summary: dict, header: str) -> str:
         lines += ["", "| segment | photo | δ diff, first third | δ diff, last third | PSNR diff, first third | "
                       "PSNR diff, last third |", "|---|---|---|---|---|---|"]
         for d in summary["drift"]:
-            lines.append(f"| {d['segment']} | {d['photo']} | {d['delta_diff_first']:+.4f} ± "
-                         f"{_fmt(d['delta_diff_first_se'], '.4f')} | {d['delta_diff_last']:+.4f} ± "
+            lines.append(f"| {d['segment']} | {d['photo']} | {_fmt(d['delta_diff_first'], '+.4f')} ± "
+                         f"{_fmt(d['delta_diff_first_se'], '.4f')} | {_fmt(d['delta_diff_last'], '+.4f')} ± "
                          f"{_fmt(d['delta_diff_last_se'], '.4f')} | {d['psnr_diff_first']:+.3f} ± "
                          f"{_fmt(d['psnr_diff_first_se'], '.3f')} | {d['psnr_diff_last']:+.3f} ± "
                          f"{_fmt(d['psnr_diff_last_se'], '.3f')} |")
-        lines.append("(± one standard error over the warm chains in each third: a chain's frames share its start.)")
+        lines.append("(± one standard error over the warm chains in each third: a chain's frames share its start. "
+                     "n/a: no textured pixels, so no δ.)")
     if "goals" in summary:
         g = summary["goals"]
         lines += ["", f"Goals (issue 14): δ within {GOAL_DELTA}: {'met' if g['delta_within'] else 'NOT met'}; "
