@@ -358,6 +358,8 @@ def test_time_budget_picks_the_step_count(default_bank, prior, scene, classical,
 def test_time_budget_prices_steps_from_measured_cold_frames(default_bank, prior, scene, classical):
     """After a cold frame the budget is priced from what that frame measured, split into per-call, per-step,
     per-depth-update, per-exact-step and once costs; repricing the same step count gives back its time."""
+    from dataclasses import replace
+
     from cadfd_ros.solvers.dps import FrameCosts, first_frame_costs
 
     solver = _sampler(default_bank, prior, steps=4)
@@ -394,6 +396,15 @@ def test_time_budget_prices_steps_from_measured_cold_frames(default_bank, prior,
     assert all(b > a for a, b in zip(times, times[1:]))
     # one step at these costs: 0.02 + 0.11 + 2 depth updates (the step's and the final one) + one exact step
     assert solver.predicted_seconds(shape, 1) == pytest.approx(0.02 + 0.11 + 0.1 + 0.2)
+    # a warm frame also refits its start image by an exact step: priced with it, and a budget between the two
+    # prices warns for the warm frame only
+    assert solver.predicted_seconds(shape, 1, warm=True) == pytest.approx(0.02 + 0.11 + 0.1 + 2 * 0.2)
+    assert solver.steps_for_budget(shape, 500.0) == (1, None)
+    steps, warning = solver.steps_for_budget(shape, 500.0, warm=True)
+    assert steps == 1 and "below one warm sampler step" in warning and "630 ms" in warning
+    solver.params = replace(solver.params, warm_exact_step=False)
+    assert solver.predicted_seconds(shape, 1, warm=True) == pytest.approx(solver.predicted_seconds(shape, 1))
+    solver.params = replace(solver.params, warm_exact_step=True)
     # a warm frame (its own start refit, one step) is not what a cold frame costs: it leaves the record alone
     solver.solve_with_trace(scene.capture, classical, warm=True)
     assert solver.frame_costs(shape).call_s == 0.1

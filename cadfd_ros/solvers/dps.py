@@ -914,10 +914,11 @@ class DiffusionPosteriorSampler:
             measured = FrameCosts(*(0.5 * (a + b) for a, b in zip(astuple(previous), astuple(measured))))
         self._frame_costs[key] = measured
 
-    def predicted_seconds(self, capture_shape: tuple[int, ...], steps: int) -> float:
-        """The sampler's seconds for a cold frame of this size at ``steps`` (the start not included): priced from
+    def predicted_seconds(self, capture_shape: tuple[int, ...], steps: int, warm: bool = False) -> float:
+        """The sampler's seconds for a frame of this size at ``steps`` (the start not included): priced from
         the cold frames of this size (``frame_costs``) or, before one, from the timed network call and the ratios
-        of ``first_frame_costs``."""
+        of ``first_frame_costs``. ``warm``: a warm frame, which also refits its start image by an exact data step
+        (``SamplerParams.warm_exact_step``)."""
         p = self.params
         costs = self.frame_costs(capture_shape)
         if costs is None:
@@ -927,24 +928,25 @@ class DiffusionPosteriorSampler:
             costs = first_frame_costs(call, self._size_key(capture_shape)[2])
         updates = len(depth_update_steps(steps, p.depth_every, p.depth_updates_max, p.depth_updates_min))
         updates += int(p.final_depth_update)
-        exact_steps = 1 + int(p.midway_exact_step and midway_step(steps) is not None)
+        exact_steps = 1 + int(p.midway_exact_step and midway_step(steps) is not None) + int(warm and p.warm_exact_step)
         return (costs.once_s + steps * (costs.call_s + costs.step_s) + updates * costs.depth_update_s
                 + exact_steps * costs.exact_step_s)
 
-    def steps_for_budget(self, capture_shape: tuple[int, ...], budget_ms: float, spent_ms: float = 0.0
-                         ) -> tuple[int, str | None]:
-        """Largest step count whose predicted time (``predicted_seconds``) fits what is left of the budget after
-        ``spent_ms`` (the classical start, the timing call); at least one, with a warning then."""
+    def steps_for_budget(self, capture_shape: tuple[int, ...], budget_ms: float, spent_ms: float = 0.0,
+                         warm: bool = False) -> tuple[int, str | None]:
+        """Largest step count whose predicted time (``predicted_seconds``, a warm frame's with ``warm``) fits what
+        is left of the budget after ``spent_ms`` (the classical start or the warm check, the timing call); at
+        least one, with a warning then."""
         left_s = 1e-3 * (budget_ms - spent_ms)
         steps = 0  # the predicted time never falls as steps grow (depth updates and exact steps only get added)
-        while steps < 1000 and self.predicted_seconds(capture_shape, steps + 1) <= left_s:
+        while steps < 1000 and self.predicted_seconds(capture_shape, steps + 1, warm) <= left_s:
             steps += 1
         warning = None
         if steps < 1:
-            warning = (f"time budget {budget_ms:.0f} ms is below one sampler step at "
+            warning = (f"time budget {budget_ms:.0f} ms is below one {'warm ' if warm else ''}sampler step at "
                        f"{'x'.join(map(str, capture_shape))} (about {spent_ms:.0f} ms spent, "
-                       f"{1e3 * self.predicted_seconds(capture_shape, 1):.0f} ms for one step and the final data "
-                       f"step): running 1 step")
+                       f"{1e3 * self.predicted_seconds(capture_shape, 1, warm):.0f} ms for one step and its exact "
+                       f"data steps): running 1 step")
         return max(1, steps), warning
 
     # ------------------------------------------------------------------ main entry
@@ -992,7 +994,8 @@ class DiffusionPosteriorSampler:
         if self.config.time_budget_ms is not None:
             self.network_seconds(capture.shape)  # timed once per frame size: spent from this budget too
             spent_ms = 1e3 * (sum(start.timings.values()) + time.perf_counter() - entered)
-            budget_steps, budget_warning = self.steps_for_budget(capture.shape, self.config.time_budget_ms, spent_ms)
+            budget_steps, budget_warning = self.steps_for_budget(capture.shape, self.config.time_budget_ms, spent_ms,
+                                                                 warm)
             steps = min(steps, budget_steps) if warm else budget_steps
             if budget_warning:
                 _log.warning(budget_warning)
