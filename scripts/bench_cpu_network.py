@@ -16,20 +16,15 @@ import time
 
 import torch
 
+from cadfd_ros.bench.gpu_check import median_call_ms
 from cadfd_ros.prior.model import load_prior
 from cadfd_ros.runtime import keep_freed_memory
 from cadfd_ros.solvers.dps import default_network_dtype, default_network_memory_format
 
 
 def timed(fn, x, t, repeats: int) -> tuple[float, torch.Tensor]:
-    out = fn(x, t)  # warm-up (and compilation)
-    fn(x, t)
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        out = fn(x, t)
-        times.append(time.perf_counter() - began)
-    return 1e3 * statistics.median(times), out
+    out = fn(x, t)  # warm-up (and compilation); a second untimed call below
+    return median_call_ms(lambda: fn(x, t), "cpu", repeats, warmup=1), out
 
 
 def main() -> int:

@@ -29,6 +29,15 @@ def test_dry_run_runs_every_check_and_writes_the_report(tmp_path):
     assert checks == {"cuda_vs_cpu": True, "bf16_vs_fp32": True, "tiled_oom": True}
     rows = json.loads((tmp_path / "out" / "speed.json").read_text())
     assert [r["steps"] for r in rows] == [1, 2] and all(r["network_s"] > 0 for r in rows)
+    # the measurement of what the sampler does not use yet comes last, after the verdict: the eager call is timed,
+    # the compiled and graphed variants are rows the dry run skips
+    variants = report.split("## Network variants not in the sampler yet")[1]
+    assert report.index("## Verdict") < report.index("## Network variants")
+    eager = next(line for line in variants.splitlines() if line.startswith("| eager"))
+    assert float(eager.split("|")[2]) > 0
+    for name in ("torch.compile |", "reduce-overhead (CUDA graphs)", "CUDA graph, captured by hand"):
+        assert name in variants and "skipped in the dry run" in variants
+    assert "Upload of a 640×480 RGB float frame: skipped (dry run)" in variants
 
 
 def test_unknown_argument_is_refused(tmp_path):

@@ -1,16 +1,22 @@
 """The whole GPU measurement in one command (``scripts/gpu_check.sh``), for the first time a GPU is lent.
 
-Four checks, written as one markdown report:
+Four checks and one measurement, written as one markdown report:
 
 1. the speed table (``cadfd bench --speed``) on the GPU;
 2. a CUDA reconstruction against the CPU one on the same capture: depth delta within 0.02 and
    all-in-focus PSNR within 0.2 dB, both scored against the scene's truth;
 3. the network in bf16 autocast against fp32, the same way;
 4. the tiled path on a frame that does not fit: the whole-frame solve under a memory cap must
-   run out of memory, and the tiled solve must finish under the same cap.
+   run out of memory, and the tiled solve must finish under the same cap;
+5. what the sampler does not use yet, timed against what it uses, so one run decides (issue 14): the
+   network call under ``torch.compile``, under ``torch.compile(mode="reduce-overhead")`` (CUDA graphs) and
+   as a CUDA graph captured by hand, and the frame's upload from pinned against pageable host memory.
+   It comes after the verdict, so a run cut off here has every check written; a variant that fails is a
+   row of its table, not a failed run.
 
 ``--dry-run`` runs every check on the CPU at tiny sizes, so the script is tested where no GPU is
-(the comparisons are then CPU against CPU and fp32 against CPU bf16; the memory cap is skipped).
+(the comparisons are then CPU against CPU and fp32 against CPU bf16; the memory cap is skipped; of the
+variants only the eager call runs: ``torch.compile`` takes about a minute to build on that CPU).
 """
 from __future__ import annotations
 
@@ -96,6 +102,118 @@ def tiled_out_of_memory(bank, device: str, size: tuple[int, int], cap_gib: float
     return ok, "\n".join(lines)
 
 
+def median_call_ms(call, device: str, repeats: int, warmup: int = 3) -> float:
+    """Median milliseconds of ``call()`` over ``repeats`` timed calls after ``warmup`` untimed ones (compilation,
+    allocator, cuDNN autotuning), synchronised on CUDA so that asynchronous kernels are counted."""
+    import torch
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        call()
+    sync()
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        call()
+        sync()
+        times.append(1e3 * (time.perf_counter() - began))
+    return float(np.median(times))
+
+
+def network_variants(device: str, size: tuple[int, int], dry_run: bool, repeats: int = 20) -> str:
+    """The UNet call on a (1, 3, H, W) input at the sampler's dtype and memory format (eager), against
+    torch.compile, torch.compile(mode="reduce-overhead") and a hand-captured CUDA graph; then the frame's
+    upload from pageable and from pinned host memory. A markdown table; a variant that fails is a row."""
+    import torch
+
+    from cadfd_ros.prior import load_prior
+    from cadfd_ros.solvers.dps import default_network_dtype, default_network_memory_format
+
+    dev = torch.device(device)
+    prior = load_prior("default", device=device)
+    memory_format = default_network_memory_format(dev)
+    prior.set_memory_format(memory_format)
+    dtype = default_network_dtype(dev)
+    f = prior.downsample_factor
+    height, width = (-(-size[0] // f) * f, -(-size[1] // f) * f)  # the padded size the sampler feeds it
+    x = torch.randn(1, 3, height, width, device=dev).contiguous(memory_format=memory_format)
+    t = torch.full((1,), prior.num_train_timesteps // 4, device=dev, dtype=torch.long)
+
+    def forward(unet):
+        def call():
+            with torch.no_grad(), torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
+                return unet(x, t).sample.float()
+        return call
+
+    eager = forward(prior.unet)
+    reference = eager()
+    lines = [f"UNet call on 1×3×{height}×{width} ({dtype}, "
+             f"{'channels-last' if memory_format == torch.channels_last else 'contiguous'}), median of {repeats}:", "",
+             "| variant | ms / call | vs eager | max abs diff from eager | note |", "|---|---|---|---|---|"]
+    base = median_call_ms(eager, device, repeats)
+    lines.append(f"| eager (the sampler's) | {base:.2f} | 1.00 | 0 | |")
+
+    def row(name: str, make, cuda_only: bool = False) -> None:
+        if dry_run:
+            lines.append(f"| {name} | | | | skipped in the dry run |")
+            return
+        if cuda_only and device != "cuda":
+            lines.append(f"| {name} | | | | CUDA only |")
+            return
+        try:
+            began = time.perf_counter()
+            call = make()
+            out = call()
+            build = time.perf_counter() - began
+            ms = median_call_ms(call, device, repeats)
+            diff = float((out - reference).abs().max())
+            lines.append(f"| {name} | {ms:.2f} | {ms / base:.2f} | {diff:.1e} | first call {build:.0f} s |")
+        except Exception as exc:  # noqa: BLE001 - a variant that does not work here is a finding, not a crash
+            lines.append(f"| {name} | | | | failed: {type(exc).__name__}: {str(exc)[:80]} |")
+        finally:
+            torch._dynamo.reset()  # each compiled variant builds from the plain UNet
+
+    row("torch.compile", lambda: forward(torch.compile(prior.unet)))
+    row("torch.compile, reduce-overhead (CUDA graphs)",
+        lambda: forward(torch.compile(prior.unet, mode="reduce-overhead")), cuda_only=True)
+
+    def captured():
+        call = forward(prior.unet)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                call()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = call()
+
+        def replay():
+            graph.replay()  # x and t are the captured buffers: a sampler would copy_ each step's into them
+            return static_out
+        return replay
+
+    row("CUDA graph, captured by hand", captured, cuda_only=True)
+
+    frame = np.random.default_rng(0).random((480, 640, 3), dtype=np.float32)
+    if device != "cuda" or dry_run:
+        lines.append(f"\nUpload of a 640×480 RGB float frame: skipped ({'dry run' if dry_run else 'CPU'}).")
+    else:
+        try:
+            pageable = median_call_ms(lambda: torch.from_numpy(frame).to(dev), device, repeats)
+            pinned_host = torch.from_numpy(frame).pin_memory()
+            pinned = median_call_ms(lambda: pinned_host.to(dev, non_blocking=True), device, repeats)
+            lines.append(f"\nUpload of a 640×480 RGB float frame: pageable {pageable:.3f} ms, pinned {pinned:.3f} ms "
+                         f"(the copy into pinned memory, once a frame, not counted).")
+        except Exception as exc:  # noqa: BLE001
+            lines.append(f"\nUpload of a 640×480 RGB float frame: failed: {type(exc).__name__}: {str(exc)[:80]}")
+    return "\n".join(lines)
+
+
 def run(out_dir: Path, dry_run: bool) -> int:
     import torch
 
@@ -146,6 +264,9 @@ def run(out_dir: Path, dry_run: bool) -> int:
     verdict = ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in results.items())
     section("Verdict", verdict)
     (out_dir / "gpu_check.json").write_text(json.dumps({"device": device, "checks": results}, indent=2) + "\n")
+    # a measurement, not a check: after the verdict, so a run that times out here has every check written
+    section("Network variants not in the sampler yet", network_variants(device, (64, 64) if dry_run else (480, 640),
+                                                                        dry_run, repeats=3 if dry_run else 20))
     return 0 if all(results.values()) else 1
 
 
