@@ -199,10 +199,10 @@ def network_variants(device: str, size: tuple[int, int], dry_run: bool, repeats:
 
     row("CUDA graph, captured by hand", captured, cuda_only=True)
 
-    frame = np.random.default_rng(0).random((480, 640, 3), dtype=np.float32)
     if device != "cuda" or dry_run:
         lines.append(f"\nUpload of a 640×480 RGB float frame: skipped ({'dry run' if dry_run else 'CPU'}).")
     else:
+        frame = np.random.default_rng(0).random((480, 640, 3), dtype=np.float32)
         try:
             pageable = median_call_ms(lambda: torch.from_numpy(frame).to(dev), device, repeats)
             pinned_host = torch.from_numpy(frame).pin_memory()
