@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from cadfd_ros.bench.gpu_check import median_call_ms
+from cadfd_ros.bench.speed import median_call_ms
 from cadfd_ros.prior.model import load_prior
 from cadfd_ros.runtime import keep_freed_memory
 from cadfd_ros.solvers.dps import default_network_dtype, default_network_memory_format

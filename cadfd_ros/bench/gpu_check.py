@@ -102,33 +102,13 @@ def tiled_out_of_memory(bank, device: str, size: tuple[int, int], cap_gib: float
     return ok, "\n".join(lines)
 
 
-def median_call_ms(call, device: str, repeats: int, warmup: int = 3) -> float:
-    """Median milliseconds of ``call()`` over ``repeats`` timed calls after ``warmup`` untimed ones (compilation,
-    allocator, cuDNN autotuning), synchronised on CUDA so that asynchronous kernels are counted."""
-    import torch
-
-    def sync() -> None:
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    for _ in range(warmup):
-        call()
-    sync()
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        call()
-        sync()
-        times.append(1e3 * (time.perf_counter() - began))
-    return float(np.median(times))
-
-
 def network_variants(device: str, size: tuple[int, int], dry_run: bool, repeats: int = 20) -> str:
     """The UNet call on a (1, 3, H, W) input at the sampler's dtype and memory format (eager), against
     torch.compile, torch.compile(mode="reduce-overhead") and a hand-captured CUDA graph; then the frame's
     upload from pageable and from pinned host memory. A markdown table; a variant that fails is a row."""
     import torch
 
+    from cadfd_ros.bench.speed import median_call_ms
     from cadfd_ros.prior import load_prior
     from cadfd_ros.solvers.dps import default_network_dtype, default_network_memory_format
 

@@ -200,3 +200,24 @@ def machine_description(device: str) -> str:
 
 def timestamp() -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
+def median_call_ms(call, device: str, repeats: int, warmup: int = 3) -> float:
+    """Median milliseconds of ``call()`` over ``repeats`` timed calls after ``warmup`` untimed ones (compilation,
+    allocator, cuDNN autotuning), synchronised on CUDA so that asynchronous kernels are counted."""
+    import torch
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        call()
+    sync()
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        call()
+        sync()
+        times.append(1e3 * (time.perf_counter() - began))
+    return float(np.median(times))
