@@ -87,6 +87,20 @@ def test_reliability_splits_tied_confidences_at_random_not_in_raster_order():
     assert all(0.35 < v < 0.65 for v in curve), curve
 
 
+def test_confidence_auc_measures_how_well_confidence_ranks_errors():
+    truth = np.ones((10, 10), np.float32)
+    confidence = np.tile(np.linspace(0, 1, 10, dtype=np.float32), (10, 1))
+    mask = np.ones((10, 10), bool)
+    wrong_where_unconfident = np.where(confidence > 0.5, 1.0, 2.0).astype(np.float32)
+    assert cm.confidence_auc(wrong_where_unconfident, confidence, truth, mask) == 1.0
+    wrong_where_confident = np.where(confidence > 0.5, 2.0, 1.0).astype(np.float32)
+    assert cm.confidence_auc(wrong_where_confident, confidence, truth, mask) == 0.0
+    # no ranking: the same confidence everywhere reads 0.5 (ties count half)
+    assert cm.confidence_auc(wrong_where_unconfident, np.zeros_like(confidence), truth, mask) == 0.5
+    # undefined where no pixel (or every pixel) is wrong
+    assert np.isnan(cm.confidence_auc(truth, confidence, truth, mask))
+
+
 def test_min_confidence_trade_counts_kept_pixels_and_their_delta():
     truth = np.ones((10, 10), np.float32)
     confidence = np.tile(np.linspace(0, 1, 10, dtype=np.float32), (10, 1))  # columns at 0, 0.11 ... 1

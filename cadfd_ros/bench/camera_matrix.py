@@ -232,6 +232,19 @@ def reliability(depth: np.ndarray, confidence: np.ndarray, truth: np.ndarray, ma
     return [float(chunk.mean()) for chunk in np.array_split(good, DECILES)]
 
 
+def confidence_auc(depth: np.ndarray, confidence: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
+    """How well confidence ranks errors: the area under the ROC curve of confidence as a predictor of delta<1.25
+    over the masked pixels (0.5: no ranking, 1: every right pixel above every wrong one; ties count half). NaN
+    where every pixel is right or every one wrong."""
+    from sklearn.metrics import roc_auc_score
+
+    valid = mask & np.isfinite(depth) & (truth > 0)
+    good = within_delta1(depth[valid], truth[valid])
+    if good.all() or not good.any():
+        return float("nan")
+    return float(roc_auc_score(good, confidence[valid]))
+
+
 def coverage_counts(depth: np.ndarray, confidence: np.ndarray, truth: np.ndarray, mask: np.ndarray
                     ) -> np.ndarray:
     """``min_confidence``'s trade, as counts to pool over scenes: per level of MIN_CONFIDENCE_LEVELS
@@ -321,6 +334,8 @@ def run_camera(camera: CameraSpec, photos: tuple[str, ...], steps: int = PARAM_B
                 row["seconds"] = dps_s
             result.rows.setdefault(name, []).append(row)
         for name, solved in (("classical", classical), ("DFD-DPS", dps)):
+            result.rows[name][-1]["confidence_auc"] = confidence_auc(solved.depth, solved.confidence, scene.depth,
+                                                                     textured)
             per_scene = reliability(solved.depth, solved.confidence, scene.depth, textured)
             result.reliability.setdefault(name, []).append(per_scene)
             counts = coverage_counts(solved.depth, solved.confidence, scene.depth, textured)
@@ -369,8 +384,9 @@ def camera_table(results: list[CameraResult]) -> str:
 def lead_table(results: list[CameraResult]) -> str:
     """Paired per-scene leads (mean ± standard error) against the issue's acceptance lines."""
     lines = ["| camera | scenes | DFD-DPS − classical δ | classical − constant δ | DFD-DPS AIF − capture PSNR "
-             "| DFD-DPS − capture SSIM | reliability δ, least → most confident decile (DFD-DPS) |",
-             "|---|---|---|---|---|---|---|"]
+             "| DFD-DPS − capture SSIM | confidence AUC (DFD-DPS) | reliability δ, least → most confident decile "
+             "(DFD-DPS) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
         def fmt(pair: tuple[float, float], digits: int = 3) -> str:
             return f"{pair[0]:+.{digits}f} ± {pair[1]:.{digits}f}"
@@ -380,7 +396,7 @@ def lead_table(results: list[CameraResult]) -> str:
             f"| {r.camera.name} | {len(r.rows.get('DFD-DPS', []))} | {fmt(r.lead('DFD-DPS', 'classical', 'tex_delta1'))} "
             f"| {fmt(r.lead('classical', 'constant', 'tex_delta1'))} "
             f"| {fmt(r.lead('DFD-DPS', 'capture', 'aif_psnr'), 2)} | {fmt(r.lead('DFD-DPS', 'capture', 'aif_ssim'))} "
-            f"| {' '.join(f'{v:.2f}' for v in curve)} |")
+            f"| {r.mean('DFD-DPS', 'confidence_auc'):.3f} | {' '.join(f'{v:.2f}' for v in curve)} |")
     return "\n".join(lines)
 
 
