@@ -439,6 +439,38 @@ def test_confidence_is_low_where_the_scene_has_no_texture(default_bank, prior):
         assert flat < 0.6 * textured
 
 
+def test_tau_agreement_is_the_share_of_candidate_taus_within_the_delta_window():
+    from cadfd_ros.solvers.dps import tau_agreement
+
+    layer_depths = torch.tensor([1.0, 1.1, 1.5, 2.0])
+    chosen = torch.tensor([[[0.0, 0.0, 0.0, 2.0]]])  # (1, H, W): 1 m, 1 m, 1 m, 1.5 m
+    per_tau = torch.tensor([[[0.0, 0.0, 0.0, 2.0]],  # the first tau agrees everywhere
+                            [[1.0, 2.0, 3.0, 1.0]]])  # 1.1 m (within 1.25), 1.5 m, 2 m, 1.1 m (1.5 / 1.1 > 1.25)
+    share = tau_agreement(per_tau, chosen, layer_depths)
+    assert share.shape == (1, 1, 4)
+    assert share.flatten().tolist() == [1.0, 0.5, 0.5, 0.5]
+
+
+def test_confidence_takes_the_candidate_taus_agreement(default_bank, prior, scene, classical):
+    """The confidence is the posterior mass near the chosen depth times the share of the candidate taus whose depth
+    alone agrees with it: never higher, lower where the error scale of x0 decides the depth, and the depth and the
+    image are untouched."""
+    from dataclasses import replace
+
+    solver = _sampler(default_bank, prior, steps=4, seed=0)
+    with_share = solver.solve(scene.capture, classical)
+    solver.params = replace(solver.params, tau_agreement_confidence=False)
+    without = solver.solve(scene.capture, classical)
+    assert np.array_equal(with_share.depth, without.depth)
+    assert np.array_equal(with_share.all_in_focus, without.all_in_focus)
+    assert np.all(with_share.confidence <= without.confidence + 1e-6)
+    lowered = with_share.confidence < without.confidence - 1e-3
+    assert 0.01 < lowered.mean() < 0.9, lowered.mean()
+    # the bundled bank's three candidates: a lowered pixel keeps none, one or two thirds of its confidence
+    ratio = with_share.confidence[lowered] / without.confidence[lowered]
+    assert np.all(np.min(np.abs(ratio[:, None] - np.array([0.0, 1 / 3, 2 / 3])), axis=1) < 1e-3)
+
+
 def test_scheduler_renoising_without_fresh_noise_is_deterministic_ddim():
     """zeta = 0: re-noising keeps the noise x_t carries, so x_{t'} = add_noise(x0, same noise, t')."""
     import torch
