@@ -652,12 +652,10 @@ def per_tau_depths(ctx: FrameContext, energies: torch.Tensor) -> torch.Tensor:
     """(T, H, W) layer coordinates: the depth each candidate tau's evidence volume (``energies``, (T, L, h, w))
     gives alone, with the side-of-focus score and the same regularisation as the profile's."""
     p = ctx.params
-    coords = []
-    for volume in energies.split(1):
-        if ctx.side_evidence is not None and p.side_weight:
-            volume = add_side_evidence(volume, ctx.side_evidence, p.side_weight)
-        coords.append(depth_from_evidence(volume, ctx.guide, p.regulariser, False, ctx.layer_depths)[0])
-    return torch.cat(coords)
+    if ctx.side_evidence is not None and p.side_weight:  # each volume with its own evidence range, as the profile's
+        energies = add_side_evidence(energies, ctx.side_evidence, p.side_weight)
+    return torch.cat([depth_from_evidence(volume, ctx.guide, p.regulariser, False, ctx.layer_depths)[0]
+                      for volume in energies.split(1)])
 
 
 def tau_agreement(coords: torch.Tensor, coord: torch.Tensor, layer_depths: torch.Tensor) -> torch.Tensor:
