@@ -108,6 +108,13 @@ def subpixel_argmin(cost: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     return best, c0, best.to(cost.dtype) + torch.where(interior, offset, torch.zeros_like(offset))
 
 
+def within_delta_window(depth: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """True where ``depth`` lies within a factor DELTA_RATIO of ``reference``, either way (broadcast): what the
+    delta<1.25 metric counts as the right depth, and so what the confidence asks about."""
+    ratio = depth / reference
+    return torch.maximum(ratio, 1 / ratio) < DELTA_RATIO
+
+
 def depth_from_evidence(evidence: torch.Tensor, guide: torch.Tensor, params: ClassicalParams,
                         with_confidence: bool = True, layer_depths: torch.Tensor | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -131,8 +138,8 @@ def depth_from_evidence(evidence: torch.Tensor, guide: torch.Tensor, params: Cla
         near = ((k - best).abs() <= 1).to(cost.dtype)
     else:
         d = layer_depths.to(cost.device, cost.dtype)
-        ratio = d.view(1, -1, 1, 1) / d[best]  # (1, L, H, W): each layer's depth against the chosen one
-        near = (torch.maximum(ratio, 1 / ratio) < DELTA_RATIO).to(cost.dtype)
+        # (1, L, H, W): each layer's depth against the chosen one
+        near = within_delta_window(d.view(1, -1, 1, 1), d[best]).to(cost.dtype)
     mass = (prob * near).sum(dim=1, keepdim=True)
     chance = near.sum(dim=1, keepdim=True) / num_layers
     confidence = ((mass - chance) / (1 - chance)).clamp(0, 1)

@@ -55,8 +55,8 @@ from cadfd_ros.forward.operators import CaptureSpectra, LayeredBlur, image_batch
 from cadfd_ros.optics.psf_bank import PSFBank
 from cadfd_ros.params import PARAM_BY_NAME
 from cadfd_ros.result import Reconstruction, SolverStart
-from cadfd_ros.solvers.classical import (DELTA_RATIO, ClassicalParams, ClassicalSolver, add_side_evidence,
-                                         depth_from_evidence)
+from cadfd_ros.solvers.classical import (ClassicalParams, ClassicalSolver, add_side_evidence, depth_from_evidence,
+                                         within_delta_window)
 from cadfd_ros.solvers.filters import gaussian_blur, guided_filter, luminance
 from cadfd_ros.solvers.schedule import PosteriorScheduler
 
@@ -662,9 +662,8 @@ def tau_agreement(coords: torch.Tensor, coord: torch.Tensor, layer_depths: torch
     """(1, H, W): the share of the candidate taus whose own depth (``coords``, (T, H, W) layer coordinates) lies
     within the delta<1.25 window of the chosen depth (``coord``, (1, H, W)). Where it is below 1, the depth rests
     on the error scale of x0, which the capture does not settle (SamplerParams.tau_agreement_confidence)."""
-    chosen = layer_coord_to_depth(coord, layer_depths)
-    ratio = layer_coord_to_depth(coords, layer_depths) / chosen
-    return (torch.maximum(ratio, 1 / ratio) < DELTA_RATIO).to(coord.dtype).mean(dim=0, keepdim=True)
+    agree = within_delta_window(layer_coord_to_depth(coords, layer_depths), layer_coord_to_depth(coord, layer_depths))
+    return agree.to(coord.dtype).mean(dim=0, keepdim=True)
 
 
 def shrink_correction(ctx: FrameContext, x_ref: torch.Tensor, x: torch.Tensor, layer_coord: torch.Tensor,
