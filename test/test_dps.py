@@ -632,7 +632,7 @@ def test_the_exact_data_step_runs_once_midway_and_at_the_end(default_bank, prior
         trace_steps.append(index)
         return out
 
-    monkeypatch.setattr(dps, "exact_data_step", counted)
+    monkeypatch.setattr(dps.data_steps, "exact_data_step", counted)
     monkeypatch.setitem(dps.STEPS, "diffpir", traced)
     outputs = {}
     for steps, midway in ((4, True), (4, False), (1, True)):
@@ -661,7 +661,7 @@ def test_the_last_depth_update_reads_the_final_image(default_bank, prior, scene,
         seen.append(ctx.operator.crop_image(x0)[0].permute(1, 2, 0).numpy()[:, :, 0].copy())
         return layer_error(ctx, x0)
 
-    monkeypatch.setattr(dps, "image_layer_error", recorded)
+    monkeypatch.setattr(dps.depth_evidence, "image_layer_error", recorded)
     outputs = {}
     for final in (True, False):
         seen.clear()

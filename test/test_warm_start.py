@@ -312,7 +312,7 @@ def test_a_warm_frame_refits_its_start_image_to_its_capture(default_bank, prior,
         calls.append(x0.shape)
         return exact(ctx, x0, layer_coord)
 
-    monkeypatch.setattr(dps, "exact_data_step", counted)
+    monkeypatch.setattr(dps.data_steps, "exact_data_step", counted)
     images = {}
     for refit in (True, False):
         r = _reconstructor(default_bank, prior)
@@ -340,7 +340,7 @@ def test_a_warm_frame_weighs_its_exact_steps_by_the_warm_scale_and_shrink(defaul
         seen.append((ctx.exact_step_weight, ctx.params.final_shrink_strength))
         return exact(ctx, x0, layer_coord)
 
-    monkeypatch.setattr(dps, "exact_data_step", recording)
+    monkeypatch.setattr(dps.data_steps, "exact_data_step", recording)
     r = _reconstructor(default_bank, prior)
     r.sampler.params = replace(r.sampler.params, warm_exact_step_weight_scale=0.25, warm_shrink_strength=2.0)
     p, weight = r.sampler.params, r.sampler.final_proximal_weight
