@@ -27,6 +27,19 @@ def test_committed_matrix_covers_the_designs_the_issue_asks_for():
     assert (128, 128) in sizes and (480, 640) in sizes and any(h != w for h, w in sizes)
 
 
+def test_held_out_camera_designs_are_new_and_share_the_photo_split():
+    """config/cameras_heldout.toml: designs no parameter was chosen on, beside the tuned matrix, with its split."""
+    tuned, split = cm.load_cameras(cm.default_cameras_path())
+    cameras, heldout_split = cm.load_cameras(cm.heldout_cameras_path())
+    assert heldout_split == split and len(cameras) >= 6
+    assert not {c.name for c in cameras} & {c.name for c in tuned}
+    tuned_designs = {(c.mask, c.focal_length_mm, c.f_number, c.focus_m) for c in tuned}
+    assert not {(c.mask, c.focal_length_mm, c.f_number, c.focus_m) for c in cameras} & tuned_designs
+    blurs = [cm.blur_range_px(c.psf_bank()) for c in cameras]
+    assert any(lo > 0 for lo, hi in blurs) and any(hi < 0 for lo, hi in blurs) and any(lo < 0 < hi for lo, hi in blurs)
+    assert all(max(abs(lo), abs(hi)) <= 25 for lo, hi in blurs)  # practical blurs, as the matrix's
+
+
 def test_camera_file_errors_name_the_problem(tmp_path):
     bad = tmp_path / "cams.toml"
     bad.write_text('[photos]\ntuning = ["a"]\nheldout = ["a"]\n[[camera]]\nname = "x"\nchannels = 1\nbits = 8\n'

@@ -147,6 +147,13 @@ def default_cameras_path() -> Path:
     return config_dir() / "cameras.toml"
 
 
+def heldout_cameras_path() -> Path:
+    """Camera designs outside the matrix the defaults were tuned on; only ever measured."""
+    from cadfd_ros.resources import config_dir
+
+    return config_dir() / "cameras_heldout.toml"
+
+
 def quantise(capture: np.ndarray, bits: int) -> np.ndarray:
     levels = float(2**bits - 1)
     return (np.round(np.clip(capture, 0, 1) * levels) / levels).astype(np.float32)

@@ -27,8 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="render every photo this many times with new depth maps and noise: more scenes, "
                              "a smaller standard error on the leads over classical")
     parser.add_argument("--cameras", nargs="?", const="default", default=None, metavar="FILE",
-                        help="camera-matrix bench: every camera of FILE (default: config/cameras.toml), per camera, "
-                             "with ceilings; --photos is then a split of that file (tuning or heldout)")
+                        help="camera-matrix bench: every camera of FILE (default: config/cameras.toml; 'heldout': "
+                             "config/cameras_heldout.toml, designs no default was chosen on), per camera, with "
+                             "ceilings; --photos is then a split of that file (tuning or heldout)")
     parser.add_argument("--only", default=None, metavar="NAME,...", help="with --cameras: only these cameras")
     parser.add_argument("--speed", action="store_true",
                         help="speed bench: seconds per frame, network_s (time inside the prior), overhead "
@@ -141,7 +142,8 @@ def _run_cameras(args: argparse.Namespace) -> int:
     from cadfd_ros.errors import CadfdError
     from cadfd_ros.pipeline import resolve_device
 
-    path = cm.default_cameras_path() if args.cameras == "default" else Path(args.cameras)
+    named = {"default": cm.default_cameras_path, "heldout": cm.heldout_cameras_path}
+    path = named[args.cameras]() if args.cameras in named else Path(args.cameras)
     cameras, split = cm.load_cameras(path)
     if args.only:
         wanted = [n.strip() for n in args.only.split(",") if n.strip()]
