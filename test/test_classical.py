@@ -57,6 +57,27 @@ def test_residual_is_near_the_noise_level(scene_and_result):
     assert result.residual < 3 * 0.01
 
 
+def test_a_quiet_capture_does_not_give_a_ringing_all_in_focus_image(default_bank):
+    """ClassicalParams.aif_noise_floor: the Wiener prior weighs the capture's error at no less than the floor, since
+    the layered model's own error does not shrink with the noise. Below the floor it changes the image only (not the
+    depth); above it, nothing."""
+    from dataclasses import replace
+
+    from cadfd_ros.solvers.classical import ClassicalSolver
+
+    mask = evaluation_mask((120, 160), default_bank.half_size)
+    for sigma in (0.003, 0.02):
+        scene = make_scene("chelsea", default_bank, 120, 160, noise_sigma=sigma, seed=3)
+        results = {floor: ClassicalSolver(default_bank, params=replace(ClassicalParams(), aif_noise_floor=floor)
+                                          ).estimate(scene.capture)[0] for floor in (0.0, 0.01)}
+        np.testing.assert_array_equal(results[0.0].depth, results[0.01].depth)
+        psnr = {floor: image_metrics(r.all_in_focus, scene.sharp, mask)["psnr"] for floor, r in results.items()}
+        if sigma < 0.01:  # measured: 18.2 dB without the floor, 23.2 with it (the capture 23.4)
+            assert psnr[0.01] > psnr[0.0] + 3.0
+        else:
+            np.testing.assert_array_equal(results[0.0].all_in_focus, results[0.01].all_in_focus)
+
+
 def test_noise_estimate_on_flat_and_textured_images(rng):
     flat = 0.4 + rng.normal(0, 0.02, (128, 128))
     assert estimate_noise_sigma(flat) == pytest.approx(0.02, rel=0.1)
