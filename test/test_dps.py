@@ -221,6 +221,35 @@ def test_marginal_evidence_is_not_biased_by_a_smooth_estimate(default_bank, smoo
     assert chosen["residual", 4] < 4 and chosen["residual", 10] < 10  # biased towards the smaller PSF
 
 
+def test_the_depth_evidence_weighs_a_quiet_capture_at_the_noise_floor(default_bank):
+    """SamplerParams.evidence_noise_floor: below it, the layer evidence is the one the same capture and estimate give
+    at the floor (the layered model's own error does not shrink with the noise); above it, the noise's own."""
+    import torch
+
+    from cadfd_ros.errors import CadfdError
+    from cadfd_ros.solvers.dps import SamplerParams, layer_error
+
+    sampler = _sampler(default_bank, object(), sampler="diffpir")
+    op = sampler.operator(48, 64, 1)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 1, *op.padded_shape, generator=generator)
+    y = op.blur_layers(x)[:, 6] + 0.003 * torch.randn(1, 1, 48, 64, generator=generator)
+    blurred = op.blur_layers(0.9 * x + 0.05)
+    errors = {}
+    for floor in (0.0, 0.01):
+        sampler.params = SamplerParams(evidence_noise_floor=floor)
+        for sigma in (0.003, 0.01, 0.02):
+            ctx = sampler.frame_context(y, sigma)
+            assert ctx.evidence_sigma == max(sigma, floor) and ctx.noise_sigma == sigma  # the data steps keep sigma
+            errors[floor, sigma] = layer_error(ctx, blurred)
+    torch.testing.assert_close(errors[0.01, 0.003], errors[0.0, 0.01])
+    assert not torch.allclose(errors[0.0, 0.003], errors[0.0, 0.01])
+    for sigma in (0.01, 0.02):
+        torch.testing.assert_close(errors[0.01, sigma], errors[0.0, sigma])
+    with pytest.raises(CadfdError, match="evidence_noise_floor must be 0 or more"):
+        SamplerParams(evidence_noise_floor=-0.01)
+
+
 def test_capture_power_spectrum_reads_white_noise_and_a_grating():
     import torch
 
