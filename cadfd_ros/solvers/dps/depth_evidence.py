@@ -79,7 +79,7 @@ def capture_power_spectrum(image: torch.Tensor, bins: int | None = None) -> torc
 def layer_error(ctx: FrameContext, blurred: torch.Tensor) -> torch.Tensor:
     """Per-pixel -2 log p(y | layer k, x0, tau) up to a constant, from x0 blurred by every layer: (T, L, H, W),
     one per candidate tau (T = 1 for the "residual" evidence)."""
-    y, sigma_y = ctx.capture, ctx.evidence_sigma or ctx.noise_sigma
+    y, sigma_y = ctx.capture, ctx.evidence_sigma
     residual = y.unsqueeze(1) - blurred  # (1, L, C, H, W)
     if ctx.evidence_weight is not None:  # clipped pixels' error would leak through the whitening filter
         residual = residual * ctx.evidence_weight.unsqueeze(1)

@@ -305,6 +305,10 @@ class SamplerParams:
             raise CadfdError(f"final_shrink_window must be positive (or None: off) and final_shrink_strength 0 or more, "
                              f"got {self.final_shrink_window} and {self.final_shrink_strength}")
 
+    def evidence_sigma(self, noise_sigma: float) -> float:
+        """The sigma the depth evidence weighs the capture's error at: the noise's, at least ``evidence_noise_floor``."""
+        return max(noise_sigma, self.evidence_noise_floor)
+
     def start_solver_params(self, base: ClassicalParams | None = None) -> ClassicalParams:
         """The classical solver's parameters for the sampler's start (``base``: the classical method's):
         its HQS schedule stopped after ``start_deconvolution_iterations``, its prior at ``start_sparse_weight``."""

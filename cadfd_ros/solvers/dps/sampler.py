@@ -155,14 +155,13 @@ class DiffusionPosteriorSampler:
         op = self.operator(y.shape[-2], y.shape[-1], y.shape[1])
         spectra = op.capture_spectra(y)
         bounded = self.params.evidence == "bounded"
-        evidence_sigma = max(noise_sigma, self.params.evidence_noise_floor)
+        evidence_sigma = self.params.evidence_sigma(noise_sigma)
         signal = capture_signal(spectra, evidence_sigma) if bounded else None
         return FrameContext(capture=y, operator=op, spectra=spectra,
                             evidence=tuple(MarginalEvidence.from_spectra(
                                 spectra, tau / evidence_sigma, evidence_sigma if bounded else None,
                                 self.params.evidence_bound_scale, self.params.evidence_bound_floor, signal)
                                 for tau in self.evidence_prior_stds),
-                            evidence_sigma=evidence_sigma,
                             guide=luminance(y), noise_sigma=noise_sigma, params=self.params,
                             layer_depths=torch.from_numpy(self.bank.depths).to(self.device),
                             evidence_weight=None if evidence_weight is None else

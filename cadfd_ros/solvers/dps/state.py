@@ -31,8 +31,11 @@ class FrameContext:
     side_evidence: torch.Tensor | None = None  # (1, L, h, w): the start's side-of-focus score, if any
     # the exact data step's rho / sigma_y^2 for this bank (DiffusionPosteriorSampler.final_proximal_weight)
     exact_step_weight: float | None = None
-    # the sigma the depth evidence weighs the capture's error at (SamplerParams.evidence_noise_floor); None: noise_sigma
-    evidence_sigma: float | None = None
+
+    @property
+    def evidence_sigma(self) -> float:
+        """The sigma the depth evidence weighs the capture's error at (SamplerParams.evidence_noise_floor)."""
+        return self.params.evidence_sigma(self.noise_sigma)
 
 
 @dataclass
