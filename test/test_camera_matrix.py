@@ -67,6 +67,23 @@ def test_quantise_to_the_sensor_bits():
     assert abs(cm.quantise(values, 16)[1] - 0.3) <= 0.5 / 65535
 
 
+def test_a_grey_photo_on_an_rgb_sensor_gets_independent_noise_per_channel(small_bank):
+    # Replicating a noisy grey capture into three channels made the channels' noise identical, and the noise
+    # estimate (which averages the channels as if independent) read about sqrt(3) too high.
+    from cadfd_ros.bench.scenes import make_scene
+    from cadfd_ros.solvers.noise import estimate_noise_sigma
+
+    noisy = make_scene("camera", small_bank, 96, 128, noise_sigma=0.01, seed=4, channels=3)
+    clean = make_scene("camera", small_bank, 96, 128, noise_sigma=0.0, seed=4, channels=3)
+    assert noisy.sharp.shape == noisy.capture.shape == (96, 128, 3)
+    np.testing.assert_array_equal(noisy.sharp[..., 0], noisy.sharp[..., 2])
+    residual = (noisy.capture - clean.capture).reshape(-1, 3)
+    inside = np.all((clean.capture.reshape(-1, 3) > 0.05) & (clean.capture.reshape(-1, 3) < 0.95), axis=1)
+    correlation = np.corrcoef(residual[inside].T)
+    assert np.abs(correlation[np.triu_indices(3, 1)]).max() < 0.05
+    assert 0.008 < estimate_noise_sigma(noisy.capture) < 0.012
+
+
 def test_depth_ceiling_reads_a_fronto_parallel_plane(small_bank):
     from cadfd_ros.bench.scenes import Scene, fit_photo, load_photo
     from cadfd_ros.forward.render import render_occlusion_aware

@@ -167,9 +167,6 @@ def camera_scenes(camera: CameraSpec, bank: PSFBank, photos: tuple[str, ...], se
         for i, photo in enumerate(photos):
             scene = make_scene(photo, bank, height, width, camera.noise, seed=seed + 1000 * r + i,
                                channels=camera.channels, name=f"{photo}#{r}" if repeats > 1 else photo)
-            if camera.channels == 3 and scene.sharp.ndim == 2:  # a grey photo on an RGB sensor
-                scene.sharp = np.repeat(scene.sharp[:, :, None], 3, axis=2)
-                scene.capture = np.repeat(scene.capture[:, :, None], 3, axis=2)
             scene.capture = quantise(scene.capture, camera.bits)
             scenes.append(scene)
     return scenes

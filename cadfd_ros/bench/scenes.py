@@ -102,6 +102,8 @@ def make_scene(
     image = load_photo(photo) if isinstance(photo, str) else np.asarray(photo, np.float32)
     if channels == 1 and image.ndim == 3:
         image = image @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+    elif channels == 3 and image.ndim == 2:  # a grey photo on an RGB sensor: each channel gets its own noise
+        image = np.repeat(image[:, :, None], 3, axis=2)
     sharp = fit_photo(image, height, width)
     depth = procedural_depth(height, width, float(bank.depths[0]), float(bank.depths[-1]), rng)
     clean = render_occlusion_aware(sharp, depth, bank)
