@@ -182,3 +182,9 @@ def test_one_small_camera_gives_every_row_and_the_ceilings(tmp_path):
     table = cm.camera_table([result])
     assert "| tiny |" in table and "mean over 1 cameras" in table
     assert "tiny" in cm.results_json([result]) and cm.save_worst_camera_figure(tmp_path / "w.png", [result]).is_file()
+    # every scene's own figures, so one photo that moves a camera's mean can be seen
+    scenes = cm.results_json([result])["tiny"]["scenes"]
+    assert [entry["scene"] for entry in scenes] == ["brick"] and 0.0 < scenes[0]["textured_share"] <= 1.0
+    assert scenes[0]["DFD-DPS"]["tex_delta1"] == result.mean("DFD-DPS", "tex_delta1")
+    assert scenes[0]["capture"]["aif_psnr"] == result.mean("capture", "aif_psnr")
+    assert "| tiny | brick |" in cm.scene_table([result])

@@ -266,6 +266,8 @@ class CameraResult:
     camera: CameraSpec
     blur_px: tuple[float, float]
     rows: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # method -> per-scene metrics
+    scenes: list[str] = field(default_factory=list)  # the scene of each row, in order
+    textured_share: list[float] = field(default_factory=list)  # per scene: textured pixels / evaluated pixels
     reliability: dict[str, list[float]] = field(default_factory=dict)  # method -> delta per decile
     coverage: dict[str, np.ndarray] = field(default_factory=dict)  # method -> coverage_counts pooled over scenes
     example: tuple | None = None  # (scene, {method: (depth, aif)}) of the worst scene for DFD-DPS
@@ -316,6 +318,8 @@ def run_camera(camera: CameraSpec, photos: tuple[str, ...], steps: int = PARAM_B
     for scene in tqdm(camera_scenes(camera, bank, photos, seed, repeats), desc=camera.name, disable=not progress):
         border = evaluation_mask(scene.depth.shape, bank.half_size)
         textured = border & textured_mask(scene.sharp)
+        result.scenes.append(scene.name)
+        result.textured_share.append(float(textured.sum() / max(border.sum(), 1)))
         start = time.perf_counter()
         classical = classical_solver.estimate(scene.capture)[0]
         classical_s = time.perf_counter() - start
@@ -433,6 +437,27 @@ def trade_table(results: list[CameraResult], method: str = "DFD-DPS") -> str:
     return "\n".join(lines)
 
 
+SCENE_KEYS = ("tex_delta1", "aif_psnr", "aif_ssim")
+
+
+def scene_table(results: list[CameraResult]) -> str:
+    """Every scene's figures, so that one photo that moves a camera's mean can be seen."""
+    lines = ["| camera | scene | textured share | constant δ | classical δ | DFD-DPS δ | depth ceiling δ "
+             "| AIF PSNR capture → classical → DFD-DPS |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        for i, name in enumerate(r.scenes):
+            def row(method: str, key: str) -> float:
+                rows = r.rows.get(method, [])
+                return rows[i].get(key, float("nan")) if i < len(rows) else float("nan")
+
+            delta = " | ".join(f"{row(m, 'tex_delta1'):.3f}" for m in ("constant", "classical", "DFD-DPS",
+                                                                         "depth ceiling"))
+            psnr = " → ".join(f"{row(m, 'aif_psnr'):.2f}" for m in ("capture", "classical", "DFD-DPS"))
+            lines.append(f"| {r.camera.name} | {name} | {r.textured_share[i]:.0%} | {delta} | {psnr} |")
+    return "\n".join(lines)
+
+
 def results_json(results: list[CameraResult]) -> dict:
     out = {}
     for r in results:
@@ -449,6 +474,10 @@ def results_json(results: list[CameraResult]) -> dict:
                 "dps_minus_capture_psnr": r.lead("DFD-DPS", "capture", "aif_psnr"),
                 "dps_minus_capture_ssim": r.lead("DFD-DPS", "capture", "aif_ssim"),
             },
+            "scenes": [{"scene": name, "textured_share": r.textured_share[i],
+                        **{m: {k: rows[i][k] for k in SCENE_KEYS if k in rows[i]}
+                           for m, rows in r.rows.items() if i < len(rows)}}
+                       for i, name in enumerate(r.scenes)],
             "reliability_delta_by_confidence_decile": r.reliability,
             "min_confidence_trade": {m: [{"min_confidence": level, "kept": kept, "delta1": delta}
                                          for level, kept, delta in r.trade(m)] for m in r.coverage},

@@ -177,6 +177,8 @@ def _run_cameras(args: argparse.Namespace) -> int:
     side = cm.side_table(results)
     if side:
         text += "\nCameras straddling focus: δ, and δ with a depth's mirror across focus counted right:\n\n" + side + "\n"
+    text += ("\nEvery scene (δ on its textured pixels; textured share of the frame):\n\n"
+             + cm.scene_table(results) + "\n")
     (args.out_dir / "camera_matrix.md").write_text(text)
     (args.out_dir / "camera_matrix.json").write_text(json.dumps(cm.results_json(results), indent=2) + "\n")
     figure = cm.save_worst_camera_figure(args.out_dir / "worst_camera.png", results)
