@@ -447,13 +447,10 @@ def scene_table(results: list[CameraResult]) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         for i, name in enumerate(r.scenes):
-            def row(method: str, key: str) -> float:
-                rows = r.rows.get(method, [])
-                return rows[i].get(key, float("nan")) if i < len(rows) else float("nan")
-
-            delta = " | ".join(f"{row(m, 'tex_delta1'):.3f}" for m in ("constant", "classical", "DFD-DPS",
-                                                                         "depth ceiling"))
-            psnr = " → ".join(f"{row(m, 'aif_psnr'):.2f}" for m in ("capture", "classical", "DFD-DPS"))
+            # every method has one row per scene, in scene order (run_camera)
+            delta = " | ".join(f"{r.rows[m][i]['tex_delta1']:.3f}" for m in ("constant", "classical", "DFD-DPS",
+                                                                                "depth ceiling"))
+            psnr = " → ".join(f"{r.rows[m][i]['aif_psnr']:.2f}" for m in ("capture", "classical", "DFD-DPS"))
             lines.append(f"| {r.camera.name} | {name} | {r.textured_share[i]:.0%} | {delta} | {psnr} |")
     return "\n".join(lines)
 
@@ -475,8 +472,7 @@ def results_json(results: list[CameraResult]) -> dict:
                 "dps_minus_capture_ssim": r.lead("DFD-DPS", "capture", "aif_ssim"),
             },
             "scenes": [{"scene": name, "textured_share": r.textured_share[i],
-                        **{m: {k: rows[i][k] for k in SCENE_KEYS if k in rows[i]}
-                           for m, rows in r.rows.items() if i < len(rows)}}
+                        **{m: {k: rows[i][k] for k in SCENE_KEYS if k in rows[i]} for m, rows in r.rows.items()}}
                        for i, name in enumerate(r.scenes)],
             "reliability_delta_by_confidence_decile": r.reliability,
             "min_confidence_trade": {m: [{"min_confidence": level, "kept": kept, "delta1": delta}
