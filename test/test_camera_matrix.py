@@ -188,3 +188,20 @@ def test_one_small_camera_gives_every_row_and_the_ceilings(tmp_path):
     assert scenes[0]["DFD-DPS"]["tex_delta1"] == result.mean("DFD-DPS", "tex_delta1")
     assert scenes[0]["capture"]["aif_psnr"] == result.mean("capture", "aif_psnr")
     assert "| tiny | brick |" in cm.scene_table([result])
+
+
+def test_seed_means_table_averages_runs_and_lists_each_runs_lead():
+    def run(dps: float, classical: float) -> dict:
+        methods = {"constant": {"tex_delta1": 0.3}, "classical": {"tex_delta1": classical},
+                   "DFD-DPS": {"tex_delta1": dps, "aif_psnr": 26.0, "aif_ssim": 0.7, "confidence_auc": 0.75},
+                   "depth ceiling": {"tex_delta1": 0.9}, "capture": {"aif_psnr": 25.0, "aif_ssim": 0.6}}
+        return {"cam": {"blur_px": [2.0, 9.5], "methods": methods}}
+
+    table = cm.seed_means_table([run(0.8, 0.6), run(0.7, 0.65)])
+    row = next(line for line in table.splitlines() if line.startswith("| cam |"))
+    assert "| +2.0 … +9.5 | 0.300 | 0.625 | 0.750 | 0.900 | 83% |" in row
+    assert "+0.125 (+0.200 / +0.050)" in row and "+0.325 (+0.300 / +0.350)" in row  # each run's paired lead
+    assert "25.00 → 26.00 (+1.00 / +1.00)" in row and "0.750 / 0.750 |" in row
+    assert "**mean over 1 cameras**" in table
+    with pytest.raises(ValueError, match="differ in cameras"):
+        cm.seed_means_table([run(0.8, 0.6), {"other": run(0.8, 0.6)["cam"]}])

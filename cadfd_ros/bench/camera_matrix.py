@@ -481,6 +481,58 @@ def results_json(results: list[CameraResult]) -> dict:
     return out
 
 
+def seed_means_table(runs: list[dict]) -> str:
+    """The README's table over seeds: per camera, the mean over runs (``results_json`` of ``--seed`` 0, 1, ...,
+    same cameras and photos) of each run's camera mean, with each run's paired lead, and a mean over cameras."""
+    if not runs:
+        raise ValueError("seed_means_table: no runs")
+    cameras = list(runs[0])
+    for run in runs[1:]:
+        if list(run) != cameras:
+            raise ValueError(f"seed_means_table: runs differ in cameras ({list(run)} against {cameras})")
+    head = ("| camera | blur px | constant δ | classical δ | DFD-DPS δ | depth ceiling δ | DFD-DPS / ceiling "
+            "| DFD-DPS − classical δ (per run) | classical − constant δ (per run) "
+            "| AIF PSNR capture → DFD-DPS (lead per run) | AIF SSIM capture → DFD-DPS (lead per run) "
+            "| conf. AUC (per run) |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+
+    def per_run(camera: str, method: str, key: str) -> np.ndarray:
+        return np.array([run[camera]["methods"][method][key] for run in runs])
+
+    def runs_text(values: np.ndarray, digits: int = 3) -> str:
+        return " / ".join(f"{v:+.{digits}f}" for v in values)
+
+    totals: dict[str, list[float]] = {}
+    for camera in cameras:
+        delta = {m: per_run(camera, m, "tex_delta1") for m in ("constant", "classical", "DFD-DPS", "depth ceiling")}
+        psnr = {m: per_run(camera, m, "aif_psnr") for m in ("capture", "DFD-DPS")}
+        ssim = {m: per_run(camera, m, "aif_ssim") for m in ("capture", "DFD-DPS")}
+        auc = per_run(camera, "DFD-DPS", "confidence_auc")
+        lead, over_constant = delta["DFD-DPS"] - delta["classical"], delta["classical"] - delta["constant"]
+        for key, value in (("constant", delta["constant"]), ("classical", delta["classical"]),
+                           ("dps", delta["DFD-DPS"]), ("ceiling", delta["depth ceiling"]), ("capture", psnr["capture"]),
+                           ("aif", psnr["DFD-DPS"]), ("capture_ssim", ssim["capture"]), ("aif_ssim", ssim["DFD-DPS"]),
+                           ("auc", auc)):
+            totals.setdefault(key, []).append(float(value.mean()))
+        low, high = runs[0][camera]["blur_px"]
+        lines.append(
+            f"| {camera} | {low:+.1f} … {high:+.1f} | {delta['constant'].mean():.3f} | {delta['classical'].mean():.3f} "
+            f"| {delta['DFD-DPS'].mean():.3f} | {delta['depth ceiling'].mean():.3f} "
+            f"| {delta['DFD-DPS'].mean() / delta['depth ceiling'].mean():.0%} "
+            f"| {lead.mean():+.3f} ({runs_text(lead)}) | {over_constant.mean():+.3f} ({runs_text(over_constant)}) "
+            f"| {psnr['capture'].mean():.2f} → {psnr['DFD-DPS'].mean():.2f} "
+            f"({runs_text(psnr['DFD-DPS'] - psnr['capture'], 2)}) "
+            f"| {ssim['capture'].mean():.3f} → {ssim['DFD-DPS'].mean():.3f} "
+            f"({runs_text(ssim['DFD-DPS'] - ssim['capture'])}) | {' / '.join(f'{v:.3f}' for v in auc)} |")
+    t = {key: float(np.mean(values)) for key, values in totals.items()}
+    lines.append(
+        f"| **mean over {len(cameras)} cameras** | | {t['constant']:.3f} | {t['classical']:.3f} | {t['dps']:.3f} "
+        f"| {t['ceiling']:.3f} | {t['dps'] / t['ceiling']:.0%} | {t['dps'] - t['classical']:+.3f} "
+        f"| {t['classical'] - t['constant']:+.3f} | {t['capture']:.2f} → {t['aif']:.2f} "
+        f"| {t['capture_ssim']:.3f} → {t['aif_ssim']:.3f} | {t['auc']:.3f} |")
+    return "\n".join(lines)
+
+
 def save_worst_camera_figure(path: str | Path, results: list[CameraResult]) -> Path | None:
     """The camera where DFD-DPS is furthest below its depth ceiling: its worst scene, every output."""
     import matplotlib
