@@ -66,6 +66,34 @@ def test_repeats_render_each_photo_with_new_depth_maps():
     np.testing.assert_array_equal(first[1][0].depth, depths[1])
 
 
+def test_motion_blur_smears_the_capture_sideways_and_nothing_else(default_bank):
+    import numpy as np
+
+    from cadfd_ros.bench.scenes import make_scene, motion_blur
+
+    edge = np.zeros((9, 20), np.float32)
+    edge[:, 10:] = 1.0  # a vertical edge: a 5 px sideways motion turns it into a 5 px ramp
+    ramp = motion_blur(edge, 5)[4]
+    assert np.count_nonzero((ramp > 0.01) & (ramp < 0.99)) == 4 and ramp[:8].max() == 0 and ramp[12:].min() == 1
+    np.testing.assert_allclose(motion_blur(edge.T, 5), edge.T, atol=1e-6)  # a horizontal edge: untouched
+    assert motion_blur(edge, 1) is edge and motion_blur(edge, 0) is edge
+    with pytest.raises(ValueError, match=">= 0 px"):
+        motion_blur(edge, -2)
+    still = make_scene("brick", default_bank, 48, 64, noise_sigma=0.0, seed=3)
+    moving = make_scene("brick", default_bank, 48, 64, noise_sigma=0.0, seed=3, motion_px=7)
+    np.testing.assert_array_equal(moving.depth, still.depth)  # the scene is the same; only the capture moves
+    np.testing.assert_array_equal(moving.sharp, still.sharp)
+    np.testing.assert_allclose(moving.capture, motion_blur(still.capture, 7), atol=1e-6)
+    assert np.abs(moving.capture - still.capture).mean() > 1e-3
+
+
+@pytest.mark.parametrize("flags", [["--motion-blur", "-1"], ["--motion-blur", "3", "--speed"],
+                                   ["--motion-blur", "3", "--sequence"]])
+def test_motion_blur_flag_is_checked(tmp_path, capsys, flags):
+    assert cli_main(["bench", *flags, "--out-dir", str(tmp_path)]) == 2
+    assert "--motion-blur" in capsys.readouterr().err
+
+
 def test_speed_bench_reports_network_time_and_overhead(tmp_path):
     out = tmp_path / "speed"
     code = cli_main(["bench", "--speed", "--speed-sizes", "64x56", "--speed-steps", "2,1", "--speed-channels", "mono",

@@ -88,15 +88,17 @@ def run_bench(
     seed: int = 0,
     progress: bool = True,
     repeats: int = 1,
+    motion_px: int = 0,
 ) -> tuple[list[BenchRow], list[tuple[Scene, dict[str, Reconstruction]]]]:
     """Every method on every photo; ``repeats`` > 1 renders each photo again with new depth maps and
-    noise (scene ``photo#r``, seed ``seed + r * len(photos) + i``), for leads with a usable error bar."""
+    noise (scene ``photo#r``, seed ``seed + r * len(photos) + i``), for leads with a usable error bar;
+    ``motion_px``: the captures blurred by a sideways camera motion (``make_scene``)."""
     from tqdm import tqdm
 
     rows: list[BenchRow] = []
     examples = []
     scenes = [make_scene(photo, bank, height, width, noise_sigma, seed=seed + r * len(photos) + i,
-                         name=f"{photo}#{r}" if repeats > 1 else None)
+                         name=f"{photo}#{r}" if repeats > 1 else None, motion_px=motion_px)
               for r in range(repeats) for i, photo in enumerate(photos)]
     for scene in tqdm(scenes, desc="scenes", disable=not progress):
         outputs = {}

@@ -87,6 +87,19 @@ def procedural_depth(height: int, width: int, near: float, far: float, rng: np.r
     return (1.0 / inverse).astype(np.float32)
 
 
+def motion_blur(image: np.ndarray, length_px: int) -> np.ndarray:
+    """The camera moving sideways during the exposure: a horizontal box of ``length_px`` pixels (1 or less: none),
+    borders reflected, each channel alike."""
+    import cv2
+
+    if length_px < 0:
+        raise ValueError(f"motion blur length must be >= 0 px, got {length_px}")
+    if length_px <= 1:
+        return image
+    kernel = np.full((1, int(length_px)), 1.0 / int(length_px), np.float32)
+    return cv2.filter2D(np.ascontiguousarray(image, np.float32), -1, kernel, borderType=cv2.BORDER_REFLECT)
+
+
 def make_scene(
     photo: str | np.ndarray,
     bank: PSFBank,
@@ -96,8 +109,10 @@ def make_scene(
     seed: int = 0,
     channels: int | None = None,
     name: str | None = None,
+    motion_px: int = 0,
 ) -> Scene:
-    """Render a noisy coded capture of a photo over procedural depth within the bank's range."""
+    """Render a noisy coded capture of a photo over procedural depth within the bank's range; ``motion_px`` blurs
+    the capture (not the scene) by a sideways camera motion during the exposure, before the noise."""
     rng = np.random.default_rng(seed)
     image = load_photo(photo) if isinstance(photo, str) else np.asarray(photo, np.float32)
     if channels == 1 and image.ndim == 3:
@@ -106,7 +121,7 @@ def make_scene(
         image = np.repeat(image[:, :, None], 3, axis=2)
     sharp = fit_photo(image, height, width)
     depth = procedural_depth(height, width, float(bank.depths[0]), float(bank.depths[-1]), rng)
-    clean = render_occlusion_aware(sharp, depth, bank)
+    clean = motion_blur(render_occlusion_aware(sharp, depth, bank), motion_px)
     noisy = clean + rng.normal(0.0, noise_sigma, size=clean.shape).astype(np.float32)
     return Scene(name or (photo if isinstance(photo, str) else "image"), sharp, depth,
                  np.clip(noisy, 0, 1).astype(np.float32), noise_sigma)

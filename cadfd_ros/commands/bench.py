@@ -20,6 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--photos", default=",".join(TEST_PHOTOS), help="scikit-image photo names")
     parser.add_argument("--size", default="240x320", help="HEIGHTxWIDTH of each scene")
     parser.add_argument("--noise", type=float, default=0.01, help="capture noise sigma of the scenes (linear units)")
+    parser.add_argument("--motion-blur", type=int, default=0, metavar="PX",
+                        help="blur every capture (not the scene) by a sideways camera motion of PX pixels during the "
+                             "exposure, before the noise: the default and --cameras benches (default: 0, none)")
     parser.add_argument("--steps-curve", default=None, metavar="N1,N2,...",
                         help="run every dps method at each of these step counts and plot quality against steps "
                              "(steps_curve.png), with classical and constant as references")
@@ -66,6 +69,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from cadfd_ros.errors import CadfdError
+
+    if args.motion_blur < 0:
+        raise CadfdError(f"--motion-blur must be >= 0 px, got {args.motion_blur}")
+    if args.motion_blur and (args.speed or args.sequence):
+        raise CadfdError("--motion-blur applies to the default and --cameras benches, not to --speed or --sequence")
     if args.speed:
         return _run_speed(args)
     if args.sequence:
@@ -114,12 +123,15 @@ def _run(args: argparse.Namespace) -> int:
     photos = tuple(p.strip() for p in args.photos.split(",") if p.strip())
     if args.repeats < 1:
         raise CadfdError(f"--repeats must be at least 1, got {args.repeats}")
-    rows, examples = run_bench(bank, methods, photos, height, width, args.noise, args.seed, repeats=args.repeats)
+    rows, examples = run_bench(bank, methods, photos, height, width, args.noise, args.seed, repeats=args.repeats,
+                               motion_px=args.motion_blur)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows, per_scene=True)
     repeated = f" x {args.repeats} depth maps each (seed {args.seed})" if args.repeats > 1 else f" (seed {args.seed})"
-    header = (f"Scenes: {', '.join(photos)}{repeated} at {width}x{height}, noise sigma {args.noise}, bank {bank.source}; "
-              f"textured = sharp-image gradient energy > 0.02; border band of {bank.half_size} px excluded.\n\n")
+    motion = f", captures blurred by a {args.motion_blur} px sideways motion" if args.motion_blur else ""
+    header = (f"Scenes: {', '.join(photos)}{repeated} at {width}x{height}, noise sigma {args.noise}{motion}, "
+              f"bank {bank.source}; textured = sharp-image gradient energy > 0.02; border band of {bank.half_size} px "
+              f"excluded.\n\n")
     (args.out_dir / "bench.md").write_text(header + table + "\n")
     summary = summarise(rows)
     for name, lead in paired_leads(rows).items():
@@ -166,11 +178,14 @@ def _run_cameras(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     solver = config_from_args(args, method="dps")  # the solver flags (--prior, --noise-model, ...) apply here too
     results = [cm.run_camera(camera, photos, steps=args.steps, seed=args.seed, repeats=args.repeats, device=device,
-                             config=solver)
+                             config=solver, motion_px=args.motion_blur)
                for camera in cameras]
     args.out_dir.mkdir(parents=True, exist_ok=True)
     header = (f"Camera matrix {path.name}, {args.photos} photos ({', '.join(photos)}) x {args.repeats} depth map(s), "
-              f"seed {args.seed}, DFD-DPS {args.steps} steps; textured pixels, border band of half a PSF excluded.\n\n")
+              f"seed {args.seed}, DFD-DPS {args.steps} steps"
+              + (f", captures blurred by a {args.motion_blur} px sideways motion (the ceilings' model has none)"
+                 if args.motion_blur else "")
+              + "; textured pixels, border band of half a PSF excluded.\n\n")
     text = (header + cm.camera_table(results) + "\n\n" + cm.lead_table(results) + "\n\n"
             + "DFD-DPS depth kept at each min_confidence (textured pixels, pooled over scenes):\n\n"
             + cm.trade_table(results) + "\n")
