@@ -316,7 +316,8 @@ def run_camera(camera: CameraSpec, photos: tuple[str, ...], steps: int = PARAM_B
     # the classical row is the classical method, not the sampler's cheaper start
     classical_solver = ClassicalSolver(bank, device=device, noise_model=reconstructor.config.noise_model)
     worst = None
-    for scene in tqdm(camera_scenes(camera, bank, photos, seed, repeats, motion_px), desc=camera.name, disable=not progress):
+    scenes = camera_scenes(camera, bank, photos, seed, repeats, motion_px)
+    for scene in tqdm(scenes, desc=camera.name, disable=not progress):
         border = evaluation_mask(scene.depth.shape, bank.half_size)
         textured = border & textured_mask(scene.sharp)
         result.scenes.append(scene.name)
