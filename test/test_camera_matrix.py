@@ -40,6 +40,29 @@ def test_held_out_camera_designs_are_new_and_share_the_photo_split():
     assert all(max(abs(lo), abs(hi)) <= 25 for lo, hi in blurs)  # practical blurs, as the matrix's
 
 
+def test_every_photo_of_the_split_loads_from_the_installed_wheels():
+    """Each name of the split is a photo in [0, 1], none of them training data of the prior; a stereo pair gives
+    its left view and matplotlib's sample data its file. Bad names say which photo and why."""
+    from cadfd_ros.bench.scenes import load_photo
+
+    _, split = cm.load_cameras(cm.default_cameras_path())
+    for name in split.tuning + split.heldout:
+        photo = load_photo(name)
+        assert photo.dtype == np.float32 and photo.ndim in (2, 3) and min(photo.shape[:2]) >= 300, name
+        assert 0 <= photo.min() < photo.max() <= 1 and photo.std() > 0.03, name  # moon: 0.04
+    import skimage.data
+
+    left = skimage.data.stereo_motorcycle()[0]
+    assert load_photo("stereo_motorcycle").shape == left.shape
+    assert load_photo("matplotlib:grace_hopper").shape == (600, 512, 3)
+    with pytest.raises(ValueError, match=r"photo 'matplotlib:nope': not in matplotlib's sample data"):
+        load_photo("matplotlib:nope")
+    with pytest.raises(ValueError, match="not in matplotlib's sample data"):
+        load_photo("matplotlib:../sample_data/grace_hopper")  # a name, not a path
+    with pytest.raises(ValueError, match=r"photo 'nope': not a scikit-image sample"):
+        load_photo("nope")
+
+
 def test_camera_file_errors_name_the_problem(tmp_path):
     bad = tmp_path / "cams.toml"
     bad.write_text('[photos]\ntuning = ["a"]\nheldout = ["a"]\n[[camera]]\nname = "x"\nchannels = 1\nbits = 8\n'

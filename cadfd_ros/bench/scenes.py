@@ -1,7 +1,8 @@
 """Synthetic coded captures from photos with procedural depth: slanted planes plus occluders.
 
-Photos come from scikit-image's bundled data (CC0 / public domain per its docstrings); they
-are never part of the prior's training set, which uses Debian wallpaper photos only.
+Photos come from the sample data bundled in installed wheels: scikit-image's (CC0 / public domain per its
+docstrings; the Middlebury 2014 stereo pair's left view), scikit-learn's and matplotlib's. They are never part of
+the prior's training set, which uses Debian wallpaper photos only.
 """
 from __future__ import annotations
 
@@ -28,12 +29,25 @@ class Scene:
 
 
 def load_photo(name: str) -> np.ndarray:
-    """A bundled sample photo as linear float32 (RGB or mono): a scikit-image name, or
-    ``sklearn:NAME`` for scikit-learn's sample images (china, flower; CC-BY-2.0)."""
+    """A bundled sample photo as linear float32 (RGB or mono): a scikit-image name (of a stereo pair, such as
+    ``stereo_motorcycle``, the left view), ``sklearn:NAME`` for scikit-learn's sample images (china, flower;
+    CC-BY-2.0) or ``matplotlib:NAME`` for matplotlib's sample data (``grace_hopper``)."""
     if name.startswith("sklearn:"):
         from sklearn.datasets import load_sample_image
 
         image = load_sample_image(name.split(":", 1)[1] + ".jpg")
+    elif name.startswith("matplotlib:"):
+        from pathlib import Path
+
+        from matplotlib import get_data_path
+        from PIL import Image
+
+        stem = name.split(":", 1)[1]
+        folder = Path(get_data_path()) / "sample_data"
+        found = [folder / (stem + suffix) for suffix in (".jpg", ".png") if (folder / (stem + suffix)).is_file()]
+        if not found or Path(stem).name != stem:  # a name, never a path out of the sample folder
+            raise ValueError(f"photo {name!r}: not in matplotlib's sample data (no {stem}.jpg or {stem}.png)")
+        image = np.asarray(Image.open(found[0]))
     else:
         import skimage.data
 
@@ -41,6 +55,8 @@ def load_photo(name: str) -> np.ndarray:
             image = getattr(skimage.data, name)()
         except AttributeError:
             raise ValueError(f"photo {name!r}: not a scikit-image sample (skimage.data) name") from None
+        if isinstance(image, tuple):  # a stereo pair (left, right, disparity): the left view
+            image = image[0]
     image = image.astype(np.float32) / (255.0 if image.dtype == np.uint8 else float(np.iinfo(image.dtype).max))
     if image.ndim == 3 and image.shape[2] == 4:
         image = image[:, :, :3]
