@@ -228,3 +228,22 @@ def test_seed_means_table_averages_runs_and_lists_each_runs_lead():
     assert "**mean over 1 cameras**" in table
     with pytest.raises(ValueError, match="differ in cameras"):
         cm.seed_means_table([run(0.8, 0.6), {"other": run(0.8, 0.6)["cam"]}])
+
+
+def test_photo_means_table_averages_each_photo_over_cameras_and_runs():
+    def scene(photo: str, dps: float, psnr: float, ssim: float) -> dict:
+        return {"scene": photo, "textured_share": 0.5, "constant": {"tex_delta1": 0.2},
+                "classical": {"tex_delta1": 0.5}, "depth ceiling": {"tex_delta1": 0.9},
+                "capture": {"aif_psnr": 30.0, "aif_ssim": 0.8},
+                "DFD-DPS": {"tex_delta1": dps, "aif_psnr": psnr, "aif_ssim": ssim}}
+
+    runs = [{"a": {"scenes": [scene("moon", 0.6, 29.0, 0.85), scene("grass", 0.8, 31.0, 0.9)]},
+             "b": {"scenes": [scene("moon", 0.8, 31.0, 0.75), scene("grass", 0.9, 32.0, 0.9)]}},
+            {"a": {"scenes": [scene("moon", 0.7, 31.0, 0.85), scene("grass", 0.7, 31.0, 0.9)]}}]
+    table = cm.photo_means_table(runs)
+    moon = next(line for line in table.splitlines() if line.startswith("| moon |"))
+    # three scenes; two of them below the capture (one in PSNR, one in SSIM)
+    assert moon == "| moon | 3 | 50% | 0.200 | 0.500 | 0.700 | 0.900 | +0.200 | +0.33 | +0.017 | 2 |"
+    assert "| grass | 3 | 50% | 0.200 | 0.500 | 0.800 | 0.900 | +0.300 | +1.33 | +0.100 | 0 |" in table
+    with pytest.raises(ValueError, match="camera 'a' has no per-scene figures"):
+        cm.photo_means_table([{"a": {"methods": {}}}])

@@ -535,6 +535,38 @@ def seed_means_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def photo_means_table(runs: list[dict]) -> str:
+    """Per photo, the mean over every camera and run (``results_json`` with per-scene figures) of its scenes'
+    textured share, δ per method, and DFD-DPS's image lead over the capture, with how many of its scenes fall below
+    the capture in PSNR or SSIM: one photo can move every camera's mean."""
+    rows: dict[str, dict[str, list[float]]] = {}
+    for run in runs:
+        for camera, entry in run.items():
+            if "scenes" not in entry:
+                raise ValueError(f"photo_means_table: camera {camera!r} has no per-scene figures (an older run)")
+            for scene in entry["scenes"]:
+                row = rows.setdefault(scene["scene"], {})
+                psnr_lead = scene["DFD-DPS"]["aif_psnr"] - scene["capture"]["aif_psnr"]
+                ssim_lead = scene["DFD-DPS"]["aif_ssim"] - scene["capture"]["aif_ssim"]
+                values = {"share": scene["textured_share"], "psnr": psnr_lead, "ssim": ssim_lead,
+                          "below": float(psnr_lead < 0 or ssim_lead < 0)}
+                for method in ("constant", "classical", "DFD-DPS", "depth ceiling"):
+                    values[method] = scene[method]["tex_delta1"]
+                for key, value in values.items():
+                    row.setdefault(key, []).append(value)
+    head = ("| photo | scenes | textured share | constant δ | classical δ | DFD-DPS δ | depth ceiling δ "
+            "| DFD-DPS − classical δ | DFD-DPS AIF − capture PSNR | DFD-DPS − capture SSIM "
+            "| scenes below the capture |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for photo, row in rows.items():
+        mean = {key: float(np.nanmean(values)) for key, values in row.items()}
+        lines.append(
+            f"| {photo} | {len(row['share'])} | {mean['share']:.0%} | {mean['constant']:.3f} | {mean['classical']:.3f} "
+            f"| {mean['DFD-DPS']:.3f} | {mean['depth ceiling']:.3f} | {mean['DFD-DPS'] - mean['classical']:+.3f} "
+            f"| {mean['psnr']:+.2f} | {mean['ssim']:+.3f} | {int(sum(row['below']))} |")
+    return "\n".join(lines)
+
+
 def save_worst_camera_figure(path: str | Path, results: list[CameraResult]) -> Path | None:
     """The camera where DFD-DPS is furthest below its depth ceiling: its worst scene, every output."""
     import matplotlib
