@@ -94,6 +94,32 @@ def test_motion_blur_flag_is_checked(tmp_path, capsys, flags):
     assert "--motion-blur" in capsys.readouterr().err
 
 
+def test_measured_depth_is_the_photos_own_geometry_in_the_banks_range(default_bank):
+    import numpy as np
+
+    from cadfd_ros.bench.scenes import make_scene, measured_depth
+
+    near, far = float(default_bank.depths[0]), float(default_bank.depths[-1])
+    depth = measured_depth("stereo_motorcycle", 60, 80, near, far)
+    assert depth.shape == (60, 80) and np.isfinite(depth).all()  # the unmeasured pixels filled
+    assert depth.min() == pytest.approx(near) and depth.max() == pytest.approx(far)
+    # the Middlebury scene: the floor at the bottom is near, the shelves at the top are far
+    assert np.median(depth[-6:]) < 0.5 * np.median(depth[:6])
+    first = make_scene("stereo_motorcycle", default_bank, 60, 80, noise_sigma=0.01, seed=1, measured=True)
+    second = make_scene("stereo_motorcycle", default_bank, 60, 80, noise_sigma=0.01, seed=2, measured=True)
+    np.testing.assert_array_equal(first.depth, depth)  # every seed: the same geometry, new noise
+    np.testing.assert_array_equal(second.depth, depth)
+    assert not np.array_equal(first.capture, second.capture)
+    with pytest.raises(ValueError, match="photo 'brick': no measured depth"):
+        make_scene("brick", default_bank, 60, 80, measured=True)
+
+
+@pytest.mark.parametrize("flags", [["--measured-depth"], ["--cameras", "--photos", "grass", "--measured-depth"]])
+def test_measured_depth_flag_is_checked(tmp_path, capsys, flags):
+    assert cli_main(["bench", *flags, "--out-dir", str(tmp_path)]) == 2
+    assert "--measured-depth" in capsys.readouterr().err
+
+
 def test_speed_bench_reports_network_time_and_overhead(tmp_path):
     out = tmp_path / "speed"
     code = cli_main(["bench", "--speed", "--speed-sizes", "64x56", "--speed-steps", "2,1", "--speed-channels", "mono",

@@ -160,14 +160,14 @@ def quantise(capture: np.ndarray, bits: int) -> np.ndarray:
 
 
 def camera_scenes(camera: CameraSpec, bank: PSFBank, photos: tuple[str, ...], seed: int, repeats: int = 1,
-                  motion_px: int = 0) -> list[Scene]:
+                  motion_px: int = 0, measured_depth: bool = False) -> list[Scene]:
     height, width = camera.size
     scenes = []
     for r in range(repeats):
         for i, photo in enumerate(photos):
             scene = make_scene(photo, bank, height, width, camera.noise, seed=seed + 1000 * r + i,
                                channels=camera.channels, name=f"{photo}#{r}" if repeats > 1 else photo,
-                               motion_px=motion_px)
+                               motion_px=motion_px, measured=measured_depth)
             scene.capture = quantise(scene.capture, camera.bits)
             scenes.append(scene)
     return scenes
@@ -296,10 +296,12 @@ class CameraResult:
 
 def run_camera(camera: CameraSpec, photos: tuple[str, ...], steps: int = PARAM_BY_NAME["steps"].default,
                seed: int = 0, repeats: int = 1, device: str = "cpu", progress: bool = True,
-               config: ReconstructionConfig | None = None, motion_px: int = 0) -> CameraResult:
+               config: ReconstructionConfig | None = None, motion_px: int = 0, measured_depth: bool = False
+               ) -> CameraResult:
     """Every scene of ``camera`` through every method and both ceilings. ``config``: the solver settings
     (``cadfd bench``'s solver flags: the prior, the noise model, ...); method, steps, seed and device are this
-    function's. ``motion_px``: the captures blurred by a sideways camera motion (``make_scene``)."""
+    function's. ``motion_px``: the captures blurred by a sideways camera motion; ``measured_depth``: each photo over
+    its own measured geometry instead of procedural depth (``make_scene``)."""
     from dataclasses import replace
 
     from tqdm import tqdm
@@ -316,7 +318,7 @@ def run_camera(camera: CameraSpec, photos: tuple[str, ...], steps: int = PARAM_B
     # the classical row is the classical method, not the sampler's cheaper start
     classical_solver = ClassicalSolver(bank, device=device, noise_model=reconstructor.config.noise_model)
     worst = None
-    scenes = camera_scenes(camera, bank, photos, seed, repeats, motion_px)
+    scenes = camera_scenes(camera, bank, photos, seed, repeats, motion_px, measured_depth)
     for scene in tqdm(scenes, desc=camera.name, disable=not progress):
         border = evaluation_mask(scene.depth.shape, bank.half_size)
         textured = border & textured_mask(scene.sharp)

@@ -68,11 +68,45 @@ def fit_photo(image: np.ndarray, height: int, width: int) -> np.ndarray:
     import cv2
 
     scale = max(height / image.shape[0], width / image.shape[1])
+    return _cover_crop(image, height, width, cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC).clip(0, 1)
+
+
+def _cover_crop(image: np.ndarray, height: int, width: int, interpolation: int) -> np.ndarray:
+    """``image`` resized to cover height x width and centre-cropped: the same framing for a photo and its depth."""
+    import cv2
+
+    scale = max(height / image.shape[0], width / image.shape[1])
     size = (max(width, int(round(image.shape[1] * scale))), max(height, int(round(image.shape[0] * scale))))
-    resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    resized = cv2.resize(image, size, interpolation=interpolation)
     top = (resized.shape[0] - height) // 2
     left = (resized.shape[1] - width) // 2
-    return np.ascontiguousarray(resized[top : top + height, left : left + width]).clip(0, 1).astype(np.float32)
+    return np.ascontiguousarray(resized[top : top + height, left : left + width]).astype(np.float32)
+
+
+# Photos with a measured depth: the Middlebury 2014 stereo pair's ground-truth disparity (left view, NaN where
+# unknown) and its offset doffs (px), so that inverse depth is proportional to disparity + doffs.
+MEASURED_DISPARITY = {"stereo_motorcycle": 31.086}
+
+
+def measured_depth(photo: str, height: int, width: int, near: float, far: float) -> np.ndarray:
+    """The photo's measured scene geometry framed as ``fit_photo`` frames the photo, its inverse depth mapped
+    affinely onto [1/far, 1/near] (1st to 99th percentile; an affine map of inverse depth keeps planes planar, so
+    it is the same scene at another scale). Pixels without ground truth take their nearest measured neighbour's."""
+    import cv2
+    from scipy import ndimage
+
+    if photo not in MEASURED_DISPARITY:
+        raise ValueError(f"photo {photo!r}: no measured depth (photos with one: {', '.join(MEASURED_DISPARITY)})")
+    import skimage.data
+
+    disparity = getattr(skimage.data, photo)()[2].astype(np.float64) + MEASURED_DISPARITY[photo]
+    unknown = ~np.isfinite(disparity)
+    nearest = ndimage.distance_transform_edt(unknown, return_distances=False, return_indices=True)
+    disparity = disparity[tuple(nearest)]
+    inverse = _cover_crop(disparity.astype(np.float32), height, width, cv2.INTER_NEAREST).astype(np.float64)
+    low, high = np.percentile(inverse, [1, 99])
+    unit = np.clip((inverse - low) / max(high - low, 1e-9), 0, 1)
+    return (1.0 / (1.0 / far + unit * (1.0 / near - 1.0 / far))).astype(np.float32)
 
 
 def procedural_depth(height: int, width: int, near: float, far: float, rng: np.random.Generator,
@@ -126,9 +160,11 @@ def make_scene(
     channels: int | None = None,
     name: str | None = None,
     motion_px: int = 0,
+    measured: bool = False,
 ) -> Scene:
-    """Render a noisy coded capture of a photo over procedural depth within the bank's range; ``motion_px`` blurs
-    the capture (not the scene) by a sideways camera motion during the exposure, before the noise."""
+    """Render a noisy coded capture of a photo over procedural depth within the bank's range (``measured``: over
+    the photo's own measured geometry, ``measured_depth``); ``motion_px`` blurs the capture (not the scene) by a
+    sideways camera motion during the exposure, before the noise."""
     rng = np.random.default_rng(seed)
     image = load_photo(photo) if isinstance(photo, str) else np.asarray(photo, np.float32)
     if channels == 1 and image.ndim == 3:
@@ -136,7 +172,13 @@ def make_scene(
     elif channels == 3 and image.ndim == 2:  # a grey photo on an RGB sensor: each channel gets its own noise
         image = np.repeat(image[:, :, None], 3, axis=2)
     sharp = fit_photo(image, height, width)
-    depth = procedural_depth(height, width, float(bank.depths[0]), float(bank.depths[-1]), rng)
+    near, far = float(bank.depths[0]), float(bank.depths[-1])
+    if measured:
+        if not isinstance(photo, str):
+            raise ValueError("a measured depth needs a photo name, not an image")
+        depth = measured_depth(photo, height, width, near, far)
+    else:
+        depth = procedural_depth(height, width, near, far, rng)
     clean = motion_blur(render_occlusion_aware(sharp, depth, bank), motion_px)
     noisy = clean + rng.normal(0.0, noise_sigma, size=clean.shape).astype(np.float32)
     return Scene(name or (photo if isinstance(photo, str) else "image"), sharp, depth,

@@ -23,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--motion-blur", type=int, default=0, metavar="PX",
                         help="blur every capture (not the scene) by a sideways camera motion of PX pixels during the "
                              "exposure, before the noise: the default and --cameras benches (default: 0, none)")
+    parser.add_argument("--measured-depth", action="store_true",
+                        help="--cameras: render each photo over its own measured geometry (the Middlebury stereo "
+                             "ground truth of stereo_motorcycle) instead of procedural planes and occluders")
     parser.add_argument("--steps-curve", default=None, metavar="N1,N2,...",
                         help="run every dps method at each of these step counts and plot quality against steps "
                              "(steps_curve.png), with classical and constant as references")
@@ -73,6 +76,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.motion_blur < 0:
         raise CadfdError(f"--motion-blur must be >= 0 px, got {args.motion_blur}")
+    if args.measured_depth and not args.cameras:
+        raise CadfdError("--measured-depth applies to the --cameras bench only")
     if args.motion_blur and (args.speed or args.sequence):
         raise CadfdError("--motion-blur applies to the default and --cameras benches, not to --speed or --sequence")
     if args.speed:
@@ -175,13 +180,21 @@ def _run_cameras(args: argparse.Namespace) -> int:
             raise CadfdError(f"--photos with --cameras: tuning, heldout, or photos of one split of {path}; "
                              f"got {args.photos!r}")
         args.photos = f"{owner.pop()} subset"
+    if args.measured_depth:
+        from cadfd_ros.bench.scenes import MEASURED_DISPARITY
+
+        missing = [p for p in photos if p not in MEASURED_DISPARITY]
+        if missing:
+            raise CadfdError(f"--measured-depth: no measured depth for {', '.join(missing)} (photos with one: "
+                             f"{', '.join(MEASURED_DISPARITY)}; choose them with --photos)")
     device = resolve_device(args.device)
     solver = config_from_args(args, method="dps")  # the solver flags (--prior, --noise-model, ...) apply here too
     results = [cm.run_camera(camera, photos, steps=args.steps, seed=args.seed, repeats=args.repeats, device=device,
-                             config=solver, motion_px=args.motion_blur)
+                             config=solver, motion_px=args.motion_blur, measured_depth=args.measured_depth)
                for camera in cameras]
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    header = (f"Camera matrix {path.name}, {args.photos} photos ({', '.join(photos)}) x {args.repeats} depth map(s), "
+    depths = "its measured depth" if args.measured_depth else f"{args.repeats} depth map(s)"
+    header = (f"Camera matrix {path.name}, {args.photos} photos ({', '.join(photos)}) x {depths}, "
               f"seed {args.seed}, DFD-DPS {args.steps} steps"
               + (f", captures blurred by a {args.motion_blur} px sideways motion (the ceilings' model has none)"
                  if args.motion_blur else "")
