@@ -45,7 +45,15 @@ def test_every_photo_of_the_split_loads_from_the_installed_wheels():
     its left view and matplotlib's sample data its file. Bad names say which photo and why."""
     from cadfd_ros.bench.scenes import load_photo
 
+    import csv
+    from pathlib import Path
+
+    import cadfd_ros.prior
+
     _, split = cm.load_cameras(cm.default_cameras_path())
+    with open(Path(cadfd_ros.prior.__file__).with_name("MANIFEST.csv"), newline="") as manifest:
+        trained_on = {row["name"] for row in csv.DictReader(manifest) if row["split"] == "train"}
+    assert trained_on and not {name.split(":")[-1] for name in split.tuning + split.heldout} & trained_on
     for name in split.tuning + split.heldout:
         photo = load_photo(name)
         assert photo.dtype == np.float32 and photo.ndim in (2, 3) and min(photo.shape[:2]) >= 300, name

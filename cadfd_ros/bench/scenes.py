@@ -1,4 +1,5 @@
-"""Synthetic coded captures from photos with procedural depth: slanted planes plus occluders.
+"""Synthetic coded captures from photos with procedural depth (slanted planes plus occluders) or, for a photo that
+has one, its measured depth.
 
 Photos come from the sample data bundled in installed wheels: scikit-image's (CC0 / public domain per its
 docstrings; the Middlebury 2014 stereo pair's left view), scikit-learn's and matplotlib's. They are never part of
