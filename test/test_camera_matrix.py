@@ -212,6 +212,8 @@ def test_one_small_camera_gives_every_row_and_the_ceilings(tmp_path):
     assert "| tiny |" in cm.trade_table([result]) and cm.side_table([result]) == ""  # behind focus: no side table
     table = cm.camera_table([result])
     assert "| tiny |" in table and "mean over 1 cameras" in table
+    leads = cm.lead_table([result])  # one scene: leads without a standard error, never "± nan"
+    assert "| tiny | 1 |" in leads and "nan" not in leads and "±" not in leads.splitlines()[2]
     assert "tiny" in cm.results_json([result]) and cm.save_worst_camera_figure(tmp_path / "w.png", [result]).is_file()
     # every scene's own figures, so one photo that moves a camera's mean can be seen
     scenes = cm.results_json([result])["tiny"]["scenes"]

@@ -401,6 +401,8 @@ def lead_table(results: list[CameraResult]) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         def fmt(pair: tuple[float, float], digits: int = 3) -> str:
+            if not np.isfinite(pair[1]):  # one scene: no standard error
+                return f"{pair[0]:+.{digits}f}"
             return f"{pair[0]:+.{digits}f} ± {pair[1]:.{digits}f}"
 
         curve = r.reliability.get("DFD-DPS", [])
