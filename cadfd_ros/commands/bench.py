@@ -193,7 +193,8 @@ def _run_cameras(args: argparse.Namespace) -> int:
                              config=solver, motion_px=args.motion_blur, measured_depth=args.measured_depth)
                for camera in cameras]
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    depths = "its measured depth" if args.measured_depth else f"{args.repeats} depth map(s)"
+    depths = (f"{args.repeats} noise draw(s) over its measured depth" if args.measured_depth
+              else f"{args.repeats} depth map(s)")
     header = (f"Camera matrix {path.name}, {args.photos} photos ({', '.join(photos)}) x {depths}, "
               f"seed {args.seed}, DFD-DPS {args.steps} steps"
               + (f", captures blurred by a {args.motion_blur} px sideways motion (the ceilings' model has none)"
