@@ -120,6 +120,24 @@ def test_measured_depth_flag_is_checked(tmp_path, capsys, flags):
     assert "--measured-depth" in capsys.readouterr().err
 
 
+def test_cameras_bench_over_the_measured_geometry_end_to_end(tmp_path):
+    import json
+
+    cams = tmp_path / "cams.toml"
+    cams.write_text('[photos]\ntuning = ["brick"]\nheldout = ["stereo_motorcycle"]\n'
+                    '[[camera]]\nname = "tiny"\nmask = "random:9:1"\nfocal_length_mm = 12.0\nf_number = 8.0\n'
+                    'focus_m = 0.23\npitch_um = 7.5\nnear_m = 0.5\nfar_m = 5.0\nlayers = 8\nchannels = 1\nbits = 8\n'
+                    'noise = 0.01\nsize = [48, 64]\n')
+    out = tmp_path / "out"
+    assert cli_main(["bench", "--cameras", str(cams), "--photos", "heldout", "--measured-depth", "--steps", "1",
+                     "--repeats", "2", "--device", "cpu", "--out-dir", str(out)]) == 0
+    assert "2 noise draw(s) over its measured depth" in (out / "camera_matrix.md").read_text()
+    scenes = json.loads((out / "camera_matrix.json").read_text())["tiny"]["scenes"]
+    assert [s["scene"] for s in scenes] == ["stereo_motorcycle#0", "stereo_motorcycle#1"]
+    # the constant guess cannot cover a geometry that spans the whole range
+    assert all(s["constant"]["tex_delta1"] < s["classical"]["tex_delta1"] for s in scenes)
+
+
 def test_speed_bench_reports_network_time_and_overhead(tmp_path):
     out = tmp_path / "speed"
     code = cli_main(["bench", "--speed", "--speed-sizes", "64x56", "--speed-steps", "2,1", "--speed-channels", "mono",
