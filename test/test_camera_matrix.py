@@ -57,7 +57,7 @@ def test_every_photo_of_the_split_loads_from_the_installed_wheels():
     for name in split.tuning + split.heldout:
         photo = load_photo(name)
         assert photo.dtype == np.float32 and photo.ndim in (2, 3) and min(photo.shape[:2]) >= 300, name
-        assert 0 <= photo.min() < photo.max() <= 1 and photo.std() > 0.03, name  # moon: 0.04
+        assert 0 <= photo.min() < photo.max() <= 1 and photo.std() > 0.05, name
     import skimage.data
 
     left = skimage.data.stereo_motorcycle()[0]
