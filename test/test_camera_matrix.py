@@ -232,7 +232,7 @@ def test_seed_means_table_averages_runs_and_lists_each_runs_lead():
 
     table = cm.seed_means_table([run(0.8, 0.6), run(0.7, 0.65)])
     row = next(line for line in table.splitlines() if line.startswith("| cam |"))
-    assert "| +2.0 … +9.5 | 0.300 | 0.625 | 0.750 | 0.900 | 83% |" in row
+    assert "| +2.0 … +9.5 | 0.300 | 0.625 | 0.750 | 0.900 | 83.3% |" in row  # one decimal: the bar is 85%
     assert "+0.125 (+0.200 / +0.050)" in row and "+0.325 (+0.300 / +0.350)" in row  # each run's paired lead
     assert "25.00 → 26.00 (+1.00 / +1.00)" in row and "0.750 / 0.750 |" in row
     assert "**mean over 1 cameras**" in table

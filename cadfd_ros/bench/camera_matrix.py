@@ -524,7 +524,7 @@ def seed_means_table(runs: list[dict]) -> str:
         lines.append(
             f"| {camera} | {low:+.1f} … {high:+.1f} | {delta['constant'].mean():.3f} | {delta['classical'].mean():.3f} "
             f"| {delta['DFD-DPS'].mean():.3f} | {delta['depth ceiling'].mean():.3f} "
-            f"| {delta['DFD-DPS'].mean() / delta['depth ceiling'].mean():.0%} "
+            f"| {delta['DFD-DPS'].mean() / delta['depth ceiling'].mean():.1%} "
             f"| {lead.mean():+.3f} ({runs_text(lead)}) | {over_constant.mean():+.3f} ({runs_text(over_constant)}) "
             f"| {psnr['capture'].mean():.2f} → {psnr['DFD-DPS'].mean():.2f} "
             f"({runs_text(psnr['DFD-DPS'] - psnr['capture'], 2)}) "
@@ -533,7 +533,7 @@ def seed_means_table(runs: list[dict]) -> str:
     t = {key: float(np.mean(values)) for key, values in totals.items()}
     lines.append(
         f"| **mean over {len(cameras)} cameras** | | {t['constant']:.3f} | {t['classical']:.3f} | {t['dps']:.3f} "
-        f"| {t['ceiling']:.3f} | {t['dps'] / t['ceiling']:.0%} | {t['dps'] - t['classical']:+.3f} "
+        f"| {t['ceiling']:.3f} | {t['dps'] / t['ceiling']:.1%} | {t['dps'] - t['classical']:+.3f} "
         f"| {t['classical'] - t['constant']:+.3f} | {t['capture']:.2f} → {t['aif']:.2f} "
         f"| {t['capture_ssim']:.3f} → {t['aif_ssim']:.3f} | {t['auc']:.3f} |")
     return "\n".join(lines)
