@@ -43,12 +43,13 @@ def test_held_out_camera_designs_are_new_and_share_the_photo_split():
 def test_every_photo_of_the_split_loads_from_the_installed_wheels():
     """Each name of the split is a photo in [0, 1], none of them training data of the prior; a stereo pair gives
     its left view and matplotlib's sample data its file. Bad names say which photo and why."""
-    from cadfd_ros.bench.scenes import load_photo
-
     import csv
     from pathlib import Path
 
+    import skimage.data
+
     import cadfd_ros.prior
+    from cadfd_ros.bench.scenes import load_photo
 
     _, split = cm.load_cameras(cm.default_cameras_path())
     with open(Path(cadfd_ros.prior.__file__).with_name("MANIFEST.csv"), newline="") as manifest:
@@ -58,8 +59,6 @@ def test_every_photo_of_the_split_loads_from_the_installed_wheels():
         photo = load_photo(name)
         assert photo.dtype == np.float32 and photo.ndim in (2, 3) and min(photo.shape[:2]) >= 300, name
         assert 0 <= photo.min() < photo.max() <= 1 and photo.std() > 0.05, name
-    import skimage.data
-
     left = skimage.data.stereo_motorcycle()[0]
     assert load_photo("stereo_motorcycle").shape == left.shape
     assert load_photo("matplotlib:grace_hopper").shape == (600, 512, 3)
