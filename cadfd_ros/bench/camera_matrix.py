@@ -444,6 +444,7 @@ def trade_table(results: list[CameraResult], method: str = "DFD-DPS") -> str:
 
 
 SCENE_KEYS = ("tex_delta1", "aif_psnr", "aif_ssim")
+DEPTH_ROWS = ("constant", "classical", "DFD-DPS", "depth ceiling")  # the rows with a depth, in table order
 
 
 def scene_table(results: list[CameraResult]) -> str:
@@ -454,8 +455,7 @@ def scene_table(results: list[CameraResult]) -> str:
     for r in results:
         for i, name in enumerate(r.scenes):
             # every method has one row per scene, in scene order (run_camera)
-            delta = " | ".join(f"{r.rows[m][i]['tex_delta1']:.3f}" for m in ("constant", "classical", "DFD-DPS",
-                                                                                "depth ceiling"))
+            delta = " | ".join(f"{r.rows[m][i]['tex_delta1']:.3f}" for m in DEPTH_ROWS)
             psnr = " → ".join(f"{r.rows[m][i]['aif_psnr']:.2f}" for m in ("capture", "classical", "DFD-DPS"))
             lines.append(f"| {r.camera.name} | {name} | {r.textured_share[i]:.0%} | {delta} | {psnr} |")
     return "\n".join(lines)
@@ -510,7 +510,7 @@ def seed_means_table(runs: list[dict]) -> str:
 
     totals: dict[str, list[float]] = {}
     for camera in cameras:
-        delta = {m: per_run(camera, m, "tex_delta1") for m in ("constant", "classical", "DFD-DPS", "depth ceiling")}
+        delta = {m: per_run(camera, m, "tex_delta1") for m in DEPTH_ROWS}
         psnr = {m: per_run(camera, m, "aif_psnr") for m in ("capture", "DFD-DPS")}
         ssim = {m: per_run(camera, m, "aif_ssim") for m in ("capture", "DFD-DPS")}
         auc = per_run(camera, "DFD-DPS", "confidence_auc")
@@ -554,7 +554,7 @@ def photo_means_table(runs: list[dict]) -> str:
                 ssim_lead = scene["DFD-DPS"]["aif_ssim"] - scene["capture"]["aif_ssim"]
                 values = {"share": scene["textured_share"], "psnr": psnr_lead, "ssim": ssim_lead,
                           "below": float(psnr_lead < 0 or ssim_lead < 0)}
-                for method in ("constant", "classical", "DFD-DPS", "depth ceiling"):
+                for method in DEPTH_ROWS:
                     values[method] = scene[method]["tex_delta1"]
                 for key, value in values.items():
                     row.setdefault(key, []).append(value)
