@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from cadfd_ros.cli import main
+from cadfd_ros.errors import CadfdError
 from cadfd_ros.io.images import apply_input_transfer, linear_to_srgb, write_png
 
 
@@ -24,7 +25,7 @@ def test_parameter_schema_and_processor():
     assert spec.scope == INPUT and spec.default == "linear" and spec.choices == ("linear", "srgb")
     values = {**defaults([INPUT]), **defaults(["solver"]), "input_transfer": "srgb", "device": "cpu"}
     assert build_processor(values).input_transfer == "srgb"
-    with pytest.raises(Exception, match="input_transfer must be one of linear, srgb"):
+    with pytest.raises(CadfdError, match="input_transfer must be one of linear, srgb"):
         build_processor({**values, "input_transfer": "gamma"})
 
 

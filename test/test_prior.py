@@ -183,7 +183,7 @@ def test_tweedie_and_sigma_timestep_map(tiny, monkeypatch):
     for s in (0.2, 0.8):
         assert abs(math.log(tiny.sigma_for_timestep(tiny.timestep_for_sigma(s)) / s)) < 0.35
     assert tiny.timestep_for_sigma(0) == 0
-    with pytest.raises(PriorError):
+    with pytest.raises(PriorError, match="sigma_model: -1.0 must be a finite value >= 0"):
         tiny.timestep_for_sigma(-1.0)
 
 

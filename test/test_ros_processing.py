@@ -46,4 +46,8 @@ def test_depth_limits_make_nan():
 
 def test_downscale_capture_sizes():
     assert downscale_capture(np.zeros((97, 130, 3), np.float32), 2).shape == (48, 65, 3)
-    assert downscale_capture(np.ones((8, 8), np.float32), 1).shape == (8, 8)
+    ones = np.ones((8, 8), np.float32)
+    assert downscale_capture(ones, 1) is ones  # factor 1: the frame itself, no copy
+    # an integer factor averages each block (INTER_AREA)
+    ramp = np.arange(16, dtype=np.float32).reshape(4, 4)
+    np.testing.assert_allclose(downscale_capture(ramp, 2), [[2.5, 4.5], [10.5, 12.5]], atol=1e-6)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from cadfd_ros.bench.sequence import SequenceConfig, make_sequence
+from cadfd_ros.errors import CadfdError
 from cadfd_ros.pipeline import ReconstructionConfig, Reconstructor
 
 pytest.importorskip("diffusers")
@@ -71,7 +72,6 @@ def test_warm_frame_matches_a_cold_one(default_bank, prior, frames):
 
 
 def test_warm_refresh_starts_every_nth_frame_cold(default_bank, prior, frames):
-    from cadfd_ros.errors import CadfdError
     from cadfd_ros.solvers.dps import SamplerParams
 
     r = _reconstructor(default_bank, prior)
@@ -123,7 +123,7 @@ def test_data_term_of_the_estimate_on_its_own_capture_is_its_residual(default_ba
     assert result.next_start is not None and result.start == "classical"
     term = sampler.warm_data_term(frames[0].capture, result.next_start, result.noise_sigma)
     assert term == pytest.approx(result.residual / result.noise_sigma, rel=1e-4)
-    with pytest.raises(Exception, match="previous frame"):
+    with pytest.raises(CadfdError, match="previous frame"):
         sampler.warm_data_term(frames[0].capture[:56], result.next_start, result.noise_sigma)
 
 
@@ -242,7 +242,16 @@ def test_translation_estimate_and_fourier_shift():
     assert unrelated < 0.2
     start = SolverStart(torch.full((1, 60, 80), 2.0), torch.from_numpy(image)[None, None].float(), 0.01)
     moved_start = shift_start(start, -0.3, 0.6, num_layers=4)
-    assert moved_start.layer_coord.shape == (1, 60, 80) and float(moved_start.layer_coord.max()) <= 3
+    torch.testing.assert_close(moved_start.layer_coord, torch.full((1, 60, 80), 2.0), atol=1e-5, rtol=0)
+    # a depth edge moves with the image, and the shift's ringing stays inside the bank's layer range
+    step = torch.zeros(1, 60, 80)
+    step[..., 40:] = 3.0
+    edge = shift_start(SolverStart(step, start.padded_image, 0.01), -0.3, 0.6, num_layers=4).layer_coord
+    torch.testing.assert_close(edge, fourier_shift(step, -0.3, 0.6).clamp(0, 3))
+    assert float(edge.min()) == 0 and float(edge.max()) == 3
+    row = edge[0, 30]
+    # moved 0.6 px right: column 40 keeps 0.4 of the step (about 1.2), its neighbours stay on their side
+    assert 0.8 < float(row[40]) < 1.6 and float(row[:40].max()) < 0.3 and float(row[41:].min()) > 2.6
     np.testing.assert_allclose(moved_start.padded_image[0, 0].numpy(), moved, atol=1e-4)
 
 
@@ -330,7 +339,6 @@ def test_a_warm_frame_weighs_its_exact_steps_by_the_warm_scale_and_shrink(defaul
     """SamplerParams.warm_exact_step_weight_scale and warm_shrink_strength: a warm frame's exact data steps (refit and
     final) pull towards x0 with the scaled weight and shrink their correction with the warm strength; a cold frame's
     keep the bank's weight and final_shrink_strength."""
-    from cadfd_ros.errors import CadfdError
     from cadfd_ros.solvers import dps
 
     seen = []
