@@ -30,8 +30,20 @@ def capture_files(tmp_path_factory, default_bank):
 def test_simulate_writes_a_16bit_capture(capture_files):
     import cv2
 
+    from cadfd_ros.forward.render import render_occlusion_aware
+    from cadfd_ros.io.images import read_photo_linear
+    from cadfd_ros.optics.psf_bank import default_psf_bank_path, load_psf_bank
+
     raw = cv2.imread(str(capture_files / "capture.png"), cv2.IMREAD_UNCHANGED)
     assert raw.dtype == np.uint16 and raw.shape == (96, 128, 3)
+    # linear values (BGR on disk): the photo rendered through the default bank over the depth, plus noise 0.01
+    capture = raw[:, :, ::-1].astype(np.float64) / 65535
+    clean = render_occlusion_aware(read_photo_linear(capture_files / "photo.png"),
+                                   np.load(capture_files / "depth.npy").astype(np.float32),
+                                   load_psf_bank(default_psf_bank_path()))
+    unclipped = (clean > 0.05) & (clean < 0.95)
+    noise = (capture - clean)[unclipped]
+    assert abs(noise.mean()) < 1e-3 and noise.std() == pytest.approx(0.01, rel=0.1)
 
 
 def test_reconstruct_writes_the_contract_files(capture_files, default_bank):

@@ -131,8 +131,12 @@ def test_mono_is_replicated_and_averaged(tiny):
     with torch.no_grad():
         full = tiny.unet(x.expand(2, 3, 16, 16), torch.tensor([5, 5])).sample
     assert torch.allclose(out, full.mean(1, keepdim=True), atol=1e-6)
-    rgb = tiny.predict_noise(torch.randn(2, 3, 16, 16), torch.tensor([1, 9]))
+    x_rgb = torch.randn(2, 3, 16, 16)
+    rgb = tiny.predict_noise(x_rgb, torch.tensor([1, 9]))
     assert rgb.shape == (2, 3, 16, 16)
+    with torch.no_grad():  # each sample at its own timestep
+        for i, t in enumerate((1, 9)):
+            assert torch.allclose(rgb[i : i + 1], tiny.unet(x_rgb[i : i + 1], torch.tensor([t])).sample, atol=1e-6)
 
 
 def test_padding_for_odd_sizes_and_gradients(tiny):
@@ -146,7 +150,11 @@ def test_padding_for_odd_sizes_and_gradients(tiny):
     assert torch.allclose(out.detach(), ref, atol=1e-6)
     out.square().sum().backward()  # samplers differentiate through the network
     assert x.grad is not None and x.grad.abs().sum() > 0
-    assert tiny.predict_noise(torch.randn(1, 1, 1, 3), 4).shape == (1, 1, 1, 3)  # replicate-pad fallback
+    tiny_frame = torch.randn(1, 1, 1, 3)  # too small to reflect-pad: replicate-padded, replicated to RGB, averaged
+    with torch.no_grad():
+        ref = tiny.unet(torch.nn.functional.pad(tiny_frame.expand(1, 3, 1, 3), (0, 1, 0, 1), mode="replicate"),
+                        torch.tensor([4])).sample[..., :1, :3].mean(1, keepdim=True)
+        assert torch.allclose(tiny.predict_noise(tiny_frame, 4), ref, atol=1e-6)
 
 
 def test_channels_last_gives_the_same_noise_and_gradients(tiny):

@@ -184,3 +184,26 @@ def test_launch_sets_the_large_message_profile_before_the_node(launch_descriptio
     assert [text(v) for v in test.args] == ["$(fastdds_profile)", ""]
     processes = [i for i, e in enumerate(entities) if type(e).__name__ in ("LifecycleNode", "Node")]
     assert entities.index(env) < min(processes)
+
+
+def test_launch_configures_then_activates_the_node_when_autostart(launch_description):
+    """autostart: configure is emitted once the node is launched, and activate only on configuring -> inactive (a
+    later deactivate must not bounce back); the handler is registered before the configure event, so it cannot
+    miss it. Both follow $(autostart). The real launch test (test_launch.py) needs launch_testing."""
+    from lifecycle_msgs.msg import Transition
+
+    (entities,) = launch_description.args
+    (node,) = [e for e in entities if type(e).__name__ == "LifecycleNode"]
+    (handler,) = [e for e in entities if type(e).__name__ == "RegisterEventHandler"]
+    (configure,) = [e for e in entities if type(e).__name__ == "EmitEvent"]
+    (on_transition,) = handler.args
+    assert on_transition.kwargs["target_lifecycle_node"] is node
+    assert (on_transition.kwargs["start_state"], on_transition.kwargs["goal_state"]) == ("configuring", "inactive")
+    (activate,) = on_transition.kwargs["entities"]
+    for event, transition in ((activate.kwargs["event"], Transition.TRANSITION_ACTIVATE),
+                              (configure.kwargs["event"], Transition.TRANSITION_CONFIGURE)):
+        assert event.kwargs["transition_id"] == transition
+        assert event.kwargs["lifecycle_node_matcher"] == ("matches", node)
+    for action in (handler, configure):
+        assert text(action.kwargs["condition"].args[0]) == "$(autostart)"
+    assert entities.index(handler) < entities.index(configure) and entities.index(node) < entities.index(configure)
