@@ -131,8 +131,13 @@ def test_cameras_bench_over_the_measured_geometry_end_to_end(tmp_path):
     out = tmp_path / "out"
     assert cli_main(["bench", "--cameras", str(cams), "--photos", "heldout", "--measured-depth", "--steps", "1",
                      "--repeats", "2", "--device", "cpu", "--out-dir", str(out)]) == 0
-    assert "2 noise draw(s) over its measured depth" in (out / "camera_matrix.md").read_text()
-    scenes = json.loads((out / "camera_matrix.json").read_text())["tiny"]["scenes"]
+    report = (out / "camera_matrix.md").read_text()
+    assert "2 noise draw(s) over its measured depth" in report and "Where the wrong depths go" in report
+    summary = json.loads((out / "camera_matrix.json").read_text())["tiny"]
+    for method in ("classical", "DFD-DPS", "depth ceiling"):  # right, too sharp or too blurry: nothing else
+        means = summary["methods"][method]
+        assert means["tex_delta1"] + means["tex_wrong_sharper"] + means["tex_wrong_blurrier"] == pytest.approx(1.0)
+    scenes = summary["scenes"]
     assert [s["scene"] for s in scenes] == ["stereo_motorcycle#0", "stereo_motorcycle#1"]
     # the constant guess cannot cover a geometry that spans the whole range
     assert all(s["constant"]["tex_delta1"] < s["classical"]["tex_delta1"] for s in scenes)

@@ -187,6 +187,28 @@ def test_either_side_delta_counts_the_mirror_across_focus():
     assert either_side_delta1(depth, truth, mask, 1.0) == 0.75
 
 
+def test_wrong_depths_are_split_by_blur_size_and_side_of_focus():
+    from cadfd_ros.bench.metrics import wrong_depth_shares
+
+    # focus 1 m, layers 0.5 ... 4 m: the blur grows with |1/d - 1/focus| on either side
+    depths = np.array([0.5, 0.8, 1.0, 4 / 3, 2.0, 4.0])
+    diameters = 10 * np.abs(1 / depths - 1.0)
+    truth = np.full((2, 5), 0.5)
+    truth[1] = 2.0
+    # row 0, truth 0.5 m (10 px in front): right, too sharp (0.8 m: 2.5 px), too sharp, other side, other side
+    # row 1, truth 2 m (5 px behind): right, too sharp (1.25 m: 2 px), too blurry (4 m: 7.5 px), other side twice
+    depth = np.array([[0.52, 0.8, 0.9, 2.0, 4.0],
+                      [2.1, 1.25, 4.0, 0.5, 0.8]])
+    mask = np.ones((2, 5), bool)
+    shares = wrong_depth_shares(depth, truth, mask, 1 / depths, diameters, focus_m=1.0)
+    assert shares == pytest.approx({"wrong_sharper": 0.3, "wrong_blurrier": 0.1, "wrong_side": 0.4})
+    # without a focus (a bank wholly on one side) the other-side pixels count by their blur's size alone: 2 m and
+    # 4 m (5 and 7.5 px) against 10 px too sharp, 0.5 m (10 px) against 5 px too blurry, 0.8 m (2.5 px) too sharp
+    shares = wrong_depth_shares(depth, truth, mask, 1 / depths, diameters)
+    assert shares == pytest.approx({"wrong_sharper": 0.6, "wrong_blurrier": 0.2})
+    assert np.isnan(wrong_depth_shares(depth, truth, ~mask, 1 / depths, diameters)["wrong_sharper"])
+
+
 def test_one_small_camera_gives_every_row_and_the_ceilings(tmp_path):
     path = tmp_path / "cams.toml"
     path.write_text('[photos]\ntuning = ["brick"]\nheldout = ["camera"]\n'
@@ -209,6 +231,14 @@ def test_one_small_camera_gives_every_row_and_the_ceilings(tmp_path):
     assert kept == sorted(kept, reverse=True) and kept[0] == 1.0  # threshold 0 keeps all; higher keeps no more
     assert kept[-1] < 1.0  # and 0.9 drops some on this camera
     assert "| tiny |" in cm.trade_table([result]) and cm.side_table([result]) == ""  # behind focus: no side table
+    for method in cm.WRONG_DEPTH_METHODS:  # every textured pixel is right, too sharp or too blurry
+        row = result.rows[method][0]
+        assert "tex_wrong_side" not in row
+        assert row["tex_delta1"] + row["tex_wrong_sharper"] + row["tex_wrong_blurrier"] == pytest.approx(1.0)
+    wrong = cm.wrong_depth_table([cm.results_json([result])])
+    dps = result.rows["DFD-DPS"][0]
+    assert (f"{dps['tex_delta1']:.3f} · {dps['tex_wrong_sharper']:.2f} · {dps['tex_wrong_blurrier']:.2f} · –"
+            in wrong.splitlines()[2])
     table = cm.camera_table([result])
     assert "| tiny |" in table and "mean over 1 cameras" in table
     leads = cm.lead_table([result])  # one scene: leads without a standard error, never "± nan"

@@ -539,6 +539,36 @@ def seed_means_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+WRONG_DEPTH_METHODS = ("classical", "DFD-DPS", "depth ceiling")
+
+
+def wrong_depth_table(runs: list[dict]) -> str:
+    """Where each method's wrong depths go, per camera (means over ``runs``, the ``results_json`` of one or more
+    seeds): δ, then the shares of textured pixels read with too small a blur, too large a blur and (banks that
+    straddle focus) on the other side of focus (``metrics.wrong_depth_shares``; the four sum to 1)."""
+    if not runs:
+        raise ValueError("wrong_depth_table: no runs")
+    cameras = list(runs[0])
+    head = ("| camera | " + " | ".join(f"{m}: δ · blur too small · too large · other side" for m in WRONG_DEPTH_METHODS)
+            + " |")
+    lines = [head, "|---|" + "---|" * len(WRONG_DEPTH_METHODS)]
+    totals: dict[str, list[np.ndarray]] = {}
+    for camera in cameras:
+        cells = []
+        for method in WRONG_DEPTH_METHODS:
+            values = np.array([[run[camera]["methods"][method].get(key, 0.0) for key in
+                                ("tex_delta1", "tex_wrong_sharper", "tex_wrong_blurrier", "tex_wrong_side")]
+                               for run in runs]).mean(axis=0)
+            totals.setdefault(method, []).append(values)
+            side = f"{values[3]:.2f}" if "tex_wrong_side" in runs[0][camera]["methods"][method] else "–"
+            cells.append(f"{values[0]:.3f} · {values[1]:.2f} · {values[2]:.2f} · {side}")
+        lines.append(f"| {camera} | " + " | ".join(cells) + " |")
+    means = {m: np.mean(v, axis=0) for m, v in totals.items()}
+    lines.append(f"| **mean over {len(cameras)} cameras** | " + " | ".join(
+        f"{v[0]:.3f} · {v[1]:.2f} · {v[2]:.2f} · {v[3]:.2f}" for v in means.values()) + " |")
+    return "\n".join(lines)
+
+
 def photo_means_table(runs: list[dict]) -> str:
     """Per photo, the mean over every camera and run (``results_json`` with per-scene figures) of its scenes'
     textured share, δ per method, and DFD-DPS's image lead over the capture, with how many of its scenes fall below

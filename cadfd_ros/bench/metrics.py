@@ -66,6 +66,32 @@ def either_side_delta1(depth: np.ndarray, truth: np.ndarray, mask: np.ndarray, f
     return float(np.mean(right))
 
 
+def wrong_depth_shares(depth: np.ndarray, truth: np.ndarray, mask: np.ndarray, inverse_depths: np.ndarray,
+                       blur_diameters_px: np.ndarray, focus_m: float | None = None) -> dict[str, float]:
+    """Where the wrong depths (outside delta<1.25) go, as shares of the masked pixels (with ``delta1`` they sum to
+    1): ``wrong_sharper`` reads a smaller blur than the truth's, ``wrong_blurrier`` a larger one, and, for a bank
+    that straddles focus (``focus_m`` given), ``wrong_side`` the other side of focus whatever its size. A blur's
+    size is the bank's per-layer diameter (``PSFBank.effective_diameters_px``) interpolated in inverse depth, so
+    a calibrated bank without a lens model has it too. It tells the losses apart that one delta mixes: the
+    small-blur ambiguity, an evidence that over-blurs, and the side of focus."""
+    valid = mask & np.isfinite(depth) & np.isfinite(truth) & (truth > 0) & (depth > 0)
+    keys = ("wrong_sharper", "wrong_blurrier") + (("wrong_side",) if focus_m is not None else ())
+    if not valid.any():
+        return {key: float("nan") for key in keys}
+    d, t = depth[valid].astype(np.float64), truth[valid].astype(np.float64)
+    order = np.argsort(inverse_depths)
+    inverse, diameters = np.asarray(inverse_depths, np.float64)[order], np.asarray(blur_diameters_px)[order]
+    wrong = ~within_delta1(d, t)
+    other_side = np.zeros_like(wrong)
+    if focus_m is not None:  # behind focus 1/d < 1/focus
+        other_side = wrong & (np.sign(1.0 / focus_m - 1.0 / d) != np.sign(1.0 / focus_m - 1.0 / t))
+    sharper = wrong & ~other_side & (np.interp(1.0 / d, inverse, diameters) < np.interp(1.0 / t, inverse, diameters))
+    out = {"wrong_sharper": float(np.mean(sharper)), "wrong_blurrier": float(np.mean(wrong & ~other_side & ~sharper))}
+    if focus_m is not None:
+        out["wrong_side"] = float(np.mean(other_side))
+    return out
+
+
 def image_metrics(image: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     """PSNR and SSIM of a linear image in [0, 1] over the masked region's bounding box."""
     from skimage.metrics import structural_similarity

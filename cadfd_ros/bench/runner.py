@@ -8,7 +8,8 @@ from typing import Callable
 
 import numpy as np
 
-from cadfd_ros.bench.metrics import depth_metrics, either_side_delta1, evaluation_mask, image_metrics, textured_mask
+from cadfd_ros.bench.metrics import (depth_metrics, either_side_delta1, evaluation_mask, image_metrics, textured_mask,
+                                     wrong_depth_shares)
 from cadfd_ros.bench.scenes import Scene, make_scene
 from cadfd_ros.optics.psf_bank import PSFBank
 from cadfd_ros.pipeline import ReconstructionConfig, Reconstructor
@@ -61,9 +62,12 @@ def score(depth: np.ndarray | None, aif: np.ndarray | None, scene: Scene, bank: 
         for prefix, mask in (("all", border), ("tex", textured)):
             for key, value in depth_metrics(depth, scene.depth, mask, step).items():
                 out[f"{prefix}_{key}"] = value
-        if bank.straddles_focus():  # how much of the loss is the side of focus
-            out["tex_delta1_either_side"] = either_side_delta1(depth, scene.depth, textured,
-                                                               float(bank.metadata["focus_distance_m"]))
+        focus = float(bank.metadata["focus_distance_m"]) if bank.straddles_focus() else None
+        if focus is not None:  # how much of the loss is the side of focus
+            out["tex_delta1_either_side"] = either_side_delta1(depth, scene.depth, textured, focus)
+        for key, value in wrong_depth_shares(depth, scene.depth, textured, bank.inverse_depths,
+                                             bank.effective_diameters_px(), focus).items():
+            out[f"tex_{key}"] = value
     if aif is not None:
         out.update({f"aif_{k}": v for k, v in image_metrics(aif, scene.sharp, border).items()})
     return out

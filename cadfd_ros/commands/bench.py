@@ -206,10 +206,14 @@ def _run_cameras(args: argparse.Namespace) -> int:
     side = cm.side_table(results)
     if side:
         text += "\nCameras straddling focus: δ, and δ with a depth's mirror across focus counted right:\n\n" + side + "\n"
+    summary = cm.results_json(results)
+    text += ("\nWhere the wrong depths go: δ, then the shares of textured pixels read with too small a blur, "
+             "too large a blur and on the other side of focus (they sum to 1):\n\n"
+             + cm.wrong_depth_table([summary]) + "\n")
     text += ("\nEvery scene (δ on its textured pixels; textured share of the frame):\n\n"
              + cm.scene_table(results) + "\n")
     (args.out_dir / "camera_matrix.md").write_text(text)
-    (args.out_dir / "camera_matrix.json").write_text(json.dumps(cm.results_json(results), indent=2) + "\n")
+    (args.out_dir / "camera_matrix.json").write_text(json.dumps(summary, indent=2) + "\n")
     figure = cm.save_worst_camera_figure(args.out_dir / "worst_camera.png", results)
     print(text)
     print(f"wrote {args.out_dir}/camera_matrix.md, camera_matrix.json" + (f", {figure.name}" if figure else ""))
