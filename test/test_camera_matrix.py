@@ -269,6 +269,25 @@ def test_seed_means_table_averages_runs_and_lists_each_runs_lead():
         cm.seed_means_table([run(0.8, 0.6), {"other": run(0.8, 0.6)["cam"]}])
 
 
+def test_wrong_depth_table_averages_runs_and_marks_banks_without_a_side():
+    def run(dps_sharper: float) -> dict:
+        behind = {"tex_delta1": 0.6, "tex_wrong_sharper": 0.3, "tex_wrong_blurrier": 0.1}
+        dps = {"tex_delta1": 0.9 - dps_sharper, "tex_wrong_sharper": dps_sharper, "tex_wrong_blurrier": 0.1}
+        straddle = {"tex_delta1": 0.5, "tex_wrong_sharper": 0.1, "tex_wrong_blurrier": 0.0, "tex_wrong_side": 0.4}
+        return {"behind": {"methods": {"classical": behind, "DFD-DPS": dps, "depth ceiling": behind}},
+                "straddle": {"methods": {m: straddle for m in cm.WRONG_DEPTH_METHODS}}}
+
+    lines = cm.wrong_depth_table([run(0.2), run(0.1)]).splitlines()
+    assert lines[2] == "| behind | 0.600 · 0.30 · 0.10 · – | 0.750 · 0.15 · 0.10 · – | 0.600 · 0.30 · 0.10 · – |"
+    assert lines[3].startswith("| straddle | 0.500 · 0.10 · 0.00 · 0.40 |")
+    # the mean over cameras counts a bank without a side as none on the other side
+    assert lines[4].startswith("| **mean over 2 cameras** | 0.550 · 0.20 · 0.05 · 0.20 | 0.625 · 0.12 · 0.05 · 0.20 |")
+    with pytest.raises(ValueError, match="wrong_depth_table: runs differ in cameras"):
+        cm.wrong_depth_table([run(0.2), {"behind": run(0.2)["behind"]}])
+    with pytest.raises(ValueError, match="wrong_depth_table: no runs"):
+        cm.wrong_depth_table([])
+
+
 def test_photo_means_table_averages_each_photo_over_cameras_and_runs():
     def scene(photo: str, dps: float, psnr: float, ssim: float) -> dict:
         return {"scene": photo, "textured_share": 0.5, "constant": {"tex_delta1": 0.2},

@@ -487,15 +487,21 @@ def results_json(results: list[CameraResult]) -> dict:
     return out
 
 
-def seed_means_table(runs: list[dict]) -> str:
-    """The README's table over seeds: per camera, the mean over runs (``results_json`` of ``--seed`` 0, 1, ...,
-    same cameras and photos) of each run's camera mean, with each run's paired lead, and a mean over cameras."""
+def _same_cameras(runs: list[dict], table: str) -> list[str]:
+    """The cameras of ``runs`` (``results_json`` of one run per seed), which must be the same in every run."""
     if not runs:
-        raise ValueError("seed_means_table: no runs")
+        raise ValueError(f"{table}: no runs")
     cameras = list(runs[0])
     for run in runs[1:]:
         if list(run) != cameras:
-            raise ValueError(f"seed_means_table: runs differ in cameras ({list(run)} against {cameras})")
+            raise ValueError(f"{table}: runs differ in cameras ({list(run)} against {cameras})")
+    return cameras
+
+
+def seed_means_table(runs: list[dict]) -> str:
+    """The README's table over seeds: per camera, the mean over runs (``results_json`` of ``--seed`` 0, 1, ...,
+    same cameras and photos) of each run's camera mean, with each run's paired lead, and a mean over cameras."""
+    cameras = _same_cameras(runs, "seed_means_table")
     head = ("| camera | blur px | constant δ | classical δ | DFD-DPS δ | depth ceiling δ | DFD-DPS / ceiling "
             "| DFD-DPS − classical δ (per run) | classical − constant δ (per run) "
             "| AIF PSNR capture → DFD-DPS (lead per run) | AIF SSIM capture → DFD-DPS (lead per run) "
@@ -546,9 +552,7 @@ def wrong_depth_table(runs: list[dict]) -> str:
     """Where each method's wrong depths go, per camera (means over ``runs``, the ``results_json`` of one or more
     seeds): δ, then the shares of textured pixels read with too small a blur, too large a blur and (banks that
     straddle focus) on the other side of focus (``metrics.wrong_depth_shares``; the four sum to 1)."""
-    if not runs:
-        raise ValueError("wrong_depth_table: no runs")
-    cameras = list(runs[0])
+    cameras = _same_cameras(runs, "wrong_depth_table")
     head = ("| camera | " + " | ".join(f"{m}: δ · blur too small · too large · other side" for m in WRONG_DEPTH_METHODS)
             + " |")
     lines = [head, "|---|" + "---|" * len(WRONG_DEPTH_METHODS)]
