@@ -22,24 +22,33 @@ def read_capture(path: str | Path) -> np.ndarray:
     suffix = path.suffix.lower()
     if suffix not in CAPTURE_SUFFIXES:
         raise InputImageError(f"{path}: unsupported format {suffix or '(none)'}; use PNG or TIFF")
+    return read_image_values(path, str(path))
+
+
+def read_image_values(path: str | Path, name: str) -> np.ndarray:
+    """An 8/16-bit image file (PNG, TIFF, JPEG, ...), mono or RGB, as float32 values in [0, 1] scaled by its full
+    range (alpha dropped), without any transfer function. Errors are one line starting with ``name``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputImageError(f"{name}: file not found")
     try:
-        if suffix == ".png":
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            raw = tifffile.imread(path)
+        else:
             import cv2
 
             raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
             if raw is None:
-                raise InputImageError(f"{path}: not a readable PNG")
+                raise InputImageError(f"{name}: not a readable image")
             if raw.ndim == 3:  # OpenCV decodes to BGR(A)
                 raw = raw[:, :, 2::-1] if raw.shape[2] >= 3 else raw
-        else:
-            import tifffile
-
-            raw = tifffile.imread(path)
     except InputImageError:
         raise
     except Exception as exc:  # noqa: BLE001 - decoder errors vary by library
-        raise InputImageError(f"{path}: cannot decode ({exc})") from None
-    return capture_to_float(raw, str(path))
+        raise InputImageError(f"{name}: cannot decode ({exc})") from None
+    return capture_to_float(raw, name)
 
 
 def capture_to_float(raw: np.ndarray, name: str) -> np.ndarray:
@@ -127,13 +136,9 @@ def read_flat_field(path: str | Path) -> np.ndarray:
 
 
 def read_photo_linear(path: str | Path) -> np.ndarray:
-    """An sRGB photo (PNG/JPEG/...) -> linear float32 RGB or mono."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        image = image.convert("RGB") if image.mode not in ("L", "I;16") else image.convert("L")
-        array = np.asarray(image, np.float32) / 255.0
-    return srgb_to_linear(array)
+    """An 8/16-bit sRGB photo (PNG, JPEG, TIFF, ...) -> linear float32 RGB or mono. A 16-bit file is scaled by
+    65535, not clipped at 255."""
+    return srgb_to_linear(read_image_values(path, f"photo {path}"))
 
 
 def write_png(path: str | Path, image: np.ndarray, bits: int = 16) -> Path:
@@ -141,12 +146,14 @@ def write_png(path: str | Path, image: np.ndarray, bits: int = 16) -> Path:
     import cv2
 
     path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise InputImageError(f"{path}: an image output must be a .png file")
     scale, dtype = (65535.0, np.uint16) if bits == 16 else (255.0, np.uint8)
     data = np.round(np.clip(image, 0, 1) * scale).astype(dtype)
     if data.ndim == 3:
         data = data[:, :, ::-1]
-    if not cv2.imwrite(str(path), data):
-        raise OSError(f"{path}: could not write PNG")
+    if not cv2.imwrite(str(path), data):  # OpenCV says no more than that
+        raise OSError(0, "could not write the PNG (is the folder writable?)", str(path))
     return path
 
 

@@ -26,12 +26,19 @@ def load_pattern(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: aperture pattern file not found")
     if path.suffix.lower() == ".npy":
-        pattern = np.load(path, allow_pickle=False).astype(np.float64)
-    else:
-        from PIL import Image
+        try:
+            pattern = np.load(path, allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001 - a bad header, an object array, truncation
+            raise ValueError(f"{path}: cannot read the aperture pattern ({exc})") from None
+        if pattern.dtype.kind not in "fiu":
+            raise ValueError(f"{path}: aperture pattern must be real numbers, got dtype {pattern.dtype}")
+        pattern = pattern.astype(np.float64)
+    else:  # grey levels over the file's full range (8 or 16 bit); a colour file by its luma
+        from cadfd_ros.io.images import read_image_values
 
-        with Image.open(path) as image:
-            pattern = np.asarray(image.convert("L"), dtype=np.float64) / 255.0
+        pattern = read_image_values(path, f"aperture pattern {path}").astype(np.float64)
+        if pattern.ndim == 3:
+            pattern = pattern @ np.array([0.299, 0.587, 0.114])
     if pattern.ndim != 2 or not np.all(np.isfinite(pattern)):
         raise ValueError(f"{path}: aperture pattern must be a finite 2-D array, got shape {pattern.shape}")
     if pattern.min() < 0 or pattern.max() > 1:

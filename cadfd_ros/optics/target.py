@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cadfd_ros.errors import CadfdError
+from cadfd_ros.errors import CadfdError, InputImageError
 
 DEFAULT_TARGET_WIDTH = 1600
 DEFAULT_TARGET_HEIGHT = 1200
@@ -87,18 +87,17 @@ def save_target(image: np.ndarray, path: str | Path) -> Path:
 def load_target(path: str | Path) -> tuple[np.ndarray, TargetLayout]:
     """A target PNG -> (linear intensity float64 H x W, layout). The PNG is what was printed or
     shown, i.e. sRGB-encoded: it is decoded with the sRGB EOTF."""
-    from PIL import Image
-
-    from cadfd_ros.io.images import srgb_to_linear
+    from cadfd_ros.io.images import read_image_values, srgb_to_linear
 
     path = Path(path)
     if not path.is_file():
         raise CalibrationError(f"{path}: target file not found")
-    try:
-        with Image.open(path) as image:
-            grey = np.asarray(image.convert("L"), dtype=np.float64) / 255.0
-    except Exception as exc:  # noqa: BLE001 - PIL errors vary
-        raise CalibrationError(f"{path}: not a readable image ({exc})") from None
+    try:  # grey over the file's full range (8 or 16 bit)
+        grey = read_image_values(path, str(path)).astype(np.float64)
+    except InputImageError as exc:
+        raise CalibrationError(str(exc)) from None
+    if grey.ndim == 3:
+        grey = grey @ np.array([0.299, 0.587, 0.114])
     height, width = grey.shape
     try:
         layout = target_layout(width, height)
