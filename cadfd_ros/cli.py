@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CadfdError, FileNotFoundError, ValueError) as exc:
         print(f"cadfd {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an output folder under a file, a read-only place, a full disk: the path and the cause
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"cadfd {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

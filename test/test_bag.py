@@ -124,3 +124,22 @@ def test_bag_errors_name_the_problem(tmp_path, capsys):
     (tmp_path / "exists").mkdir()
     assert cli_main(["bag", str(src), str(tmp_path / "exists")]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_bag_input_that_is_no_bag_and_negative_max_frames_are_one_line_errors(tmp_path, capsys):
+    a_file, empty, bad = tmp_path / "file.mcap", tmp_path / "empty", tmp_path / "bad"
+    a_file.write_bytes(b"not a bag")
+    empty.mkdir()
+    bad.mkdir()
+    (bad / "metadata.yaml").write_text("x: [\n")
+    bank = small_bank(tmp_path / "bank6.npz")
+    write_input(tmp_path / "in", StoragePlugin.MCAP, bank)
+    for source, extra, message in ((a_file, [], "a rosbag2 is a folder with a metadata.yaml"),
+                                   (empty, [], "a rosbag2 is a folder with a metadata.yaml"),
+                                   (bad, [], "not a readable rosbag2 (Could not load YAML"),
+                                   (tmp_path / "in", ["--max-frames", "-1"], "--max-frames -1")):
+        out = tmp_path / f"out_{source.name}"
+        assert cli_main(["bag", str(source), str(out), "--psf-bank", str(bank), "--device", "cpu", *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and message in err, (source, err)
+        assert not out.exists()

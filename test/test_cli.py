@@ -153,3 +153,85 @@ def test_bench_modes_use_the_solver_flags(tmp_path, capsys, mode):
     assert main(["bench", *mode, "--prior", str(missing), "--out-dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert str(missing) in err and "does not exist" in err
+
+
+def test_photos_and_masks_are_read_over_their_full_range(tmp_path, capsys):
+    import cv2
+
+    from cadfd_ros.io.images import read_photo_linear, srgb_to_linear
+    from cadfd_ros.optics.masks import load_pattern
+
+    levels = np.arange(0, 256, dtype=np.uint8).reshape(16, 16)
+    cv2.imwrite(str(tmp_path / "p8.png"), levels)
+    cv2.imwrite(str(tmp_path / "p16.png"), levels.astype(np.uint16) * 257)  # the same photo at 16 bits
+    np.testing.assert_allclose(read_photo_linear(tmp_path / "p16.png"), read_photo_linear(tmp_path / "p8.png"),
+                               atol=1e-6)
+    np.testing.assert_allclose(read_photo_linear(tmp_path / "p8.png"), srgb_to_linear(levels / 255.0), atol=1e-6)
+    half = np.full((13, 13), 32768, np.uint16)  # a 16-bit mask at half transmission, not an open one
+    cv2.imwrite(str(tmp_path / "mask16.png"), half)
+    np.testing.assert_allclose(load_pattern(tmp_path / "mask16.png"), 32768 / 65535)
+    # files that are not images, a float photo and a pickled mask: one line naming the file, nothing unpickled
+    (tmp_path / "text.png").write_text("not an image")
+    np.save(tmp_path / "object.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "float.tif", np.full((16, 16), 0.5, np.float32))
+    depth = tmp_path / "depth.npy"
+    np.save(depth, np.ones((16, 16), np.float32))
+    for argv, message in (
+            (["simulate", "--image", str(tmp_path / "text.png"), "--depth", str(depth), "--out",
+              str(tmp_path / "o.png")],
+             "text.png: not a readable image"),
+            (["simulate", "--image", str(tmp_path / "float.tif"), "--depth", str(depth), "--out",
+              str(tmp_path / "o.png")], "float.tif: unsupported bit depth (float32)"),
+            (["psf-bank", "synth", "--pattern", str(tmp_path / "text.png"), "--out", str(tmp_path / "b.npz")],
+             "aperture pattern " + str(tmp_path / "text.png") + ": not a readable image"),
+            (["psf-bank", "synth", "--pattern", str(tmp_path / "object.npy"), "--out", str(tmp_path / "b.npz")],
+             "object.npy: cannot read the aperture pattern")):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and message in err, (argv, err)
+
+
+def test_bad_flags_and_outputs_are_one_line_errors(capture_files, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    np.save(tmp_path / "object.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(tmp_path / "bool.npy", np.ones((96, 128), bool))
+    bank = tmp_path / "string_meta.npz"
+    from cadfd_ros.optics.psf_bank import default_psf_bank_path, load_psf_bank
+
+    default = load_psf_bank(default_psf_bank_path())
+    np.savez(bank, psfs=default.psfs, depths=default.depths, focal_length_m=np.array("abc"))
+    capture, photo = str(capture_files / "capture.png"), str(capture_files / "photo.png")
+    cases = [
+        (["reconstruct", capture, "--out-dir", str(tmp_path / "r1"), "--fx", "nan"], "--fx nan: the focal length"),
+        (["reconstruct", capture, "--out-dir", str(tmp_path / "r2"), "--fx", "0"], "--fx 0.0: the focal length"),
+        (["reconstruct", capture, "--out-dir", str(tmp_path / "r3"), "--cy", "inf"], "--cy inf: the principal"),
+        (["reconstruct", capture, "--method", "classical", "--out-dir", str(a_file / "sub")],
+         f"{a_file / 'sub'}: Not a directory"),
+        (["reconstruct", capture, "--psf-bank", str(bank), "--out-dir", str(tmp_path / "r4")],
+         "metadata 'focal_length_m' must be a real number"),
+        (["simulate", "--image", photo, "--depth", str(capture_files / "depth.npy"), "--out", str(tmp_path / "c.txt")],
+         "c.txt: an image output must be a .png file"),
+        (["simulate", "--image", photo, "--depth", str(tmp_path / "object.npy"), "--out", str(tmp_path / "c.png")],
+         "object.npy: cannot read the depth map"),
+        (["simulate", "--image", photo, "--depth", str(tmp_path / "bool.npy"), "--out", str(tmp_path / "c.png")],
+         "depth must be real numbers in metres, got dtype bool"),
+        (["psf-bank", "design", "--out", str(tmp_path / "m.png"), "--restarts", "0"], "--restarts 0"),
+        (["psf-bank", "design", "--out", str(tmp_path / "m.png"), "--cells", "2"], "--cells 2"),
+        (["psf-bank", "design", "--out", str(tmp_path / "m.png"), "--alias-weight", "-1"], "--alias-weight -1.0"),
+        (["psf-bank", "target", "--out", str(tmp_path / "t.png"), "--width-px", "100000"], "at most 16384 px"),
+        (["psf-bank", "calibrate", "--target", photo, "--capture", f"1.0={capture}", "--out", str(tmp_path / "b.npz"),
+          "--regularisation", "-1"], "--regularisation -1.0: must be a finite number >= 0"),
+        (["psf-bank", "calibrate", "--target", photo, "--capture", f"1.0={capture}", "--out", str(tmp_path / "b.npz"),
+          "--kernel-size", "-1"], "--kernel-size must be 0 (automatic) or a positive odd size, got -1"),
+        (["bench", "--size", "8x8", "--out-dir", str(tmp_path / "b")], "--size 8x8: too small for the 25x25 PSFs"),
+        (["bench", "--noise", "-1", "--out-dir", str(tmp_path / "b")], "--noise -1.0"),
+        (["prior", "sample", "--out", str(tmp_path / "s.png"), "--threads", "-1"], "--threads -1: at least 1"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and message in err, (argv, err)
+    assert not (tmp_path / "c.png").exists() and not (tmp_path / "b").exists()

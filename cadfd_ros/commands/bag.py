@@ -60,7 +60,7 @@ def _pick_image_topic(connections: list, requested: str | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from rclpy.serialization import deserialize_message, serialize_message
-    from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+    from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
     from sensor_msgs.msg import CameraInfo, Image
 
@@ -72,6 +72,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"output {args.output} already exists; choose a new folder")
     if not args.input.exists():
         raise FileNotFoundError(f"input bag {args.input} not found")
+    if not (args.input / "metadata.yaml").is_file():
+        raise CadfdError(f"input bag {args.input}: a rosbag2 is a folder with a metadata.yaml and its storage files")
+    if args.max_frames < 0:
+        raise CadfdError(f"--max-frames {args.max_frames}: must be 0 (all frames) or more")
+    try:  # before the solver is built: a folder that is no bag is one line, not a traceback
+        with Reader(args.input):
+            pass
+    except ReaderError as exc:
+        raise CadfdError(f"input bag {args.input}: not a readable rosbag2 ({' '.join(str(exc).split())})") from None
     values = values_from_args(args, (INPUT, SOLVER, OUTPUT))
     settings = output_settings(values)
     processor = build_processor(values)  # the node's own construction: same bank, downscale and config

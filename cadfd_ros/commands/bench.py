@@ -104,6 +104,11 @@ def _run(args: argparse.Namespace) -> int:
         bank = type(bank)(bank.psfs, bank.depths, bank.metadata, source=f"default camera + {args.mask}")
     else:
         bank = load_psf_bank(args.psf_bank or default_psf_bank_path())
+    if min(height, width) < 2 * bank.kernel_size:  # the solvers' own limit, before any scene is rendered
+        raise CadfdError(f"--size {args.size}: too small for the {bank.kernel_size}x{bank.kernel_size} PSFs "
+                         f"(need at least {2 * bank.kernel_size} px per side)")
+    if not 0 <= args.noise < 1:
+        raise CadfdError(f"--noise {args.noise}: the capture noise sigma must be in [0, 1)")
     curve_steps: list[int] = []
     if args.steps_curve:
         try:

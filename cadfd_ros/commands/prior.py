@@ -91,6 +91,8 @@ def register(subparsers: Any) -> None:
 
 
 def _set_threads(n: int | None) -> None:
+    if n is not None and n < 1:
+        raise PriorError(f"--threads {n}: at least 1")
     if n:
         import torch
 
@@ -121,6 +123,8 @@ def _eval(args: argparse.Namespace) -> int:
     from cadfd_ros.prior.model import load_prior
 
     _set_threads(args.threads)
+    if args.size and args.size < 16:
+        raise PriorError(f"--size {args.size}: 0 (as is) or at least 16 px")
     prior = load_prior(args.prior)
     res = evaluate_denoising(prior, args.images, args.sigmas, size=args.size or None, seed=args.seed,
                              linearize=not args.assume_linear, tv=not args.no_tv, bm3d=not args.no_bm3d)
@@ -138,6 +142,9 @@ def _sample(args: argparse.Namespace) -> int:
     from cadfd_ros.prior.model import load_prior
 
     _set_threads(args.threads)
+    if args.size < 8 or args.num < 1 or args.steps < 1:
+        raise PriorError(f"--size {args.size}, --num {args.num}, --steps {args.steps}: size at least 8 px, "
+                         "at least one sample and one step")
     prior = load_prior(args.prior)
     path = write_samples_png(prior, args.out, num=args.num, size=args.size, steps=args.steps, seed=args.seed)
     print(f"samples written to {path}")

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from cadfd_ros.optics import thin_lens
+
+MAX_TARGET_SIDE = 16384  # px: the target is one image in memory
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     design.add_argument("--cells", type=int, default=13)
     design.add_argument("--restarts", type=int, default=6)
     design.add_argument("--seed", type=int, default=0)
-    design.add_argument("--alias-weight", type=float, default=0.0, help="weight of the scale-alias term (0 or 1)")
+    design.add_argument("--alias-weight", type=float, default=0.0,
+                        help="weight of the scale-alias term, >= 0 (0: off; 1: the setting the README measures)")
     design.add_argument("--f-number", type=float, default=lens.f_number, help="camera the mask is designed for")
     design.add_argument("--focus-m", type=float, default=lens.focus_distance_m)
     design.set_defaults(func=_design)
@@ -126,6 +130,14 @@ def _show(args: argparse.Namespace) -> int:
 def _design(args: argparse.Namespace) -> int:
     from cadfd_ros.optics.masks import circular_pattern, design_pattern, save_pattern, score_pattern
 
+    from cadfd_ros.errors import CadfdError
+
+    if args.cells < 3:
+        raise CadfdError(f"--cells {args.cells}: a mask needs at least 3 x 3 cells")
+    if args.restarts < 1:
+        raise CadfdError(f"--restarts {args.restarts}: at least one search is needed")
+    if not (math.isfinite(args.alias_weight) and args.alias_weight >= 0):
+        raise CadfdError(f"--alias-weight {args.alias_weight}: must be a finite number >= 0")
     base = thin_lens.DEFAULT_LENS
     lens = thin_lens.ThinLens(base.focal_length_m, args.f_number, args.focus_m, base.pixel_pitch_m)
     pattern, score = design_pattern(cells=args.cells, restarts=args.restarts, seed=args.seed, progress=True,
@@ -141,8 +153,11 @@ def _design(args: argparse.Namespace) -> int:
 
 
 def _target(args: argparse.Namespace) -> int:
-    from cadfd_ros.optics.target import make_target, save_target, target_layout
+    from cadfd_ros.optics.target import CalibrationError, make_target, save_target, target_layout
 
+    if max(args.width_px, args.height_px) > MAX_TARGET_SIDE:
+        raise CalibrationError(f"--width-px/--height-px {args.width_px}x{args.height_px}: at most {MAX_TARGET_SIDE} "
+                               f"px a side (a print at 300 dpi is 1.4 m wide)")
     layout = target_layout(args.width_px, args.height_px)
     save_target(make_target(args.width_px, args.height_px, args.seed), args.out)
     print(f"wrote {args.out}: {args.width_px}x{args.height_px} px, 5 dots of radius {layout.dot_radius:.0f} px, "
@@ -192,14 +207,16 @@ def _calibrate(args: argparse.Namespace) -> int:
     from cadfd_ros.optics.psf_bank import load_psf_bank, save_psf_bank
     from cadfd_ros.optics.target import CalibrationError, load_target
 
+    if args.kernel_size < 0 or (args.kernel_size and args.kernel_size % 2 == 0):
+        raise CalibrationError(f"--kernel-size must be 0 (automatic) or a positive odd size, got {args.kernel_size}")
+    if not (math.isfinite(args.regularisation) and args.regularisation >= 0):
+        raise CalibrationError(f"--regularisation {args.regularisation}: must be a finite number >= 0")
     captures = _read_captures(args.capture, args.input_transfer)
     distances = sorted({d for d, _, _ in captures})
     if len(distances) < cal.MIN_DISTANCES:
         names = ", ".join(f"{name} ({d:g} m)" for d, _, name in captures)
         raise CalibrationError(f"need captures at {cal.MIN_DISTANCES} or more distinct distances, got "
                                f"{len(distances)}: {names}")
-    if args.kernel_size and args.kernel_size % 2 == 0:
-        raise CalibrationError(f"--kernel-size must be odd, got {args.kernel_size}")
     target, layout = load_target(args.target)
     metadata = {}
     if (args.focal_length_mm is None) != (args.pixel_pitch_um is None):

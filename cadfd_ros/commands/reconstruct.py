@@ -7,6 +7,7 @@ The solver flags are the node's solver parameters (``cadfd_ros.params``), same n
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 
@@ -47,6 +48,12 @@ def intrinsics_for(bank, width: int, height: int, args: argparse.Namespace) -> t
         raise CadfdError("no intrinsics: pass --fx/--fy or use a bank with focal_length_m and pixel_pitch_m")
     cx = args.cx if args.cx is not None else (width - 1) / 2.0
     cy = args.cy if args.cy is not None else (height - 1) / 2.0
+    for name, value in (("fx", fx), ("fy", fy)):
+        if not (math.isfinite(value) and value > 0):
+            raise CadfdError(f"--{name} {value}: the focal length in pixels must be a finite number > 0")
+    for name, value in (("cx", cx), ("cy", cy)):
+        if not math.isfinite(value):
+            raise CadfdError(f"--{name} {value}: the principal point must be a finite number of pixels")
     return float(fx), float(fy), float(cx), float(cy)
 
 

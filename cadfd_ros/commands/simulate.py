@@ -32,7 +32,12 @@ def _run(args: argparse.Namespace) -> int:
     image = read_photo_linear(args.image)
     if not args.depth.is_file():
         raise InputImageError(f"{args.depth}: depth file not found")
-    depth = np.load(args.depth, allow_pickle=False)
+    try:
+        depth = np.load(args.depth, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - an empty file, a bad header, an object array (never unpickled)
+        raise InputImageError(f"{args.depth}: cannot read the depth map ({exc})") from None
+    if depth.dtype.kind not in "fiu":
+        raise InputImageError(f"{args.depth}: depth must be real numbers in metres, got dtype {depth.dtype}")
     if depth.shape != image.shape[:2]:
         raise InputImageError(f"{args.depth}: depth is {depth.shape}, image is {image.shape[:2]}; sizes must match")
     if not np.all(np.isfinite(depth)) or depth.min() <= 0:

@@ -166,6 +166,8 @@ def load_psf_bank(path: str | Path) -> PSFBank:
             value = arrays[key]
             if value.size != 1:
                 raise PSFBankError(f"{source}: metadata {key!r} must be a scalar, got shape {value.shape}")
+            if value.dtype.kind not in "fiu":
+                raise PSFBankError(f"{source}: metadata {key!r} must be a real number, got dtype {value.dtype}")
             metadata[key] = float(value.reshape(()))
     return PSFBank(arrays["psfs"], arrays["depths"], metadata, source=source)
 
