@@ -229,9 +229,15 @@ def test_bad_flags_and_outputs_are_one_line_errors(capture_files, tmp_path, caps
         (["bench", "--size", "8x8", "--out-dir", str(tmp_path / "b")], "--size 8x8: too small for the 25x25 PSFs"),
         (["bench", "--noise", "-1", "--out-dir", str(tmp_path / "b")], "--noise -1.0"),
         (["prior", "sample", "--out", str(tmp_path / "s.png"), "--threads", "-1"], "--threads -1: at least 1"),
+        (["psf-bank", "synth", "--layers", "4", "--out", str(tmp_path / "bank.txt")], "must end in .npz"),
+        (["psf-bank", "show", str(default_psf_bank_path()), "--out", str(tmp_path / "sheet")],
+         "the contact sheet is a .png file"),
+        (["psf-bank", "check", str(default_psf_bank_path()), "--target", photo, "--capture", f"1.0={capture}",
+          "--max-error", "nan"], "--max-error nan"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and message in err, (argv, err)
     assert not (tmp_path / "c.png").exists() and not (tmp_path / "b").exists()
+    assert not (tmp_path / "bank.txt.npz").exists() and not (tmp_path / "sheet.png").exists()

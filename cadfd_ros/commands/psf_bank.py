@@ -5,6 +5,7 @@ import argparse
 import math
 from pathlib import Path
 
+from cadfd_ros.errors import CadfdError
 from cadfd_ros.optics import thin_lens
 
 MAX_TARGET_SIDE = 16384  # px: the target is one image in memory
@@ -107,6 +108,9 @@ def _show(args: argparse.Namespace) -> int:
 
     from cadfd_ros.optics.psf_bank import load_psf_bank
 
+    out = args.out or args.bank.with_suffix(".png")
+    if out.suffix.lower() != ".png":  # matplotlib would append .png
+        raise CadfdError(f"--out {out}: the contact sheet is a .png file")
     bank = load_psf_bank(args.bank)
     cols = min(8, bank.num_layers)
     rows = int(np.ceil(bank.num_layers / cols))
@@ -120,7 +124,6 @@ def _show(args: argparse.Namespace) -> int:
             ax.set_title(f"{bank.depths[index]:.2f} m", fontsize=8)
     fig.suptitle(f"{args.bank.name}: {bank.num_layers} layers, {bank.kernel_size}x{bank.kernel_size}")
     fig.tight_layout()
-    out = args.out or args.bank.with_suffix(".png")
     fig.savefig(out, dpi=100)
     plt.close(fig)
     print(f"wrote {out}")
@@ -129,8 +132,6 @@ def _show(args: argparse.Namespace) -> int:
 
 def _design(args: argparse.Namespace) -> int:
     from cadfd_ros.optics.masks import circular_pattern, design_pattern, save_pattern, score_pattern
-
-    from cadfd_ros.errors import CadfdError
 
     if args.cells < 3:
         raise CadfdError(f"--cells {args.cells}: a mask needs at least 3 x 3 cells")
@@ -314,6 +315,8 @@ def _check(args: argparse.Namespace) -> int:
     from cadfd_ros.optics.psf_bank import load_psf_bank
     from cadfd_ros.optics.target import load_target
 
+    if not (math.isfinite(args.max_error) and args.max_error > 0):
+        raise CadfdError(f"--max-error {args.max_error}: a relative depth error > 0, such as 0.1 for 10%")
     bank = load_psf_bank(args.bank)
     captures = _read_captures(args.capture, args.input_transfer)
     target, layout = load_target(args.target)

@@ -175,6 +175,8 @@ def load_psf_bank(path: str | Path) -> PSFBank:
 def save_psf_bank(bank: PSFBank, path: str | Path) -> Path:
     """Write a bank in the documented ``.npz`` format."""
     path = Path(path)
+    if path.suffix.lower() != ".npz":  # numpy would append .npz, and the name given would not load
+        raise PSFBankError(f"{path}: a PSF bank file must end in .npz")
     path.parent.mkdir(parents=True, exist_ok=True)
     extras = {key: np.float64(value) for key, value in bank.metadata.items()}
     psfs = bank.psfs[:, 0] if bank.num_channels == 1 else bank.psfs
