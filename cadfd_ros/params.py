@@ -58,7 +58,8 @@ class ParamSpec:
         if self.value_range is not None:
             lo, hi = self.value_range
             if not (lo <= value <= hi) and not (self.zero_is_unset and value == 0):
-                raise CadfdError(f"{self.name} must be in [{lo:g}, {hi:g}], got {value!r}")
+                unset = " or 0 (unset)" if self.zero_is_unset else ""
+                raise CadfdError(f"{self.name} must be in [{lo:g}, {hi:g}]{unset}, got {value!r}")
         return value
 
     def accepted(self) -> str:

@@ -114,10 +114,12 @@ def test_measured_depth_is_the_photos_own_geometry_in_the_banks_range(default_ba
         make_scene("brick", default_bank, 60, 80, measured=True)
 
 
-@pytest.mark.parametrize("flags", [["--measured-depth"], ["--cameras", "--photos", "grass", "--measured-depth"]])
-def test_measured_depth_flag_is_checked(tmp_path, capsys, flags):
+@pytest.mark.parametrize("flags,message", [(["--measured-depth"], "--measured-depth applies to the --cameras"),
+                                           (["--cameras", "--photos", "grass", "--measured-depth"], "--measured-depth"),
+                                           (["--only", "bundled"], "--only applies to the --cameras bench only")])
+def test_cameras_only_flags_are_checked(tmp_path, capsys, flags, message):
     assert cli_main(["bench", *flags, "--out-dir", str(tmp_path)]) == 2
-    assert "--measured-depth" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_cameras_bench_over_the_measured_geometry_end_to_end(tmp_path):

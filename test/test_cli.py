@@ -106,8 +106,10 @@ def test_reconstruct_errors_are_one_line_and_nonzero(capture_files, tmp_path, ca
     float_tiff = tmp_path / "float.tif"
     tifffile.imwrite(float_tiff, np.full((64, 64), 0.5, np.float32))
     cases["bits"] = float_tiff
+    (tmp_path / "folder.png").mkdir()
+    cases["folder"] = tmp_path / "folder.png"
     expected = {"missing": "not found", "format": "unsupported format .jpg", "small": "too small",
-                "nan": "NaN", "bits": "bit depth"}
+                "nan": "NaN", "bits": "bit depth", "folder": "a folder, not a capture file"}
     for key, path in cases.items():
         assert main(["reconstruct", str(path), "--out-dir", str(tmp_path / key)]) == 2
         err = capsys.readouterr().err.strip()

@@ -434,7 +434,7 @@ def test_bad_choice_and_out_of_range_refused():
     assert validate_changes({"steps": 0}, ALL_DEFAULTS, False) == "steps must be in [1, 1000], got 0"
     # Inside the ROS range (which starts at 0) but below the schema's: only 0 itself means unset.
     assert validate_changes({"noise_sigma": 5e-5}, ALL_DEFAULTS, False) == (
-        "noise_sigma must be in [0.0001, 0.5], got 5e-05")
+        "noise_sigma must be in [0.0001, 0.5] or 0 (unset), got 5e-05")
     assert validate_changes({"noise_sigma": 0.0}, ALL_DEFAULTS, False) is None
     assert validate_changes({"use_sim_time": True, "qos_overrides./x.publisher.depth": 3}, ALL_DEFAULTS, True) is None
 

@@ -78,6 +78,8 @@ def _run(args: argparse.Namespace) -> int:
         raise CadfdError(f"--motion-blur must be >= 0 px, got {args.motion_blur}")
     if args.measured_depth and not args.cameras:
         raise CadfdError("--measured-depth applies to the --cameras bench only")
+    if args.only and not args.cameras:
+        raise CadfdError("--only applies to the --cameras bench only")
     if args.motion_blur and (args.speed or args.sequence):
         raise CadfdError("--motion-blur applies to the default and --cameras benches, not to --speed or --sequence")
     if args.speed:

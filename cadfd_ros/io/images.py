@@ -17,6 +17,8 @@ CAPTURE_SUFFIXES = (".png", ".tif", ".tiff")
 def read_capture(path: str | Path) -> np.ndarray:
     """8/16-bit PNG or TIFF, mono or RGB -> float32 linear [0, 1], H x W or H x W x 3."""
     path = Path(path)
+    if path.is_dir():
+        raise InputImageError(f"{path}: a folder, not a capture file")
     if not path.is_file():
         raise InputImageError(f"{path}: capture file not found")
     suffix = path.suffix.lower()
