@@ -189,7 +189,7 @@ def test_photos_and_masks_are_read_over_their_full_range(tmp_path, capsys):
             (["psf-bank", "synth", "--pattern", str(tmp_path / "text.png"), "--out", str(tmp_path / "b.npz")],
              "aperture pattern " + str(tmp_path / "text.png") + ": not a readable image"),
             (["psf-bank", "synth", "--pattern", str(tmp_path / "object.npy"), "--out", str(tmp_path / "b.npz")],
-             "object.npy: cannot read the aperture pattern")):
+             "aperture pattern " + str(tmp_path / "object.npy") + ": cannot read")):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and message in err, (argv, err)
@@ -217,9 +217,9 @@ def test_bad_flags_and_outputs_are_one_line_errors(capture_files, tmp_path, caps
         (["simulate", "--image", photo, "--depth", str(capture_files / "depth.npy"), "--out", str(tmp_path / "c.txt")],
          "c.txt: an image output must be a .png file"),
         (["simulate", "--image", photo, "--depth", str(tmp_path / "object.npy"), "--out", str(tmp_path / "c.png")],
-         "object.npy: cannot read the depth map"),
+         "object.npy: cannot read (Object arrays cannot be loaded"),
         (["simulate", "--image", photo, "--depth", str(tmp_path / "bool.npy"), "--out", str(tmp_path / "c.png")],
-         "depth must be real numbers in metres, got dtype bool"),
+         "bool.npy: must hold real numbers, got dtype bool"),
         (["psf-bank", "design", "--out", str(tmp_path / "m.png"), "--restarts", "0"], "--restarts 0"),
         (["psf-bank", "design", "--out", str(tmp_path / "m.png"), "--cells", "2"], "--cells 2"),
         (["psf-bank", "design", "--out", str(tmp_path / "m.png"), "--alias-weight", "-1"], "--alias-weight -1.0"),

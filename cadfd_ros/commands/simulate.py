@@ -21,7 +21,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from cadfd_ros.errors import InputImageError
     from cadfd_ros.forward.render import render_occlusion_aware
-    from cadfd_ros.io.images import read_photo_linear, write_png
+    from cadfd_ros.io.images import read_npy, read_photo_linear, write_png
     from cadfd_ros.optics.psf_bank import default_psf_bank_path, load_psf_bank
 
     if not 0 <= args.noise < 1:
@@ -32,12 +32,7 @@ def _run(args: argparse.Namespace) -> int:
     image = read_photo_linear(args.image)
     if not args.depth.is_file():
         raise InputImageError(f"{args.depth}: depth file not found")
-    try:
-        depth = np.load(args.depth, allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - an empty file, a bad header, an object array (never unpickled)
-        raise InputImageError(f"{args.depth}: cannot read the depth map ({exc})") from None
-    if depth.dtype.kind not in "fiu":
-        raise InputImageError(f"{args.depth}: depth must be real numbers in metres, got dtype {depth.dtype}")
+    depth = read_npy(args.depth, f"depth map {args.depth}")
     if depth.shape != image.shape[:2]:
         raise InputImageError(f"{args.depth}: depth is {depth.shape}, image is {image.shape[:2]}; sizes must match")
     if not np.all(np.isfinite(depth)) or depth.min() <= 0:

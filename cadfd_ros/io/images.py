@@ -94,6 +94,18 @@ def apply_input_transfer(image: np.ndarray, transfer: str) -> np.ndarray:
     raise ValueError(f"input_transfer must be one of {', '.join(INPUT_TRANSFERS)}, got {transfer!r}")
 
 
+def read_npy(path: str | Path, name: str) -> np.ndarray:
+    """A ``.npy`` array from a user's path, never unpickled; a real-number dtype. Errors are one line starting with
+    ``name``: an empty or truncated file, a bad header, an object array (it would need pickle)."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - numpy's errors vary with what is wrong
+        raise InputImageError(f"{name}: cannot read ({exc})") from None
+    if array.dtype.kind not in "fiu":
+        raise InputImageError(f"{name}: must hold real numbers, got dtype {array.dtype}")
+    return array
+
+
 def read_flat_field(path: str | Path) -> np.ndarray:
     """A flat-field (vignetting) image -> float32 H x W or H x W x 3, normalised to max 1.
 
@@ -105,10 +117,7 @@ def read_flat_field(path: str | Path) -> np.ndarray:
         raise InputImageError(f"{name}: file not found")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        try:
-            raw = np.load(path, allow_pickle=False)
-        except Exception as exc:  # noqa: BLE001 - a bad header, an object array, truncation
-            raise InputImageError(f"{name}: cannot read ({exc})") from None
+        raw = read_npy(path, name)
     elif suffix in (".tif", ".tiff"):
         import tifffile
 

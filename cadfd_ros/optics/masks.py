@@ -25,17 +25,11 @@ def load_pattern(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: aperture pattern file not found")
-    if path.suffix.lower() == ".npy":
-        try:
-            pattern = np.load(path, allow_pickle=False)
-        except Exception as exc:  # noqa: BLE001 - a bad header, an object array, truncation
-            raise ValueError(f"{path}: cannot read the aperture pattern ({exc})") from None
-        if pattern.dtype.kind not in "fiu":
-            raise ValueError(f"{path}: aperture pattern must be real numbers, got dtype {pattern.dtype}")
-        pattern = pattern.astype(np.float64)
-    else:  # grey levels over the file's full range (8 or 16 bit); a colour file by its luma
-        from cadfd_ros.io.images import read_image_values
+    from cadfd_ros.io.images import read_image_values, read_npy
 
+    if path.suffix.lower() == ".npy":
+        pattern = read_npy(path, f"aperture pattern {path}").astype(np.float64)
+    else:  # grey levels over the file's full range (8 or 16 bit); a colour file by its luma
         pattern = read_image_values(path, f"aperture pattern {path}").astype(np.float64)
         if pattern.ndim == 3:
             pattern = pattern @ np.array([0.299, 0.587, 0.114])
