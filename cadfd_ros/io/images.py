@@ -27,9 +27,10 @@ def read_capture(path: str | Path) -> np.ndarray:
     return read_image_values(path, str(path))
 
 
-def read_image_values(path: str | Path, name: str) -> np.ndarray:
+def read_image_values(path: str | Path, name: str, grey: bool = False) -> np.ndarray:
     """An 8/16-bit image file (PNG, TIFF, JPEG, ...), mono or RGB, as float32 values in [0, 1] scaled by its full
-    range (alpha dropped), without any transfer function. Errors are one line starting with ``name``."""
+    range (alpha dropped), without any transfer function; ``grey``: a colour file as its Rec. 601 luma (PIL's "L",
+    which masks and targets were read with). Errors are one line starting with ``name``."""
     path = Path(path)
     if not path.is_file():
         raise InputImageError(f"{name}: file not found")
@@ -50,7 +51,10 @@ def read_image_values(path: str | Path, name: str) -> np.ndarray:
         raise
     except Exception as exc:  # noqa: BLE001 - decoder errors vary by library
         raise InputImageError(f"{name}: cannot decode ({exc})") from None
-    return capture_to_float(raw, name)
+    values = capture_to_float(raw, name)
+    if grey and values.ndim == 3:
+        values = values @ np.array([0.299, 0.587, 0.114], np.float32)
+    return values
 
 
 def capture_to_float(raw: np.ndarray, name: str) -> np.ndarray:

@@ -29,10 +29,8 @@ def load_pattern(path: str | Path) -> np.ndarray:
 
     if path.suffix.lower() == ".npy":
         pattern = read_npy(path, f"aperture pattern {path}").astype(np.float64)
-    else:  # grey levels over the file's full range (8 or 16 bit); a colour file by its luma
-        pattern = read_image_values(path, f"aperture pattern {path}").astype(np.float64)
-        if pattern.ndim == 3:
-            pattern = pattern @ np.array([0.299, 0.587, 0.114])
+    else:  # grey levels over the file's full range (8 or 16 bit)
+        pattern = read_image_values(path, f"aperture pattern {path}", grey=True).astype(np.float64)
     if pattern.ndim != 2 or not np.all(np.isfinite(pattern)):
         raise ValueError(f"{path}: aperture pattern must be a finite 2-D array, got shape {pattern.shape}")
     if pattern.min() < 0 or pattern.max() > 1:

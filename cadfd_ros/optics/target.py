@@ -93,11 +93,9 @@ def load_target(path: str | Path) -> tuple[np.ndarray, TargetLayout]:
     if not path.is_file():
         raise CalibrationError(f"{path}: target file not found")
     try:  # grey over the file's full range (8 or 16 bit)
-        grey = read_image_values(path, str(path)).astype(np.float64)
+        grey = read_image_values(path, str(path), grey=True).astype(np.float64)
     except InputImageError as exc:
         raise CalibrationError(str(exc)) from None
-    if grey.ndim == 3:
-        grey = grey @ np.array([0.299, 0.587, 0.114])
     height, width = grey.shape
     try:
         layout = target_layout(width, height)
