@@ -58,8 +58,7 @@ class ParamSpec:
         if self.value_range is not None:
             lo, hi = self.value_range
             if not (lo <= value <= hi) and not (self.zero_is_unset and value == 0):
-                unset = " or 0 (unset)" if self.zero_is_unset else ""
-                raise CadfdError(f"{self.name} must be in [{lo:g}, {hi:g}]{unset}, got {value!r}")
+                raise CadfdError(f"{self.name} must be in {self._range_text()}, got {value!r}")
         return value
 
     def accepted(self) -> str:
@@ -68,9 +67,12 @@ class ParamSpec:
         if self.choices:
             return f"{kind}, one of {', '.join(self.choices)}"
         if self.value_range is not None:
-            lo, hi = self.value_range
-            return f"{kind} in [{lo:g}, {hi:g}]" + (" or 0 (unset)" if self.zero_is_unset else "")
+            return f"{kind} in {self._range_text()}"
         return kind
+
+    def _range_text(self) -> str:
+        lo, hi = self.value_range
+        return f"[{lo:g}, {hi:g}]" + (" or 0 (unset)" if self.zero_is_unset else "")
 
     def to_config(self, value: Any) -> Any:
         """Checked value as a config field: 0 -> None where 0 means unset."""
