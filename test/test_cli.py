@@ -108,7 +108,7 @@ def test_reconstruct_errors_are_one_line_and_nonzero(capture_files, tmp_path, ca
     cases["bits"] = float_tiff
     (tmp_path / "folder.png").mkdir()
     cases["folder"] = tmp_path / "folder.png"
-    expected = {"missing": "not found", "format": "unsupported format .jpg", "small": "too small",
+    expected = {"missing": "not found", "format": "unsupported format .jpg", "small": "small.png: 20x20 is too small",
                 "nan": "NaN", "bits": "bit depth", "folder": "a folder, not a capture file"}
     for key, path in cases.items():
         assert main(["reconstruct", str(path), "--out-dir", str(tmp_path / key)]) == 2
@@ -231,6 +231,10 @@ def test_bad_flags_and_outputs_are_one_line_errors(capture_files, tmp_path, caps
         (["bench", "--size", "8x8", "--out-dir", str(tmp_path / "b")], "--size 8x8: too small for the 25x25 PSFs"),
         (["bench", "--noise", "-1", "--out-dir", str(tmp_path / "b")], "--noise -1.0"),
         (["prior", "sample", "--out", str(tmp_path / "s.png"), "--threads", "-1"], "--threads -1: at least 1"),
+        (["prior", "sample", "--out", str(tmp_path / "s.png"), "--prior", str(a_file)],
+         "is a file; a prior is a diffusers folder"),
+        (["simulate", "--image", photo, "--depth", str(capture_files / "depth.npy"), "--out", str(tmp_path / "c.png"),
+          "--seed", "-1"], "--seed -1: a seed is an integer >= 0"),
         (["psf-bank", "synth", "--layers", "4", "--out", str(tmp_path / "bank.txt")], "must end in .npz"),
         (["psf-bank", "show", str(default_psf_bank_path()), "--out", str(tmp_path / "sheet")],
          "the contact sheet is a .png file"),

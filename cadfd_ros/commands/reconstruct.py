@@ -61,11 +61,12 @@ def _run(args: argparse.Namespace) -> int:
     from cadfd_ros.io.images import apply_input_transfer, read_capture
     from cadfd_ros.io.outputs import write_reconstruction
     from cadfd_ros.optics.psf_bank import default_psf_bank_path, load_psf_bank
-    from cadfd_ros.pipeline import Reconstructor
+    from cadfd_ros.pipeline import Reconstructor, check_capture
 
     bank = load_psf_bank(args.psf_bank or default_psf_bank_path())
     config = config_from_args(args)
-    capture = apply_input_transfer(read_capture(args.capture), args.input_transfer)
+    capture = check_capture(apply_input_transfer(read_capture(args.capture), args.input_transfer), bank,
+                            str(args.capture))  # the size check names the file, before any work
     intrinsics = intrinsics_for(bank, capture.shape[1], capture.shape[0], args)
     result = Reconstructor(bank, config).reconstruct(capture)
     report = write_reconstruction(args.out_dir, result, intrinsics, (float(bank.depths[0]), float(bank.depths[-1])),

@@ -24,6 +24,8 @@ def _run(args: argparse.Namespace) -> int:
     from cadfd_ros.io.images import read_npy, read_photo_linear, write_png
     from cadfd_ros.optics.psf_bank import default_psf_bank_path, load_psf_bank
 
+    if args.seed < 0:
+        raise InputImageError(f"--seed {args.seed}: a seed is an integer >= 0")
     if not 0 <= args.noise < 1:
         raise InputImageError(f"--noise must be in [0, 1), got {args.noise}")
     bank = load_psf_bank(args.psf_bank or default_psf_bank_path())

@@ -243,7 +243,9 @@ def load_prior(spec: str | os.PathLike = "default", device: str | torch.device =
 
     folder = default_prior_path() if str(spec) == "default" else Path(spec).expanduser()
     if not folder.is_dir():
-        raise PriorError(f"prior {spec}: folder does not exist")
+        what = "is a file; a prior is a diffusers folder (unet/ with config.json)" if folder.is_file() else \
+            "folder does not exist"
+        raise PriorError(f"prior {spec}: {what}")
     unet_dir = find_unet_dir(folder)
     try:
         cfg = json.loads((unet_dir / "config.json").read_text())
