@@ -49,8 +49,8 @@ def read_image_values(path: str | Path, name: str, grey: bool = False) -> np.nda
                 raw = raw[:, :, 2::-1] if raw.shape[2] >= 3 else raw
     except InputImageError:
         raise
-    except Exception as exc:  # noqa: BLE001 - decoder errors vary by library
-        raise InputImageError(f"{name}: cannot decode ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - decoder errors vary by library (OpenCV's span several lines)
+        raise InputImageError(f"{name}: cannot decode ({' '.join(str(exc).split())})") from None
     values = capture_to_float(raw, name)
     if grey and values.ndim == 3:
         values = values @ np.array([0.299, 0.587, 0.114], np.float32)
