@@ -68,6 +68,7 @@ def _run(args: argparse.Namespace) -> int:
     capture = check_capture(apply_input_transfer(read_capture(args.capture), args.input_transfer), bank,
                             str(args.capture))  # the size check names the file, before any work
     intrinsics = intrinsics_for(bank, capture.shape[1], capture.shape[0], args)
+    args.out_dir.mkdir(parents=True, exist_ok=True)  # an output under a file fails here, not after the solve
     result = Reconstructor(bank, config).reconstruct(capture)
     report = write_reconstruction(args.out_dir, result, intrinsics, (float(bank.depths[0]), float(bank.depths[-1])),
                                   {"capture": str(args.capture), "psf_bank": bank.source})

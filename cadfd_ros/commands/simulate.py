@@ -28,6 +28,7 @@ def _run(args: argparse.Namespace) -> int:
         raise InputImageError(f"--seed {args.seed}: a seed is an integer >= 0")
     if not 0 <= args.noise < 1:
         raise InputImageError(f"--noise must be in [0, 1), got {args.noise}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # an output under a file fails before the render
     bank = load_psf_bank(args.psf_bank or default_psf_bank_path())
     if not args.image.is_file():
         raise InputImageError(f"{args.image}: image file not found")
@@ -42,7 +43,6 @@ def _run(args: argparse.Namespace) -> int:
     clean = render_occlusion_aware(image, depth.astype(np.float32), bank)
     rng = np.random.default_rng(args.seed)
     capture = np.clip(clean + rng.normal(0, args.noise, clean.shape), 0, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_png(args.out, capture, bits=16)
     print(f"wrote {args.out} ({capture.shape[1]}x{capture.shape[0]}, noise {args.noise})")
     return 0
