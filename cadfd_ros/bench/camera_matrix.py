@@ -32,6 +32,8 @@ from cadfd_ros.optics.psf_bank import PSFBank
 
 if TYPE_CHECKING:
     from cadfd_ros.pipeline import ReconstructionConfig
+    from cadfd_ros.solvers.classical import ClassicalSolver
+    from cadfd_ros.solvers.dps import DiffusionPosteriorSampler
 
 CEILING_WINDOW = 7  # px, the depth ceiling's evidence window
 DECILES = 10
@@ -197,7 +199,8 @@ def depth_ceiling(scene: Scene, bank: PSFBank, device: str = "cpu") -> np.ndarra
     return depth[0].float().cpu().numpy()
 
 
-def aif_ceiling(scene: Scene, bank: PSFBank, sampler, classical) -> np.ndarray:
+def aif_ceiling(scene: Scene, bank: PSFBank, sampler: DiffusionPosteriorSampler, classical: ClassicalSolver
+                ) -> np.ndarray:
     """Our sampler's all-in-focus image with the layer coordinate fixed to the true depth."""
     from dataclasses import replace
 

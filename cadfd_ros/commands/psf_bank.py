@@ -4,9 +4,13 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cadfd_ros.errors import CadfdError
 from cadfd_ros.optics import thin_lens
+
+if TYPE_CHECKING:
+    from cadfd_ros.optics.calibration import CalibrationResult, LensFit
 
 MAX_TARGET_SIDE = 16384  # px: the target is one image in memory
 
@@ -249,7 +253,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def lens_metadata(fit, focal_length_m: float, pixel_pitch_m: float) -> dict[str, float]:
+def lens_metadata(fit: LensFit, focal_length_m: float, pixel_pitch_m: float) -> dict[str, float]:
     """Bank metadata from the fit: c = A f (s - s_f) / (s (s_f - f) pitch) gives the aperture
     A = |b| (s_f - f) pitch / (f s_f) from the blur per dioptre |b|."""
     from cadfd_ros.optics.target import CalibrationError
@@ -263,7 +267,7 @@ def lens_metadata(fit, focal_length_m: float, pixel_pitch_m: float) -> dict[str,
             "focus_distance_m": focus, "pixel_pitch_m": pixel_pitch_m}
 
 
-def write_calibration_report(result, path: Path) -> Path:
+def write_calibration_report(result: CalibrationResult, path: Path) -> Path:
     """PNG: per capture the calibrated PSF, the model's PSF and the residual; the blur fit."""
     import matplotlib
 

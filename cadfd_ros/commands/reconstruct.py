@@ -9,6 +9,11 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cadfd_ros.optics.psf_bank import PSFBank
+    from cadfd_ros.pipeline import ReconstructionConfig
 
 
 def add_solver_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run)
 
 
-def config_from_args(args: argparse.Namespace, **overrides: object):
+def config_from_args(args: argparse.Namespace, **overrides: object) -> ReconstructionConfig:
     """The solver config from the generated flags (``overrides`` win)."""
     from cadfd_ros.params import SOLVER, values_from_args
     from cadfd_ros.pipeline import ReconstructionConfig
@@ -37,7 +42,8 @@ def config_from_args(args: argparse.Namespace, **overrides: object):
     return ReconstructionConfig.from_values({**values_from_args(args, (SOLVER,)), **overrides})
 
 
-def intrinsics_for(bank, width: int, height: int, args: argparse.Namespace) -> tuple[float, float, float, float]:
+def intrinsics_for(bank: PSFBank, width: int, height: int, args: argparse.Namespace
+                   ) -> tuple[float, float, float, float]:
     """--fx/--fy/--cx/--cy, else the bank's focal length with the principal point at the centre."""
     from cadfd_ros.errors import CadfdError
 

@@ -3,6 +3,7 @@ the data steps are called through their modules, so a test can count or record t
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -12,6 +13,12 @@ from cadfd_ros.solvers.dps import data_steps, depth_evidence
 from cadfd_ros.solvers.dps.state import FrameContext, SamplerState, StageClock, StepOutput
 from cadfd_ros.solvers.filters import gaussian_blur
 from cadfd_ros.solvers.schedule import PosteriorScheduler
+
+if TYPE_CHECKING:
+    from cadfd_ros.prior.model import DiffusionPrior
+
+# The network's noise prediction at (x_t, t): the sampler's counting wrapper around the prior.
+Denoiser = Callable[[torch.Tensor, "int | torch.Tensor"], torch.Tensor]
 
 
 def depth_update_steps(steps: int, every: int, at_most: int | None, at_least: int = 1) -> frozenset[int]:
@@ -30,7 +37,8 @@ def depth_update_steps(steps: int, every: int, at_most: int | None, at_least: in
 
 @torch.no_grad()
 def diffpir_step(ctx: FrameContext, state: SamplerState, scheduler: PosteriorScheduler, index: int,
-                 denoiser, prior, generator: torch.Generator, clock: StageClock) -> StepOutput:
+                 denoiser: Denoiser, prior: DiffusionPrior, generator: torch.Generator, clock: StageClock
+                 ) -> StepOutput:
     """Tweedie estimate, depth update (at ``depth_update_steps``), proximal data step pulled towards the
     estimate (skipped where rho_t > ``proximal_max_rho``), then re-noising. No gradient through the network."""
     p, op, y = ctx.params, ctx.operator, ctx.capture
@@ -76,7 +84,7 @@ def diffpir_step(ctx: FrameContext, state: SamplerState, scheduler: PosteriorSch
 
 
 def dps_step(ctx: FrameContext, state: SamplerState, scheduler: PosteriorScheduler, index: int,
-             denoiser, prior, generator: torch.Generator, clock: StageClock) -> StepOutput:
+             denoiser: Denoiser, prior: DiffusionPrior, generator: torch.Generator, clock: StageClock) -> StepOutput:
     """Chung et al.: ancestral step from the Tweedie estimate minus zeta * grad ||y - A(x0(x_t))||, and a
     step on the depth coordinate from the same loss."""
     p, op, y = ctx.params, ctx.operator, ctx.capture
