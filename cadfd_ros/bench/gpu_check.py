@@ -25,8 +25,14 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from cadfd_ros.bench.scenes import Scene
+    from cadfd_ros.optics.psf_bank import PSFBank
+    from cadfd_ros.pipeline import Reconstructor
 
 DELTA_TOLERANCE = 0.02
 PSNR_TOLERANCE_DB = 0.2
@@ -50,7 +56,8 @@ def _reconstructor(bank, device: str, steps: int, **config):
     return Reconstructor(bank, ReconstructionConfig(method="dps", steps=steps, device=device, seed=0, **config))
 
 
-def compare(bank, scene, first, second, labels: tuple[str, str]) -> tuple[bool, str]:
+def compare(bank: PSFBank, scene: Scene, first: Reconstructor, second: Reconstructor, labels: tuple[str, str]
+            ) -> tuple[bool, str]:
     """Score two reconstructors on one capture against its truth; pass if they agree within tolerance."""
     scores = []
     for rec in (first, second):
@@ -67,7 +74,8 @@ def compare(bank, scene, first, second, labels: tuple[str, str]) -> tuple[bool, 
     return ok, "\n".join(lines)
 
 
-def tiled_out_of_memory(bank, device: str, size: tuple[int, int], cap_gib: float | None, tile: int) -> tuple[bool, str]:
+def tiled_out_of_memory(bank: PSFBank, device: str, size: tuple[int, int], cap_gib: float | None, tile: int
+                        ) -> tuple[bool, str]:
     """Whole frame under a memory cap (must fail on CUDA), then the tiled solve under the same cap."""
     import torch
 

@@ -186,7 +186,8 @@ def markdown_table(rows: list[BenchRow], per_scene: bool = False) -> str:
     return "\n".join(lines)
 
 
-def save_examples_figure(path: str | Path, examples, bank: PSFBank, max_scenes: int = 3) -> Path:
+def save_examples_figure(path: str | Path, examples: list[tuple[Scene, dict[str, Reconstruction]]], bank: PSFBank,
+                         max_scenes: int = 3) -> Path:
     """Rows of scenes: capture, then each method's depth and all-in-focus, then the truth."""
     import matplotlib
 

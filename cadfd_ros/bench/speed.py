@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -120,7 +121,8 @@ def measure(bank: PSFBank, height: int, width: int, channels: int, steps: int, d
                     {key: statistics.median(values) for key, values in stages.items()})
 
 
-def run_speed(bank: PSFBank, sizes=SPEED_SIZES, steps=SPEED_STEPS, channels=(1, 3), device: str = "cpu",
+def run_speed(bank: PSFBank, sizes: tuple[tuple[int, int], ...] = SPEED_SIZES, steps: tuple[int, ...] = SPEED_STEPS,
+              channels: tuple[int, ...] = (1, 3), device: str = "cpu",
               repeats: int = 2, progress: bool = True, config: ReconstructionConfig | None = None) -> list[SpeedRow]:
     """Every (size, channels, steps) combination; one Reconstructor per step count. ``config``: the solver
     settings (``cadfd bench``'s solver flags); method, steps and device are this function's."""
@@ -202,7 +204,7 @@ def timestamp() -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
 
 
-def median_call_ms(call, device: str, repeats: int, warmup: int = 3) -> float:
+def median_call_ms(call: Callable[[], object], device: str, repeats: int, warmup: int = 3) -> float:
     """Median milliseconds of ``call()`` over ``repeats`` timed calls after ``warmup`` untimed ones (compilation,
     allocator, cuDNN autotuning), synchronised on CUDA so that asynchronous kernels are counted."""
     import torch

@@ -9,6 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from cadfd_ros.optics.psf_bank import PSFBank
+    from cadfd_ros.result import Reconstruction
 
 SAMPLE_SEED = 7
 SAMPLE_NOISE = 0.01
@@ -108,7 +115,8 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def save_summary(path: Path, capture, results: dict, truth, sharp, bank, scores: dict) -> Path:
+def save_summary(path: Path, capture: np.ndarray, results: dict[str, Reconstruction], truth: np.ndarray,
+                 sharp: np.ndarray, bank: PSFBank, scores: dict) -> Path:
     """One row of truth, then one row per method: depth, all-in-focus, confidence, with their scores."""
     import matplotlib
     import numpy as np
