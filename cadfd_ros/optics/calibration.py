@@ -470,7 +470,7 @@ class LensFit:
     def blur_per_dioptre_px(self) -> float:
         return float(abs(self.b_px_m))
 
-    def coc_px(self, distance_m) -> np.ndarray:
+    def coc_px(self, distance_m: float | np.ndarray) -> np.ndarray:
         return self.a_px + self.b_px_m / np.asarray(distance_m, np.float64)
 
     def psf(self, distance_m: float, kernel_size: int) -> np.ndarray:

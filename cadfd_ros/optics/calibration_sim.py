@@ -28,7 +28,8 @@ class SimulatedLens:
     halo_sigma_px: float = 2.0
     misalignment_px: tuple[float, float] = (0.3, -0.2)  # (row, col)
 
-    def coc_px(self, distance_m):
+    def coc_px(self, distance_m: float | np.ndarray) -> np.ndarray:
+        """Signed blur diameter (px) at ``distance_m``: zero at focus, negative in front of it."""
         return self.blur_scale_px * (1.0 - self.focus_distance_m / np.asarray(distance_m, np.float64))
 
     def psf(self, distance_m: float, kernel_size: int, upsample: int = 1) -> np.ndarray:
