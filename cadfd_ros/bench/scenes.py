@@ -65,18 +65,18 @@ def load_photo(name: str) -> np.ndarray:
 
 
 def fit_photo(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize to cover height x width (area interpolation), then centre-crop."""
+    """Resize to cover height x width (area interpolation when shrinking, cubic when enlarging), then centre-crop."""
+    return _cover_crop(image, height, width).clip(0, 1)
+
+
+def _cover_crop(image: np.ndarray, height: int, width: int, interpolation: int | None = None) -> np.ndarray:
+    """``image`` resized to cover height x width and centre-cropped: the same framing for a photo and its depth.
+    ``interpolation``: an OpenCV flag; None, area when shrinking and cubic when enlarging."""
     import cv2
 
     scale = max(height / image.shape[0], width / image.shape[1])
-    return _cover_crop(image, height, width, cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC).clip(0, 1)
-
-
-def _cover_crop(image: np.ndarray, height: int, width: int, interpolation: int) -> np.ndarray:
-    """``image`` resized to cover height x width and centre-cropped: the same framing for a photo and its depth."""
-    import cv2
-
-    scale = max(height / image.shape[0], width / image.shape[1])
+    if interpolation is None:
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
     size = (max(width, int(round(image.shape[1] * scale))), max(height, int(round(image.shape[0] * scale))))
     resized = cv2.resize(image, size, interpolation=interpolation)
     top = (resized.shape[0] - height) // 2

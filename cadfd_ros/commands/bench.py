@@ -90,7 +90,6 @@ def _run(args: argparse.Namespace) -> int:
         return _run_cameras(args)
     from cadfd_ros.bench.runner import constant_depth_method, markdown_table, run_bench, save_examples_figure, \
         paired_leads, save_steps_curve, solver_method, summarise
-    from cadfd_ros.errors import CadfdError
     from cadfd_ros.optics.psf_bank import default_psf_bank_path, load_psf_bank
     from cadfd_ros.commands.reconstruct import config_from_args
 
