@@ -33,7 +33,7 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image, LaserScan, PointCloud2
 
 from cadfd_ros.errors import CadfdError, InputImageError
-from cadfd_ros.params import PARAM_BY_NAME, PARAMS
+from cadfd_ros.params import PARAM_BY_NAME, PARAMS, ignored_by_method
 from cadfd_ros.ros.conversions import check_image_layout
 from cadfd_ros.ros.diagnostics import RateMeter, Stats, diagnostic_statuses
 from cadfd_ros.ros.mailbox import CameraInfoBuffer, LatestFrame
@@ -265,7 +265,11 @@ class CadfdNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _build_processor(self) -> FrameProcessor:
-        processor = build_processor(self._values())  # dps: loads the prior (PriorError)
+        values = self._values()
+        processor = build_processor(values)  # dps: loads the prior (PriorError)
+        ignored = ignored_by_method(values)
+        if ignored:
+            self.get_logger().warning(f"{', '.join(ignored)} apply to method dps only; ignored with method classical")
         start = time.perf_counter()
         processor.warmup()
         self.get_logger().info(f"warm-up took {1e3 * (time.perf_counter() - start):.0f} ms")

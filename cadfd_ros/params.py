@@ -36,6 +36,7 @@ class ParamSpec:
     zero_is_unset: bool = False  # 0 means "not set" (None in the solver config)
     read_only: bool = False
     cli: bool = True  # offered as a flag by the commands that take this scope
+    dps_only: bool = False  # read by method dps alone: set with method classical, it is reported as ignored
 
     @property
     def configure_time(self) -> bool:
@@ -86,13 +87,14 @@ class ParamSpec:
 PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("psf_bank", "", "PSF bank .npz path; empty = the bundled config/default_psf_bank.npz", INPUT),
     ParamSpec("prior", "default", "diffusion prior: 'default' (bundled) or a checkpoint folder (method dps only)",
-              SOLVER),
+              SOLVER, dps_only=True),
     ParamSpec("method", "classical", "reconstruction method", SOLVER, choices=METHODS),
     ParamSpec("sampler", "auto", "diffusion sampler for method dps ('auto' picks the default, diffpir)", SOLVER,
-              choices=SAMPLERS),
-    ParamSpec("steps", 4, "prior network evaluations per frame (method dps)", SOLVER, value_range=(1, 1000)),
+              choices=SAMPLERS, dps_only=True),
+    ParamSpec("steps", 4, "prior network evaluations per frame (method dps)", SOLVER, value_range=(1, 1000),
+              dps_only=True),
     ParamSpec("time_budget_ms", 0.0, "per-frame solver time budget in ms, picks the steps (method dps); 0 = no budget",
-              SOLVER, value_range=(1.0, 600000.0), zero_is_unset=True),
+              SOLVER, value_range=(1.0, 600000.0), zero_is_unset=True, dps_only=True),
     ParamSpec("seed", 0, "random seed of the sampler (reproducible output)", SOLVER, value_range=(0, 2**31 - 1)),
     ParamSpec("device", "auto", "compute device: auto picks cuda when torch sees one", SOLVER, choices=DEVICES),
     ParamSpec("noise_sigma", 0.0, "capture noise std in [0,1] intensity; 0 = estimate per frame", SOLVER,
@@ -117,7 +119,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("temporal_warm_start", False, "method dps on a video: start each frame from the previous frame's "
               "depth and image, noised to a lower level and refined in fewer network evaluations, instead of from "
               "the classical estimate; a scene cut (the previous estimate no longer explains the capture), a "
-              "change of frame size and every 11th frame (SamplerParams.warm_refresh_every) start cold", SOLVER),
+              "change of frame size and every 11th frame (SamplerParams.warm_refresh_every) start cold", SOLVER,
+              dps_only=True),
     ParamSpec("input_transfer", "linear", "transfer curve of the input frames, inverted before solving: linear "
               "(raw sensors) or srgb (gamma-encoded 8-bit frames, most UVC/GigE drivers); the AIF output is linear "
               "either way", INPUT, choices=("linear", "srgb")),
@@ -169,6 +172,14 @@ PARAM_BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMS}
 def defaults(scopes: Iterable[str]) -> dict[str, Any]:
     scopes = set(scopes)
     return {p.name: p.default for p in PARAMS if p.scope in scopes}
+
+
+def ignored_by_method(values: Mapping[str, Any]) -> list[str]:
+    """The method-dps parameters that ``values`` sets away from their defaults while its method is classical:
+    the solver never reads them, so a caller reports them instead of dropping them silently."""
+    if values.get("method", PARAM_BY_NAME["method"].default) != "classical":
+        return []
+    return [p.name for p in PARAMS if p.dps_only and p.name in values and values[p.name] != p.default]
 
 
 def scope_values(values: Mapping[str, Any], scope: str) -> dict[str, Any]:

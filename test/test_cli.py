@@ -74,6 +74,15 @@ def test_reconstruct_writes_the_contract_files(capture_files, default_bank):
         assert (out / name).stat().st_size > 1000
 
 
+def test_reconstruct_warns_of_dps_flags_with_classical(capture_files, capsys):
+    out = capture_files / "out_ignored"
+    assert main(["reconstruct", str(capture_files / "capture.png"), "--out-dir", str(out), "--device", "cpu",
+                 "--prior", str(capture_files / "no_checkpoint"), "--steps", "8"]) == 0
+    err = capsys.readouterr().err
+    assert "--prior, --steps apply to --method dps only; ignored with --method classical" in err
+    assert json.loads((out / "report.json").read_text())["method"] == "classical"
+
+
 def test_ply_points_use_the_bank_intrinsics(capture_files, default_bank):
     out = capture_files / "out_k"
     assert main(["reconstruct", str(capture_files / "capture.png"), "--out-dir", str(out), "--fx", "100",

@@ -553,6 +553,24 @@ def test_solver_thread_runs_at_lower_priority(harness, scene):
     assert sys.getswitchinterval() <= 0.001  # executor threads get the GIL back within 1 ms
 
 
+def test_classical_configure_warns_of_dps_parameters(harness, tmp_path, monkeypatch):
+    # method classical never loads the prior: a bad prior path configures, and the log says it is unused
+    h = harness(prior=str(tmp_path / "no_prior"), steps=8)
+    logger, warnings = h.node.get_logger(), []
+
+    class Recorder:
+        def __getattr__(self, name):
+            return getattr(logger, name)
+
+        def warning(self, message, **kwargs):
+            warnings.append(message)
+            return logger.warning(message, **kwargs)
+
+    monkeypatch.setattr(h.node, "get_logger", lambda: Recorder())
+    assert h.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert "prior, steps apply to method dps only; ignored with method classical" in warnings
+
+
 def test_exception_in_a_transition_is_logged_and_recovered(harness):
     # rclpy turns an exception in a transition callback into a silent ERROR; the node must log
     # it, release everything in on_error and end up unconfigured, ready to configure again.

@@ -86,3 +86,19 @@ def test_warm_start_description_names_the_refresh_period():
 
     period = SamplerParams().warm_refresh_every
     assert f"every {period}th frame" in PARAM_BY_NAME["temporal_warm_start"].description
+
+
+def test_dps_flags_set_for_classical_are_reported_not_dropped(capsys):
+    from cadfd_ros.commands.reconstruct import warn_ignored_flags
+    from cadfd_ros.params import ignored_by_method
+
+    # the flag marks exactly the parameters documented as read by method dps
+    assert {p.name for p in PARAMS if p.dps_only} == {p.name for p in PARAMS if "method dps" in p.description}
+    assert ignored_by_method({"method": "classical", "prior": "/ckpt", "steps": 4}) == ["prior"]  # 4: the default
+    assert ignored_by_method({"steps": 8, "temporal_warm_start": True}) == ["steps", "temporal_warm_start"]
+    assert ignored_by_method({"method": "dps", "prior": "/ckpt", "steps": 8}) == []
+    warn_ignored_flags({"method": "classical", "prior": "/ckpt", "sampler": "dps"})
+    assert capsys.readouterr().err == ("cadfd: warning: --prior, --sampler apply to --method dps only; ignored with "
+                                       "--method classical\n")
+    warn_ignored_flags({"method": "classical"})
+    assert capsys.readouterr().err == ""

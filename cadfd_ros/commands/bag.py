@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
     from sensor_msgs.msg import CameraInfo, Image
 
+    from cadfd_ros.commands.reconstruct import warn_ignored_flags
     from cadfd_ros.errors import CadfdError, InputImageError
     from cadfd_ros.params import INPUT, OUTPUT, SOLVER, values_from_args
     from cadfd_ros.ros.parameters import build_processor, output_settings
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         raise CadfdError(f"input bag {args.input}: not a readable rosbag2 ({' '.join(str(exc).split())})") from None
     values = values_from_args(args, (INPUT, SOLVER, OUTPUT))
     settings = output_settings(values)
+    warn_ignored_flags(values)
     processor = build_processor(values)  # the node's own construction: same bank, downscale and config
 
     typestore = get_typestore(Stores.ROS2_KILTED)

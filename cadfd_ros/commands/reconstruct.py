@@ -42,6 +42,18 @@ def config_from_args(args: argparse.Namespace, **overrides: object) -> Reconstru
     return ReconstructionConfig.from_values({**values_from_args(args, (SOLVER,)), **overrides})
 
 
+def warn_ignored_flags(values: dict) -> None:
+    """One line on stderr naming the method-dps flags that ``values`` sets for method classical."""
+    import sys
+
+    from cadfd_ros.params import PARAM_BY_NAME, ignored_by_method
+
+    ignored = ignored_by_method(values)
+    if ignored:
+        flags = ", ".join(PARAM_BY_NAME[name].flag for name in ignored)
+        print(f"cadfd: warning: {flags} apply to --method dps only; ignored with --method classical", file=sys.stderr)
+
+
 def intrinsics_for(bank: PSFBank, width: int, height: int, args: argparse.Namespace
                    ) -> tuple[float, float, float, float]:
     """--fx/--fy/--cx/--cy, else the bank's focal length with the principal point at the centre."""
@@ -69,8 +81,11 @@ def _run(args: argparse.Namespace) -> int:
     from cadfd_ros.optics.psf_bank import default_psf_bank_path, load_psf_bank
     from cadfd_ros.pipeline import Reconstructor, check_capture
 
+    from cadfd_ros.params import SOLVER, values_from_args
+
     bank = load_psf_bank(args.psf_bank or default_psf_bank_path())
     config = config_from_args(args)
+    warn_ignored_flags(values_from_args(args, (SOLVER,)))
     capture = check_capture(apply_input_transfer(read_capture(args.capture), args.input_transfer), bank,
                             str(args.capture))  # the size check names the file, before any work
     intrinsics = intrinsics_for(bank, capture.shape[1], capture.shape[0], args)
