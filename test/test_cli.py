@@ -257,3 +257,30 @@ def test_bad_flags_and_outputs_are_one_line_errors(capture_files, tmp_path, caps
         assert "\n" not in err and message in err, (argv, err)
     assert not (tmp_path / "c.png").exists() and not (tmp_path / "b").exists()
     assert not (tmp_path / "bank.txt.npz").exists() and not (tmp_path / "sheet.png").exists()
+
+
+def test_bench_and_demo_find_a_bad_output_folder_before_the_run(tmp_path, capsys, monkeypatch):
+    """An --out-dir under a file is one line before any solve: the runs would otherwise be lost at the end."""
+    import cadfd_ros.bench.camera_matrix as camera_matrix
+    import cadfd_ros.bench.runner as runner
+    import cadfd_ros.bench.sequence as sequence
+    import cadfd_ros.bench.speed as speed
+    import cadfd_ros.pipeline as pipeline
+
+    def not_reached(*args, **kwargs):
+        raise AssertionError("the run started before the output folder was checked")
+
+    for module, name in ((runner, "run_bench"), (camera_matrix, "run_camera"), (speed, "run_speed"),
+                         (sequence, "run_sequence"), (pipeline, "Reconstructor")):
+        monkeypatch.setattr(module, name, not_reached)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    out = str(a_file / "sub")
+    for argv in (["bench", "--methods", "constant", "--size", "64x64", "--out-dir", out],
+                 ["bench", "--cameras", "--only", "bundled", "--out-dir", out],
+                 ["bench", "--speed", "--speed-sizes", "64x64", "--speed-steps", "1", "--out-dir", out],
+                 ["bench", "--sequence", "--out-dir", out],
+                 ["demo", "--out-dir", out]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and f"{out}: Not a directory" in err, (argv, err)

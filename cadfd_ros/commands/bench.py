@@ -134,9 +134,9 @@ def _run(args: argparse.Namespace) -> int:
     photos = tuple(p.strip() for p in args.photos.split(",") if p.strip())
     if args.repeats < 1:
         raise CadfdError(f"--repeats must be at least 1, got {args.repeats}")
+    args.out_dir.mkdir(parents=True, exist_ok=True)  # an output under a file fails here, not after the run
     rows, examples = run_bench(bank, methods, photos, height, width, args.noise, args.seed, repeats=args.repeats,
                                motion_px=args.motion_blur)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows, per_scene=True)
     repeated = f" x {args.repeats} depth maps each (seed {args.seed})" if args.repeats > 1 else f" (seed {args.seed})"
     motion = f", captures blurred by a {args.motion_blur} px sideways motion" if args.motion_blur else ""
@@ -195,10 +195,10 @@ def _run_cameras(args: argparse.Namespace) -> int:
                              f"{', '.join(MEASURED_DISPARITY)}; choose them with --photos)")
     device = resolve_device(args.device)
     solver = config_from_args(args, method="dps")  # the solver flags (--prior, --noise-model, ...) apply here too
+    args.out_dir.mkdir(parents=True, exist_ok=True)  # an output under a file fails here, not after the run
     results = [cm.run_camera(camera, photos, steps=args.steps, seed=args.seed, repeats=args.repeats, device=device,
                              config=solver, motion_px=args.motion_blur, measured_depth=args.measured_depth)
                for camera in cameras]
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     depths = (f"{args.repeats} noise draw(s) over its measured depth" if args.measured_depth
               else f"{args.repeats} depth map(s)")
     header = (f"Camera matrix {path.name}, {args.photos} photos ({', '.join(photos)}) x {depths}, "
@@ -248,6 +248,7 @@ def _run_speed(args: argparse.Namespace) -> int:
         raise CadfdError(f"--speed-repeats must be at least 1, got {args.speed_repeats}")
     bank = load_psf_bank(args.psf_bank or default_psf_bank_path())
     device = resolve_device(args.device)
+    args.out_dir.mkdir(parents=True, exist_ok=True)  # an output under a file fails here, not after the run
     rows = speed.run_speed(bank, sizes, steps, tuple(names[w] for w in wanted), device, args.speed_repeats,
                            config=config_from_args(args, method="dps"))
     header = (f"Speed, DFD-DPS, bank {bank.source}, {speed.machine_description(device)}, {speed.timestamp()}; "
@@ -283,6 +284,7 @@ def _run_sequence(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     if args.sequence_warm_refresh is not None and args.sequence_warm_refresh < 0:
         raise CadfdError(f"--sequence-warm-refresh must be 0 (never) or positive, got {args.sequence_warm_refresh}")
+    args.out_dir.mkdir(parents=True, exist_ok=True)  # an output under a file fails here, not after the run
     rows = sq.run_sequence(bank, photos, config, solver, partial_csv=args.out_dir / "sequence.partial.csv",
                            warm_refresh_every=args.sequence_warm_refresh)
     summary = sq.summarise_sequence(rows, config)

@@ -91,6 +91,7 @@ def _run(args: argparse.Namespace) -> int:
     border = evaluation_mask(truth.shape, bank.half_size)
     textured = border & textured_mask(sharp)
     step = float(np.abs(np.diff(bank.inverse_depths)).mean())
+    args.out_dir.mkdir(parents=True, exist_ok=True)  # an output under a file fails here, not after the solves
     results, all_scores = {}, {"capture_vs_sharp": image_metrics(capture, sharp, border)}
     for index, method in enumerate(methods):
         result = Reconstructor(bank, config_from_args(args, method=method)).reconstruct(capture)
