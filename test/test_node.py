@@ -507,6 +507,36 @@ def test_intrinsics_from_bank_when_no_camera_info(harness, scene, bank_path):
     assert statuses
 
 
+def test_uncalibrated_camera_info_falls_back_to_the_bank(harness, scene, bank_path):
+    """A driver without a calibration file publishes fx = K[0] = 0 (here a 0x0 size too): the frame is published
+    with the bank's intrinsics and a WARN, not skipped as bad."""
+    from cadfd_ros.optics.psf_bank import load_psf_bank
+
+    capture, _ = scene
+    h = harness()
+    h.start()
+    stamp = (4100, 0)
+    uncalibrated = camera_info_msg(0, 0, stamp, FRAME, fx=0.0, fy=0.0, cx=0.0, cy=0.0)
+    for _ in range(3):  # best effort: resend until the frame's outputs arrive
+        h.info_pub.publish(uncalibrated)
+        time.sleep(0.05)
+        h.send(capture, "rgb8", stamp, info=False)
+        try:
+            info = h.out.wait_for("depth/camera_info",
+                                  lambda m: (m.header.stamp.sec, m.header.stamp.nanosec) == stamp, 8.0)
+            break
+        except AssertionError:
+            continue
+    else:
+        raise AssertionError("no depth/camera_info for a frame with an uncalibrated camera_info")
+    f = load_psf_bank(bank_path).focal_length_px()
+    np.testing.assert_allclose(info.k, [f, 0, (W - 1) / 2, 0, f, (H - 1) / 2, 0, 0, 1], rtol=1e-6)
+    h.out.wait_for("points", lambda m: (m.header.stamp.sec, m.header.stamp.nanosec) == stamp)
+    statuses = h.diagnostics(lambda s: any("camera_info is uncalibrated" in v["_message"] for v in s.values()))
+    assert any(v.get("intrinsics") == "psf_bank" for v in statuses.values()), statuses
+    assert h.node._stats.snapshot().bad == 0
+
+
 def test_config_yaml_and_docs_match_the_declared_parameters(tmp_path):
     """config/cadfd.yaml loads through --params-file and holds exactly the declared defaults;
     README.md documents every parameter. Keeps code, config and docs from drifting apart."""

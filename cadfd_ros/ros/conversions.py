@@ -177,6 +177,12 @@ def _as_uint8(data: object) -> np.ndarray:
 # --------------------------------------------------------------------------- camera info
 
 
+def camera_info_uncalibrated(info: CameraInfo) -> bool:
+    """True for the camera_info of an uncalibrated camera: K[0] (fx) is 0, as a driver without a calibration file
+    publishes it; image_proc's rectify node reads the same test as "uncalibrated"."""
+    return float(info.k[0]) == 0.0
+
+
 def check_camera_info(info: CameraInfo, width: int, height: int) -> None:
     """Raise InputImageError unless ``info`` describes a ``width`` x ``height`` image with usable
     intrinsics (finite K and P, fx, fy > 0 in both). Binning and ROI are not supported."""

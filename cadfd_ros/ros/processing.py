@@ -300,6 +300,11 @@ class FrameProcessor:
         else:
             capture, noise = conv.image_msg_to_capture(image_msg), None
         in_h, in_w = capture.shape[:2]
+        if camera_info is not None and conv.camera_info_uncalibrated(camera_info):
+            # a guess beats no output: the frame goes on with the bank's optics, and says so
+            notes.append("camera_info is uncalibrated (K[0] = fx is 0): intrinsics from the PSF bank's optics; "
+                         "calibrate the camera for metric points and scan")
+            camera_info = None
         if camera_info is not None:
             conv.check_camera_info(camera_info, in_w, in_h)
         capture = apply_input_transfer(capture, self.input_transfer)
