@@ -30,19 +30,46 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler, SetEnvironmentVariable
+from launch.actions import (DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler,
+                            SetEnvironmentVariable)
 from launch.conditions import IfCondition
 from launch.events import matches_action
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration, NotEqualsSubstitution
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
-from launch_ros.parameter_descriptions import ParameterValue
 from lifecycle_msgs.msg import Transition
 
 
 # Fast DDS 3 reads this variable (2.x read FASTRTPS_DEFAULT_PROFILES_FILE) at participant creation.
 FASTDDS_PROFILE_VAR = "FASTDDS_DEFAULT_PROFILES_FILE"
+# Node parameters that are also launch arguments, with their types. Empty (the default) keeps params_file's value:
+# later parameter entries win in ROS 2 launch, so a default here would overwrite the user's file.
+PARAMETER_ARGUMENTS = {"device": str, "publish_scan": bool, "scan_height": int, "scan_frame_id": str}
+
+
+def node_parameters(params_file: str, given: dict[str, str], publish_tf: bool, camera_name: str) -> list:
+    """params_file, then the parameter arguments given on the command line (non-empty), typed. With publish_tf
+    and no scan_frame_id given, the scan goes in the x-forward <camera_name>_link those transforms create."""
+    overrides: dict[str, object] = {}
+    for name, text in given.items():
+        if text == "":
+            continue
+        kind = PARAMETER_ARGUMENTS[name]
+        if kind is bool:  # the spellings launch's IfCondition takes
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"launch argument {name}:={text}: expected true or false")
+            overrides[name] = text.lower() in ("true", "1")
+        elif kind is int:
+            try:
+                overrides[name] = int(text)
+            except ValueError:
+                raise ValueError(f"launch argument {name}:={text}: expected an integer") from None
+        else:
+            overrides[name] = text
+    if publish_tf and "scan_frame_id" not in overrides:
+        overrides["scan_frame_id"] = f"{camera_name}_link"
+    return [params_file, overrides] if overrides else [params_file]
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -55,15 +82,16 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("image", default_value="image_raw", description="coded capture topic (remap of image_raw)"),
         DeclareLaunchArgument("camera_info", default_value="camera_info",
                               description="camera info topic (remap of camera_info)"),
-        DeclareLaunchArgument("device", default_value="auto", description="auto | cpu | cuda"),
+        DeclareLaunchArgument("device", default_value="", description="auto | cpu | cuda; empty = params_file's"),
         DeclareLaunchArgument("params_file", default_value=default_params, description="parameter YAML"),
         DeclareLaunchArgument("autostart", default_value="true",
                               description="emit configure and activate transitions at start"),
-        # scan (these override params_file's values)
-        DeclareLaunchArgument("publish_scan", default_value="true", description="publish scan (LaserScan)"),
-        DeclareLaunchArgument("scan_height", default_value="1", description="depth rows per scan range"),
+        # scan (given, these override params_file's values; empty keeps them)
+        DeclareLaunchArgument("publish_scan", default_value="", description="publish scan (LaserScan): true | false"),
+        DeclareLaunchArgument("scan_height", default_value="", description="depth rows per scan range"),
         DeclareLaunchArgument("scan_frame_id", default_value="",
-                              description="frame of scan: an x-forward frame such as camera_link; empty = depth's"),
+                              description="frame of scan: an x-forward frame such as camera_link; empty = "
+                                          "params_file's (<camera_name>_link with publish_tf)"),
         # TF, for robots without a robot description that has the urdf/ macro
         DeclareLaunchArgument("publish_tf", default_value="false",
                               description="publish parent_frame -> <camera_name>_link -> <camera_name>_optical_frame "
@@ -104,42 +132,46 @@ def generate_launch_description() -> LaunchDescription:
         arguments=["--roll", str(-math.pi / 2), "--pitch", "0", "--yaw", str(-math.pi / 2),
                    "--frame-id", camera_link, "--child-frame-id", optical_frame],
     )
-    node = LifecycleNode(
-        package="cadfd_ros",
-        executable="cadfd_node",
-        name=LaunchConfiguration("node_name"),
-        namespace=LaunchConfiguration("namespace"),
-        parameters=[LaunchConfiguration("params_file"), {
-            "device": LaunchConfiguration("device"),
-            "publish_scan": ParameterValue(LaunchConfiguration("publish_scan"), value_type=bool),
-            "scan_height": ParameterValue(LaunchConfiguration("scan_height"), value_type=int),
-            # value_type str: an empty frame id would otherwise be read as YAML null
-            "scan_frame_id": ParameterValue(LaunchConfiguration("scan_frame_id"), value_type=str),
-        }],
-        remappings=[("image_raw", LaunchConfiguration("image")), ("camera_info", LaunchConfiguration("camera_info"))],
-        output="screen",
-        emulate_tty=True,
-    )
-    configure = EmitEvent(
-        event=ChangeState(lifecycle_node_matcher=matches_action(node), transition_id=Transition.TRANSITION_CONFIGURE),
-        condition=IfCondition(LaunchConfiguration("autostart")),
-    )
-    activate_when_inactive = RegisterEventHandler(
-        OnStateTransition(
-            target_lifecycle_node=node,
-            start_state="configuring",
-            goal_state="inactive",
-            entities=[
-                EmitEvent(
-                    event=ChangeState(
-                        lifecycle_node_matcher=matches_action(node), transition_id=Transition.TRANSITION_ACTIVATE
+    def launch_node(context: object) -> list:
+        """The node, its configure event and its activate handler, with the parameters known at launch time."""
+        given = {name: LaunchConfiguration(name).perform(context) for name in PARAMETER_ARGUMENTS}
+        publish_tf_value = LaunchConfiguration("publish_tf").perform(context).lower() in ("true", "1")
+        parameters = node_parameters(LaunchConfiguration("params_file").perform(context), given, publish_tf_value,
+                                     LaunchConfiguration("camera_name").perform(context))
+        node = LifecycleNode(
+            package="cadfd_ros",
+            executable="cadfd_node",
+            name=LaunchConfiguration("node_name"),
+            namespace=LaunchConfiguration("namespace"),
+            parameters=parameters,
+            remappings=[("image_raw", LaunchConfiguration("image")),
+                        ("camera_info", LaunchConfiguration("camera_info"))],
+            output="screen",
+            emulate_tty=True,
+        )
+        configure = EmitEvent(
+            event=ChangeState(lifecycle_node_matcher=matches_action(node),
+                              transition_id=Transition.TRANSITION_CONFIGURE),
+            condition=IfCondition(LaunchConfiguration("autostart")),
+        )
+        # Activate only after configure (start_state): a later deactivate must not bounce back.
+        activate_when_inactive = RegisterEventHandler(
+            OnStateTransition(
+                target_lifecycle_node=node,
+                start_state="configuring",
+                goal_state="inactive",
+                entities=[
+                    EmitEvent(
+                        event=ChangeState(
+                            lifecycle_node_matcher=matches_action(node), transition_id=Transition.TRANSITION_ACTIVATE
+                        )
                     )
-                )
-            ],
-        ),
-        condition=IfCondition(LaunchConfiguration("autostart")),
-    )
-    # Activate only after configure (start_state): a later deactivate must not bounce back.
-    # The handler is registered before the configure event is emitted, so it cannot miss it.
+                ],
+            ),
+            condition=IfCondition(LaunchConfiguration("autostart")),
+        )
+        # The handler is registered before the configure event is emitted, so it cannot miss it.
+        return [activate_when_inactive, node, configure]
+
     # The variable is set before any process starts: Fast DDS reads it once, at participant creation.
-    return LaunchDescription([*args, fastdds_profile, mount_tf, optical_tf, activate_when_inactive, node, configure])
+    return LaunchDescription([*args, fastdds_profile, mount_tf, optical_tf, OpaqueFunction(function=launch_node)])

@@ -97,11 +97,14 @@ def launch_description(monkeypatch):
 
     stand_in = {n: type(n, (Recorded,), {}) for n in (
         "LaunchDescription", "DeclareLaunchArgument", "EmitEvent", "RegisterEventHandler", "SetEnvironmentVariable",
-        "IfCondition", "LaunchConfiguration", "EnvironmentVariable", "NotEqualsSubstitution", "LifecycleNode", "Node",
-        "OnStateTransition", "ChangeState", "ParameterValue")}
+        "IfCondition", "EnvironmentVariable", "NotEqualsSubstitution", "LifecycleNode", "Node",
+        "OnStateTransition", "ChangeState", "OpaqueFunction")}
+    # perform(context): the argument's value, the context being a dict of launch argument values
+    stand_in["LaunchConfiguration"] = type("LaunchConfiguration", (Recorded,),
+                                           {"perform": lambda self, context: context[self.args[0]]})
     module("launch", LaunchDescription=stand_in["LaunchDescription"])
     module("launch.actions", **{k: stand_in[k] for k in ("DeclareLaunchArgument", "EmitEvent", "RegisterEventHandler",
-                                                         "SetEnvironmentVariable")})
+                                                         "SetEnvironmentVariable", "OpaqueFunction")})
     module("launch.conditions", IfCondition=stand_in["IfCondition"])
     module("launch.events", matches_action=lambda action: ("matches", action))
     module("launch.substitutions", **{k: stand_in[k] for k in ("LaunchConfiguration", "EnvironmentVariable",
@@ -111,12 +114,21 @@ def launch_description(monkeypatch):
     module("launch_ros.event_handlers", OnStateTransition=stand_in["OnStateTransition"])
     module("launch_ros.events")
     module("launch_ros.events.lifecycle", ChangeState=stand_in["ChangeState"])
-    module("launch_ros.parameter_descriptions", ParameterValue=stand_in["ParameterValue"])
     module("ament_index_python.packages", get_package_share_directory=lambda package: f"/opt/share/{package}")
     spec = importlib.util.spec_from_file_location("cadfd_launch_under_test", REPO / "launch" / "cadfd.launch.py")
     launch_file = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(launch_file)
     return launch_file.generate_launch_description()
+
+
+def launched(launch_description, **given: str) -> list:
+    """The launch description's entities with its OpaqueFunction run: the declared defaults, ``given`` on top."""
+    (entities,) = launch_description.args
+    context = {e.args[0]: e.kwargs["default_value"] for e in entities if type(e).__name__ == "DeclareLaunchArgument"}
+    context.update(given)
+    (opaque,) = [e for e in entities if type(e).__name__ == "OpaqueFunction"]
+    index = entities.index(opaque)
+    return [*entities[:index], *opaque.kwargs["function"](context), *entities[index + 1:]]
 
 
 def text(value) -> str:
@@ -131,15 +143,28 @@ def text(value) -> str:
 def test_launch_declares_scan_and_tf_arguments(launch_description):
     (entities,) = launch_description.args
     declared = {e.args[0]: e.kwargs["default_value"] for e in entities if type(e).__name__ == "DeclareLaunchArgument"}
-    assert declared["publish_scan"] == "true" and declared["scan_height"] == "1" and declared["scan_frame_id"] == ""
+    # empty: the params file's value stands (a launch default would overwrite it)
+    assert all(declared[a] == "" for a in ("device", "publish_scan", "scan_height", "scan_frame_id"))
     assert declared["publish_tf"] == "false"  # a robot description usually provides the TF
     assert declared["camera_name"] == "camera" and declared["parent_frame"] == "base_link"
     assert all(declared[a] == "0.0" for a in ("x", "y", "z", "roll", "pitch", "yaw"))
 
-    (node,) = [e for e in entities if type(e).__name__ == "LifecycleNode"]
-    params = node.kwargs["parameters"][1]
-    for name, kind in (("publish_scan", bool), ("scan_height", int), ("scan_frame_id", str)):
-        assert text(params[name].args[0]) == f"$({name})" and params[name].kwargs["value_type"] is kind, name
+    def parameters(**given: str) -> list:
+        (node,) = [e for e in launched(launch_description, **given) if type(e).__name__ == "LifecycleNode"]
+        return node.kwargs["parameters"]
+
+    params_file = declared["params_file"]
+    assert parameters() == [params_file]  # nothing given: the file alone decides
+    assert parameters(params_file="/mine.yaml") == ["/mine.yaml"]
+    assert parameters(publish_scan="false", scan_height="5", scan_frame_id="base_scan", device="cuda") == [
+        params_file, {"publish_scan": False, "scan_height": 5, "scan_frame_id": "base_scan", "device": "cuda"}]
+    # the static transforms create <camera_name>_link: the scan goes there unless another frame is given
+    assert parameters(publish_tf="true", camera_name="front") == [params_file, {"scan_frame_id": "front_link"}]
+    assert parameters(publish_tf="true", scan_frame_id="base_scan") == [params_file, {"scan_frame_id": "base_scan"}]
+    with pytest.raises(ValueError, match="launch argument scan_height:=five: expected an integer"):
+        parameters(scan_height="five")
+    with pytest.raises(ValueError, match="launch argument publish_scan:=yes: expected true or false"):
+        parameters(publish_scan="yes")
 
 
 def test_launch_static_tf_matches_the_urdf(launch_description):
@@ -170,7 +195,7 @@ def test_launch_static_tf_matches_the_urdf(launch_description):
 def test_launch_sets_the_large_message_profile_before_the_node(launch_description):
     """FASTDDS_DEFAULT_PROFILES_FILE: the environment's value, else the shipped profile; not set
     for fastdds_profile:=''; and set before any process starts (Fast DDS reads it once)."""
-    (entities,) = launch_description.args
+    entities = launched(launch_description)  # the node included
     (arg,) = [e for e in entities if type(e).__name__ == "DeclareLaunchArgument" and e.args[0] == "fastdds_profile"]
     default = arg.kwargs["default_value"]
     assert type(default).__name__ == "EnvironmentVariable" and default.args[0] == "FASTDDS_DEFAULT_PROFILES_FILE"
@@ -192,7 +217,7 @@ def test_launch_configures_then_activates_the_node_when_autostart(launch_descrip
     miss it. Both follow $(autostart). The real launch test (test_launch.py) needs launch_testing."""
     from lifecycle_msgs.msg import Transition
 
-    (entities,) = launch_description.args
+    entities = launched(launch_description)
     (node,) = [e for e in entities if type(e).__name__ == "LifecycleNode"]
     (handler,) = [e for e in entities if type(e).__name__ == "RegisterEventHandler"]
     (configure,) = [e for e in entities if type(e).__name__ == "EmitEvent"]
