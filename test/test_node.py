@@ -160,6 +160,7 @@ def harness(context, bank_path):
     def make(**params):
         params.setdefault("psf_bank", str(bank_path))
         params.setdefault("device", "cpu")
+        params.setdefault("scan_frame_id", "test_link")  # x-forward, as a user should set (else a WARN, once)
         h = Harness(context, **params)
         created.append(h)
         return h
@@ -227,8 +228,9 @@ def test_output_conventions(harness, scene, bank_path):
     aif_info = h.out.wait_for("aif/camera_info", at_stamp)
     conf = h.out.wait_for("confidence/image", at_stamp)
     scan = h.out.wait_for("scan", at_stamp)
-    for msg in (depth_msg, info, cloud, aif, aif_info, conf, scan):
+    for msg in (depth_msg, info, cloud, aif, aif_info, conf):
         assert msg.header.frame_id == FRAME
+    assert scan.header.frame_id == "test_link"  # scan_frame_id: the x-forward frame (the harness sets it)
 
     # REP 2003: the outputs are published reliable and volatile (so reliable subscribers such as RViz
     # and best-effort ones both receive them); the input is subscribed best effort (SensorDataQoS).
@@ -243,7 +245,8 @@ def test_output_conventions(harness, scene, bank_path):
 
     # scan: depthimage_to_laserscan on the published depth and camera_info, with the bank's depth
     # range (0.5-5 m) and no frame period yet (the first frame after activation).
-    d2ls.assert_same_scan(scan, d2ls.convert_msg(depth_msg, info, scan_time=0.0, range_min=0.5, range_max=5.0))
+    d2ls.assert_same_scan(scan, d2ls.convert_msg(depth_msg, info, scan_time=0.0, range_min=0.5, range_max=5.0,
+                                                 output_frame_id="test_link"))
     assert len(scan.ranges) == W and np.isfinite(scan.ranges).mean() > 0.5
 
     # REP 118: 32FC1 metres, NaN invalid, values inside the bank's range.
@@ -309,7 +312,8 @@ def test_output_conventions(harness, scene, bank_path):
     # The scan of the 16UC1 message (whole millimetres); scan_time is the measured frame period.
     scan2 = h.out.wait_for("scan", lambda m: (m.header.stamp.sec, m.header.stamp.nanosec) == stamp2)
     period = (1235 + 1e-9) - (1234 + 0.567)
-    d2ls.assert_same_scan(scan2, d2ls.convert_msg(mm_msg, info2, scan_time=period, range_min=0.5, range_max=5.0))
+    d2ls.assert_same_scan(scan2, d2ls.convert_msg(mm_msg, info2, scan_time=period, range_min=0.5, range_max=5.0,
+                                                  output_frame_id="test_link"))
     assert scan2.scan_time == pytest.approx(0.433, abs=1e-6)
 
     # Diagnostics: at least once a second, with rates, latency, counters, device and steps.

@@ -39,6 +39,7 @@ def harness(context, bank_path):
         if ctx is None:
             params.setdefault("psf_bank", str(bank_path))
             params.setdefault("device", "cpu")
+            params.setdefault("scan_frame_id", "test_link")  # x-forward, as a user should set (else a WARN, once)
         h = Harness(ctx or context, **params)
         if ctx is None:  # a test with its own context closes its harness before shutting it down
             created.append(h)

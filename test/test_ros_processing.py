@@ -51,3 +51,29 @@ def test_downscale_capture_sizes():
     # an integer factor averages each block (INTER_AREA)
     ramp = np.arange(16, dtype=np.float32).reshape(4, 4)
     np.testing.assert_allclose(downscale_capture(ramp, 2), [[2.5, 4.5], [10.5, 12.5]], atol=1e-6)
+
+
+def test_a_scan_in_the_optical_frame_is_reported_once(tmp_path):
+    """Without scan_frame_id the scan carries the depth's (optical) frame, where its rays would lie across the
+    view: the first frame says so, once per frame id; with scan_frame_id set nothing is said."""
+    from ros_test_util import camera_info_msg, image_msg, simulated_capture, small_bank
+
+    from cadfd_ros.params import PARAMS
+    from cadfd_ros.ros.parameters import build_processor, output_settings
+
+    bank = small_bank(tmp_path / "bank6.npz")
+    capture, _ = simulated_capture(bank, 96, 128, rgb=True)
+    values = {**{p.name: p.default for p in PARAMS}, "psf_bank": str(bank), "device": "cpu"}
+    processor = build_processor(values)
+
+    def notes(frame_id: str, stamp: tuple[int, int], **settings) -> tuple[list[str], str]:
+        out = processor.process(image_msg(capture, "rgb8", stamp, frame_id),
+                                camera_info_msg(128, 96, stamp, frame_id), output_settings({**values, **settings}))
+        return [n for n in out.notes if "scan is published" in n], out.scan.header.frame_id
+
+    first, frame = notes("cam_optical_frame", (1, 0))
+    assert len(first) == 1 and "'cam_optical_frame'" in first[0] and "set scan_frame_id" in first[0]
+    assert frame == "cam_optical_frame"
+    assert notes("cam_optical_frame", (2, 0)) == ([], "cam_optical_frame")  # once per frame id
+    assert len(notes("other_optical_frame", (3, 0))[0]) == 1
+    assert notes("third_optical_frame", (4, 0), scan_frame_id="cam_link") == ([], "cam_link")

@@ -174,6 +174,7 @@ class FrameProcessor:
                                                                    else None)
         self._binned: dict[int, Reconstructor] = {}  # per-frame binning factor -> its solver (at most 2)
         self._reported_sizes: set[tuple[int, int]] = set()
+        self._reported_scan_frames: set[str] = set()  # depth frames whose scan went out without scan_frame_id
         self.info_type = _load_info_type()
         self._previous_stamp_ns: int | None = None  # of the previous frame: the scan's measured period
 
@@ -352,6 +353,11 @@ class FrameProcessor:
                     settings.scan_time if settings.scan_time is not None else period, settings.scan_frame_id)
             except InputImageError as exc:  # the other outputs are still good
                 notes.append(f"scan not published: {exc}")
+            if scan is not None and not settings.scan_frame_id and header.frame_id not in self._reported_scan_frames:
+                self._reported_scan_frames.add(header.frame_id)
+                notes.append(f"scan is published in the depth's optical frame {header.frame_id!r}: a LaserScan's rays "
+                             "lie in its frame's x-y plane, so consumers place them across the view; set scan_frame_id "
+                             "to the x-forward frame at the camera, e.g. camera_link (reported once per frame id)")
         seconds["encode"] = time.perf_counter() - start
         if recon is not self.reconstructor:
             # An oversized frame: give its memory back now (measured on 4000x3000 mono8: RSS 303 ->
