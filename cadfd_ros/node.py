@@ -132,6 +132,10 @@ class CadfdNode(LifecycleNode):
         # Stamps of frames whose latency is meaningless (zero, backwards, skewed): bounded, checked at publish.
         self._untrusted: collections.OrderedDict[tuple[int, int], None] = collections.OrderedDict()
         self._untrusted_lock = threading.Lock()  # executor threads add, the worker takes
+        # A frame's outputs go out whole or not at all: stopping input waits for a publish in progress, and a
+        # worker of an earlier activation (its session number passed) publishes nothing.
+        self._publish_lock = threading.Lock()
+        self._session = 0
         self._subs: list = []
         self._pubs: dict[str, Any] = {}
         self._input_group = MutuallyExclusiveCallbackGroup()
@@ -218,7 +222,8 @@ class CadfdNode(LifecycleNode):
         self._processor.restart_frame_clock()  # the scan_time of the first frame after a pause is unknown
         self._stamps.reset()  # nor is a stamp going backwards across a pause
         self._worker = SolverWorker(
-            self._processor, self._slot, self._infos, lambda: self._settings, self._publish, self._stats,
+            self._processor, self._slot, self._infos, lambda: self._settings,
+            functools.partial(self._publish, session=self._session), self._stats,
             self.get_logger(), self.resolve_topic_name("image_raw"), int(self.get_parameter("worker_niceness").value),
         )
         self._worker.start()
@@ -293,7 +298,10 @@ class CadfdNode(LifecycleNode):
         """Unsubscribe and stop the worker without waiting for its frame in flight: that frame is
         abandoned (its solve ends in the background, its outputs are never published), so
         deactivate, cleanup and shutdown return at once during a long solve. ``wait_s``: how long
-        to wait for it anyway (process exit)."""
+        to wait for it anyway (process exit). A publish in progress finishes first (milliseconds), so no
+        frame goes out in part."""
+        with self._publish_lock:
+            self._session += 1
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
@@ -356,10 +364,13 @@ class CadfdNode(LifecycleNode):
             self._stats.metadata_warning(text, time.monotonic())
 
     # ------------------------------------------------------------------ output (worker thread)
-    def _publish(self, out: FrameOutputs, received: float) -> None:
-        pubs = self._pubs
-        if not pubs:
-            return  # cleaned up while this frame was in flight
+    def _publish(self, out: FrameOutputs, received: float, session: int) -> None:
+        with self._publish_lock:
+            if session != self._session or not self._pubs:
+                return  # deactivated or cleaned up while this frame was in flight
+            self._publish_frame(out, received, self._pubs)
+
+    def _publish_frame(self, out: FrameOutputs, received: float, pubs: dict[str, Any]) -> None:
         if out.intrinsics_source != "camera_info" and not self._warned_no_info:
             self._warned_no_info = True
             where = "PSF bank optics (fx=fy=focal_length_m/pixel_pitch_m, centred)" if out.depth_info else "nowhere"

@@ -605,6 +605,37 @@ def test_classical_configure_warns_of_dps_parameters(harness, tmp_path, monkeypa
     assert "prior, steps apply to method dps only; ignored with method classical" in warnings
 
 
+def test_deactivate_lets_a_frame_in_publication_go_out_whole(harness, scene):
+    """Exact-time synchronisers need every output of a frame: a deactivate that arrives while a frame is being
+    published waits for the rest of it (milliseconds), and nothing of a later frame goes out."""
+    capture, _ = scene
+    h = harness()
+    h.start()
+    entered, release = threading.Event(), threading.Event()
+    points = h.node._pubs["points"]  # published third of seven
+    original = points.publish
+
+    def held_publish(msg):
+        entered.set()
+        assert release.wait(10.0)
+        original(msg)
+
+    points.publish = held_publish
+    stamp = (5000, 0)
+    h.send(capture, "rgb8", stamp)
+    assert entered.wait(30.0), "the frame never reached its publication"
+    deactivated = threading.Event()
+    thread = threading.Thread(target=lambda: (h.node.trigger_deactivate(), deactivated.set()))
+    thread.start()
+    time.sleep(0.3)
+    assert not deactivated.is_set()  # waits for the frame in publication
+    release.set()
+    thread.join(10.0)
+    assert deactivated.is_set() and h.state() == "inactive"
+    for topic in ("depth/image", "points", "aif/image", "confidence/image", "scan"):  # before and after points
+        h.out.wait_for(topic, lambda m: (m.header.stamp.sec, m.header.stamp.nanosec) == stamp)
+
+
 def test_exception_in_a_transition_is_logged_and_recovered(harness):
     # rclpy turns an exception in a transition callback into a silent ERROR; the node must log
     # it, release everything in on_error and end up unconfigured, ready to configure again.
