@@ -416,6 +416,37 @@ def test_pointcloud_projection_uses_p_on_a_known_plane() -> None:
         assert np.all(np.isnan(pts[r, c])), (r, c, pts[r, c])
 
 
+@pytest.mark.parametrize("model, d", [("plumb_bob", [-0.25, 0.08, 0.001, -0.002, 0.0]),
+                                      ("equidistant", [0.05, -0.01, 0.002, 0.0])])
+def test_pointcloud_of_a_distorted_camera_undistorts_each_ray(model, d) -> None:
+    """Our depth is on the raw grid: with non-zero D every point, projected back through K and D (OpenCV's
+    forward model), lands on its own pixel; the plain P projection would be off by pixels at the edges."""
+    import cv2
+
+    width, height = 64, 48
+    info = conv.camera_info_from_intrinsics(header(), width, height, 50.0, 52.0, 31.0, 24.5)
+    info.distortion_model, info.d = model, d
+    depth = np.full((height, width), 2.0, np.float32)
+    pts = cloud_points(conv.depth_to_pointcloud2(depth, info, header()))[:, :, :3].astype(np.float64)
+    np.testing.assert_allclose(pts[:, :, 2], 2.0)
+    k = np.asarray(info.k).reshape(3, 3)
+    project = cv2.fisheye.projectPoints if model == "equidistant" else cv2.projectPoints
+    if model == "equidistant":
+        pixels, _ = project(pts.reshape(-1, 1, 3), np.zeros(3), np.zeros(3), k, np.asarray(d))
+    else:
+        pixels, _ = project(pts.reshape(-1, 3), np.zeros(3), np.zeros(3), k, np.asarray(d))
+    u, v = np.meshgrid(np.arange(width), np.arange(height))
+    np.testing.assert_allclose(pixels.reshape(height, width, 2), np.stack([u, v], axis=-1), atol=1e-4)
+    plain = (u[0, 0] - 31.0) / 50.0 * 2.0  # the corner's x without undistortion
+    assert abs(pts[0, 0, 0] - plain) > 0.05  # so the test would see a cloud that ignores D
+    decimated = cloud_points(conv.depth_to_pointcloud2(depth, info, header(), decimation=4))[:, :, :3]
+    full = cloud_points(conv.depth_to_pointcloud2(depth, info, header()))
+    np.testing.assert_array_equal(decimated, full[::4, ::4, :3])
+    info.distortion_model = "tilted_prism"
+    with pytest.raises(InputImageError, match="distortion_model 'tilted_prism' is unknown"):
+        conv.depth_to_pointcloud2(depth, info, header())
+
+
 def test_pointcloud_float32_order_matches_depth_image_proc_bitwise() -> None:
     info = conv.camera_info_from_intrinsics(header(), 5, 4, 525.0, 524.0, 2.3, 1.7)
     depth = RNG.uniform(0.3, 9.0, size=(4, 5)).astype(np.float32)

@@ -77,3 +77,23 @@ def test_a_scan_in_the_optical_frame_is_reported_once(tmp_path):
     assert notes("cam_optical_frame", (2, 0)) == ([], "cam_optical_frame")  # once per frame id
     assert len(notes("other_optical_frame", (3, 0))[0]) == 1
     assert notes("third_optical_frame", (4, 0), scan_frame_id="cam_link") == ([], "cam_link")
+
+
+def test_a_cloud_without_known_rays_is_left_out_and_the_frame_kept(tmp_path):
+    """A distortion model image_geometry does not know, with non-zero D: no cloud (its rays are unknown) and a
+    note saying why; depth, its camera_info and the image still go out."""
+    from ros_test_util import camera_info_msg, image_msg, simulated_capture, small_bank
+
+    from cadfd_ros.params import PARAMS
+    from cadfd_ros.ros.parameters import build_processor, output_settings
+
+    bank = small_bank(tmp_path / "bank6.npz")
+    capture, _ = simulated_capture(bank, 96, 128, rgb=True)
+    values = {**{p.name: p.default for p in PARAMS}, "psf_bank": str(bank), "device": "cpu",
+              "scan_frame_id": "cam_link"}
+    info = camera_info_msg(128, 96, (1, 0), "cam_optical_frame")
+    info.distortion_model, info.d = "tilted_prism", [0.1] + [0.0] * 13
+    out = build_processor(values).process(image_msg(capture, "rgb8", (1, 0), "cam_optical_frame"), info,
+                                          output_settings(values))
+    assert out.points is None and out.depth is not None and out.depth_info is not None and out.aif is not None
+    assert any(n.startswith("points not published:") and "'tilted_prism' is unknown" in n for n in out.notes)

@@ -341,7 +341,10 @@ class FrameProcessor:
         points = None
         if settings.publish_points and info is not None:
             rgb = result.all_in_focus if settings.points_colored else None
-            points = conv.depth_to_pointcloud2(depth, info, header, rgb=rgb, decimation=settings.points_decimation)
+            try:
+                points = conv.depth_to_pointcloud2(depth, info, header, rgb=rgb, decimation=settings.points_decimation)
+            except InputImageError as exc:  # e.g. a distortion model without known rays: the rest is still good
+                notes.append(f"points not published: {exc}")
         period = self.frame_period(header.stamp)
         scan = None
         if settings.publish_scan and info is not None:
