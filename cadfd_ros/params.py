@@ -140,6 +140,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("max_depth", 0.0, "depth above this (m) is published as invalid; 0 = no limit", OUTPUT,
               value_range=(0.0, 1000.0)),
     ParamSpec("publish_aif", True, "publish aif/image and aif/camera_info", OUTPUT),
+    ParamSpec("aif_transfer", "srgb", "transfer curve of the 8-bit aif/image and of the cloud's rgb field: srgb "
+              "(display-encoded, as RViz, image_view and feature extractors read mono8/rgb8) or linear (the solver's "
+              "linear intensities, for photometric use)", OUTPUT, choices=("srgb", "linear")),
     ParamSpec("publish_points", True, "publish the organised point cloud on points", OUTPUT),
     ParamSpec("points_colored", False, "add an rgb field (from the all-in-focus image) to points", OUTPUT),
     ParamSpec("points_decimation", 1, "points keeps every n-th pixel of every n-th row: a ceil(H/n) x ceil(W/n) "

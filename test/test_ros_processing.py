@@ -97,3 +97,28 @@ def test_a_cloud_without_known_rays_is_left_out_and_the_frame_kept(tmp_path):
                                           output_settings(values))
     assert out.points is None and out.depth is not None and out.depth_info is not None and out.aif is not None
     assert any(n.startswith("points not published:") and "'tilted_prism' is unknown" in n for n in out.notes)
+
+
+def test_aif_image_and_cloud_colour_go_out_through_the_srgb_curve_by_default(tmp_path):
+    """mono8/rgb8 are read as display-encoded: aif/image and the cloud's rgb are the linear solution through the
+    sRGB curve, unless aif_transfer is linear."""
+    from ros_test_util import camera_info_msg, image_msg, simulated_capture, small_bank
+
+    from cadfd_ros.io.images import linear_to_srgb
+    from cadfd_ros.params import PARAMS
+    from cadfd_ros.ros.parameters import build_processor, output_settings
+
+    bank = small_bank(tmp_path / "bank6.npz")
+    capture, _ = simulated_capture(bank, 96, 128, rgb=True)
+    values = {**{p.name: p.default for p in PARAMS}, "psf_bank": str(bank), "device": "cpu",
+              "scan_frame_id": "cam_link", "points_colored": True}
+    processor = build_processor(values)
+    for transfer, curve in (("srgb", linear_to_srgb), ("linear", lambda x: x)):
+        out = processor.process(image_msg(capture, "rgb8", (1, 0), "cam"), camera_info_msg(128, 96, (1, 0), "cam"),
+                                output_settings({**values, "aif_transfer": transfer}))
+        expected = np.round(np.clip(curve(np.clip(out.reconstruction.all_in_focus, 0, 1)), 0, 1) * 255)
+        image = np.frombuffer(bytes(out.aif.data), np.uint8).reshape(96, 128, 3)
+        np.testing.assert_array_equal(image, expected.astype(np.uint8))
+        cloud = np.frombuffer(bytes(out.points.data), np.uint8).reshape(96, 128, 32)
+        np.testing.assert_array_equal(cloud[:, :, 16:19][:, :, ::-1], image)  # bytes b, g, r
+    assert values["aif_transfer"] == "srgb"  # the default

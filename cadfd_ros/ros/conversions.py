@@ -329,7 +329,8 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
 def aif_to_image_msg(aif: np.ndarray, header: object) -> Image:
     """All-in-focus image for display: H x W -> mono8, H x W x 3 (RGB) -> rgb8.
 
-    Values stay *linear* (no sRGB curve), clipped to [0, 1] and rounded to 8 bits. 8-bit was
+    Values are written as given (the caller applies the transfer curve, ``aif_transfer``), clipped to
+    [0, 1] and rounded to 8 bits. 8-bit was
     chosen because RViz2's Image display shows mono8/rgb8 as they are, has no rgb16, and
     rescales mono16 per frame by its min/max (brightness would flicker between frames).
     """

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cadfd_ros.errors import CadfdError, InputImageError
-from cadfd_ros.io.images import apply_input_transfer
+from cadfd_ros.io.images import apply_input_transfer, linear_to_srgb
 from cadfd_ros.optics.psf_bank import PSFBank
 from cadfd_ros.params import DEPTH_ENCODINGS
 from cadfd_ros.pipeline import Reconstruction, Reconstructor
@@ -27,6 +27,7 @@ class OutputSettings:
     min_depth: float = 0.0  # metres; depth below is invalid
     max_depth: float = 0.0  # metres; depth above is invalid; 0 disables the limit
     publish_aif: bool = True
+    aif_transfer: str = "srgb"  # of the 8-bit aif/image and the cloud's rgb: srgb (display) or linear
     publish_points: bool = True
     points_colored: bool = False
     publish_confidence: bool = True
@@ -336,11 +337,13 @@ class FrameProcessor:
         depth = apply_depth_limits(result.depth, settings.min_depth, settings.max_depth)
         result.depth = depth
         depth_msg = conv.depth_to_image_msg(depth, header, encoding=settings.depth_encoding)
-        aif_msg = conv.aif_to_image_msg(result.all_in_focus, header) if settings.publish_aif else None
+        # 8-bit images are read as display-encoded: the linear solution goes out through the sRGB curve by default
+        aif_8bit = linear_to_srgb(result.all_in_focus) if settings.aif_transfer == "srgb" else result.all_in_focus
+        aif_msg = conv.aif_to_image_msg(aif_8bit, header) if settings.publish_aif else None
         conf_msg = conv.confidence_to_image_msg(result.confidence, header) if settings.publish_confidence else None
         points = None
         if settings.publish_points and info is not None:
-            rgb = result.all_in_focus if settings.points_colored else None
+            rgb = aif_8bit if settings.points_colored else None
             try:
                 points = conv.depth_to_pointcloud2(depth, info, header, rgb=rgb, decimation=settings.points_decimation)
             except InputImageError as exc:  # e.g. a distortion model without known rays: the rest is still good
