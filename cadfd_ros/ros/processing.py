@@ -338,7 +338,9 @@ class FrameProcessor:
         result.depth = depth
         depth_msg = conv.depth_to_image_msg(depth, header, encoding=settings.depth_encoding)
         # 8-bit images are read as display-encoded: the linear solution goes out through the sRGB curve by default
-        aif_8bit = linear_to_srgb(result.all_in_focus) if settings.aif_transfer == "srgb" else result.all_in_focus
+        aif_8bit = result.all_in_focus
+        if settings.aif_transfer == "srgb" and (settings.publish_aif or settings.points_colored):
+            aif_8bit = linear_to_srgb(aif_8bit)
         aif_msg = conv.aif_to_image_msg(aif_8bit, header) if settings.publish_aif else None
         conf_msg = conv.confidence_to_image_msg(result.confidence, header) if settings.publish_confidence else None
         points = None
