@@ -99,6 +99,43 @@ def test_bag_adds_outputs_and_copies_input(tmp_path, storage, encoding):
     assert np.isfinite(scans[0].ranges).mean() > 0.5
 
 
+def test_bag_pairs_camera_info_by_stamp_as_the_node_does(tmp_path, capsys):
+    """Recordings often log a camera_info just after its image, and may carry a stray one of another size:
+    each frame takes the camera_info of its own stamp; a frame without one takes the newest of its size, a
+    stray size is ignored and reported; and the outputs offer the node's QoS."""
+    bank = small_bank(tmp_path / "bank6.npz")
+    src, dst = tmp_path / "in", tmp_path / "out"
+    typestore = get_typestore(Stores.ROS2_KILTED)
+    capture, _ = simulated_capture(bank, H, W, rgb=True)
+    stamps = [*STAMPS, (102, 9)]  # the third frame has no camera_info of its own
+    focal = {STAMPS[0]: FX, STAMPS[1]: 1.25 * FX}
+    with Writer(src, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        info = writer.add_connection("/cam/camera_info", "sensor_msgs/msg/CameraInfo", typestore=typestore)
+        image = writer.add_connection("/cam/image_raw", "sensor_msgs/msg/Image", typestore=typestore)
+        for sec, nsec in stamps:
+            t = sec * 10**9 + nsec
+            stray = camera_info_msg(64, 48, (sec - 1, 0), "cam_optical")  # another size, another stamp
+            writer.write(info, t - 5, serialize_message(stray))
+            writer.write(image, t, serialize_message(image_msg(capture, "bgr8", (sec, nsec), "cam_optical")))
+            if (sec, nsec) in focal:
+                f = focal[(sec, nsec)]
+                own = camera_info_msg(W, H, (sec, nsec), "cam_optical", fx=f, fy=f)
+                writer.write(info, t + 10**6, serialize_message(own))  # logged 1 ms after its image
+    assert cli_main(["bag", str(src), str(dst), "--psf-bank", str(bank), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "camera_info of size 64x48 ignored for 128x96 frames" in err and "intrinsics from" not in err
+    with Reader(dst) as reader:
+        infos = [typestore.deserialize_cdr(raw, conn.msgtype) for conn, _, raw in reader.messages()
+                 if conn.topic == "/cam/depth/camera_info"]
+        qos = {conn.topic: conn.ext.offered_qos_profiles for conn in reader.connections}
+    assert [(m.header.stamp.sec, m.header.stamp.nanosec, m.k[0]) for m in infos] == [
+        (*STAMPS[0], FX), (*STAMPS[1], 1.25 * FX), (102, 9, 1.25 * FX)]
+    (depth_qos,) = qos["/cam/depth/image"]
+    assert (depth_qos.history.name, depth_qos.depth, depth_qos.reliability.name, depth_qos.durability.name) == (
+        "KEEP_LAST", 1, "RELIABLE", "VOLATILE")
+    assert qos["/cam/cadfd_node/info"][0].depth == 10
+
+
 def test_bag_without_scan(tmp_path):
     bank = small_bank(tmp_path / "bank6.npz")
     src, dst = tmp_path / "in", tmp_path / "out"
@@ -121,6 +158,20 @@ def test_bag_errors_name_the_problem(tmp_path, capsys):
     write_input(src, StoragePlugin.MCAP, bank)
     assert cli_main(["bag", str(src), str(tmp_path / "o1"), "--image-topic", "/nope"]) == 2
     assert "/nope not in the bag" in capsys.readouterr().err
+    for topic, carried in (("/chatter", "std_msgs/msg/String"), ("/cam/camera_info", "sensor_msgs/msg/CameraInfo")):
+        assert cli_main(["bag", str(src), str(tmp_path / "o2"), "--image-topic", topic]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and f"--image-topic {topic} carries {carried}, not sensor_msgs/msg/Image" in err
+        assert not (tmp_path / "o2").exists()
+    assert cli_main(["bag", str(src), str(tmp_path / "o3"), "--camera-info-topic", "/chatter"]) == 2
+    assert "--camera-info-topic /chatter carries std_msgs/msg/String" in capsys.readouterr().err
+    silent = tmp_path / "silent"  # an image topic without messages: a warning, not a silent copy
+    with Writer(silent, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        writer.add_connection("/cam/image_raw", "sensor_msgs/msg/Image", typestore=get_typestore(Stores.ROS2_KILTED))
+    assert cli_main(["bag", str(silent), str(tmp_path / "o4"), "--psf-bank", str(bank), "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: no messages on /cam/image_raw; the output is a copy of the input" in captured.err
+    assert "0 of 0 frames" in captured.out and "with no outputs" in captured.out
     (tmp_path / "exists").mkdir()
     assert cli_main(["bag", str(src), str(tmp_path / "exists")]) == 2
     assert "already exists" in capsys.readouterr().err

@@ -40,6 +40,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _driver_qos() -> object:
+    """The node's output publishers' QoS (REP 2003's SystemDefaultsQoS as resolved: reliable, volatile, keep
+    last 1) in rosbag2's metadata form; durations 0 = the default (infinite)."""
+    from rosbags.rosbag2.metadata import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+
+    zero = QosTime(sec=0, nsec=0)
+    return Qos(history=QosHistory.KEEP_LAST, depth=1, reliability=QosReliability.RELIABLE,
+               durability=QosDurability.VOLATILE, deadline=zero, lifespan=zero, liveliness=QosLiveliness.AUTOMATIC,
+               liveliness_lease_duration=zero, avoid_ros_namespace_conventions=False)
+
+
+def _info_qos() -> object:
+    """``~/info``'s QoS: reliable, keep last 10."""
+    return _driver_qos()._replace(depth=10)  # Qos is a NamedTuple
+
+
 def _namespace(topic: str) -> str:
     return topic.rsplit("/", 1)[0] if "/" in topic.strip("/") else ""
 
@@ -47,8 +63,12 @@ def _namespace(topic: str) -> str:
 def _pick_image_topic(connections: list, requested: str | None) -> str:
     images = sorted({c.topic for c in connections if c.msgtype == "sensor_msgs/msg/Image"})
     if requested:
-        if requested not in {c.topic for c in connections}:
+        types = {c.msgtype for c in connections if c.topic == requested}
+        if not types:
             raise ValueError(f"image topic {requested} not in the bag (image topics: {', '.join(images) or 'none'})")
+        if types != {"sensor_msgs/msg/Image"}:
+            raise ValueError(f"--image-topic {requested} carries {', '.join(sorted(types))}, not sensor_msgs/msg/Image "
+                             f"(image topics: {', '.join(images) or 'none'})")
         return requested
     if len(images) != 1:
         raise ValueError(
@@ -67,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from cadfd_ros.commands.reconstruct import warn_ignored_flags
     from cadfd_ros.errors import CadfdError, InputImageError
     from cadfd_ros.params import INPUT, OUTPUT, SOLVER, values_from_args
+    from cadfd_ros.ros.mailbox import CameraInfoBuffer
     from cadfd_ros.ros.parameters import build_processor, output_settings
 
     if args.output.exists():
@@ -108,6 +129,18 @@ def run(args: argparse.Namespace) -> int:
             info_topic = guess if any(c.topic == guess for c in connections) else None
         elif not any(c.topic == info_topic for c in connections):
             raise ValueError(f"camera info topic {info_topic} not in the bag")
+        elif {c.msgtype for c in connections if c.topic == info_topic} != {"sensor_msgs/msg/CameraInfo"}:
+            raise ValueError(f"--camera-info-topic {info_topic} carries "
+                             f"{', '.join(sorted({c.msgtype for c in connections if c.topic == info_topic}))}, "
+                             "not sensor_msgs/msg/CameraInfo")
+        # Pairing as the node does (CameraInfoBuffer): the camera_info with the image's stamp, wherever the
+        # recording logged it (often just after the image), else the newest logged before it of the image's size.
+        infos_by_stamp = {}
+        if info_topic is not None:
+            info_conns = [c for c in connections if c.topic == info_topic]
+            for _, _, raw in reader.messages(connections=info_conns):
+                info = deserialize_message(bytes(raw), CameraInfo)
+                infos_by_stamp[(info.header.stamp.sec, info.header.stamp.nanosec)] = info
         ns = (args.output_namespace if args.output_namespace is not None else _namespace(image_topic)).rstrip("/")
         storage = args.storage or ("mcap" if any(args.input.glob("*.mcap")) or args.input.suffix == ".mcap" else "sqlite3")
         plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
@@ -141,22 +174,35 @@ def run(args: argparse.Namespace) -> int:
             def out_conn(key: str):  # created lazily: a disabled output leaves no empty topic
                 if key not in out_conns:
                     topic, msgtype = outputs[key]
-                    out_conns[key] = writer.add_connection(topic, msgtype, typestore=typestore)
+                    # the node's publisher QoS, so a replay offers what the node would
+                    qos = _info_qos() if key == "info" else _driver_qos()
+                    out_conns[key] = writer.add_connection(topic, msgtype, typestore=typestore,
+                                                           offered_qos_profiles=[qos])
                 return out_conns[key]
 
-            camera_info = None
+            logged_infos = CameraInfoBuffer(wait_s=0.0)  # in log order, for frames without their own stamp's
             frames = done = bad = 0
             noted: set[str] = set()
             start = time.perf_counter()
             for conn, timestamp, raw in reader.messages():
                 writer.write(copied[conn.id], timestamp, raw)
                 if conn.topic == info_topic:
-                    camera_info = deserialize_message(bytes(raw), CameraInfo)
+                    logged_infos.add(deserialize_message(bytes(raw), CameraInfo))
                     continue
                 if conn.topic != image_topic or (args.max_frames and frames >= args.max_frames):
                     continue
                 frames += 1
                 image = deserialize_message(bytes(raw), Image)
+                stamp = image.header.stamp
+                camera_info = infos_by_stamp.get((stamp.sec, stamp.nanosec))
+                if camera_info is None:
+                    camera_info, passed_over = logged_infos.pair(stamp, -1e9, (int(image.width), int(image.height)))
+                    for info_size in passed_over:
+                        note = (f"camera_info of size {info_size[0]}x{info_size[1]} ignored for {image.width}x"
+                                f"{image.height} frames (no camera_info of their size and stamp)")
+                        if note not in noted:
+                            noted.add(note)
+                            print(f"cadfd bag: frame {frames} at t={timestamp}: {note}", file=sys.stderr)
                 try:
                     out = processor.process(image, camera_info, settings)
                 except InputImageError as exc:
@@ -176,11 +222,17 @@ def run(args: argparse.Namespace) -> int:
                 done += 1
                 if done % 25 == 0:  # long bags: show it is moving
                     print(f"cadfd bag: {done} frames, {time.perf_counter() - start:.0f} s", file=sys.stderr)
-                if done == 1 and out.intrinsics_source != "camera_info":
-                    print(f"cadfd bag: no camera_info topic; intrinsics from {out.intrinsics_source}", file=sys.stderr)
+                if out.intrinsics_source != "camera_info" and "intrinsics" not in noted:
+                    noted.add("intrinsics")
+                    where = f"no camera_info on {info_topic} fits it" if info_topic else "no camera_info topic"
+                    print(f"cadfd bag: frame {frames} at t={timestamp}: {where}; intrinsics from "
+                          f"{out.intrinsics_source} (reported once)", file=sys.stderr)
     elapsed = time.perf_counter() - start
+    if not frames:
+        print(f"cadfd bag: warning: no messages on {image_topic}; the output is a copy of the input", file=sys.stderr)
     print(
         f"cadfd bag: {done} of {frames} frames on {image_topic} reconstructed ({bad} skipped) in {elapsed:.1f} s; "
-        f"wrote {args.output} ({storage}) with {', '.join(t for t, _ in (outputs[k] for k in out_conns))}"
+        f"wrote {args.output} ({storage}) with "
+        f"{', '.join(t for t, _ in (outputs[k] for k in out_conns)) or 'no outputs'}"
     )
     return 0 if done or not frames else 1
