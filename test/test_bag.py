@@ -165,6 +165,16 @@ def test_bag_errors_name_the_problem(tmp_path, capsys):
         assert not (tmp_path / "o2").exists()
     assert cli_main(["bag", str(src), str(tmp_path / "o3"), "--camera-info-topic", "/chatter"]) == 2
     assert "--camera-info-topic /chatter carries std_msgs/msg/String" in capsys.readouterr().err
+    nameless = tmp_path / "nameless"  # frames without a frame_id: said once, as the node says it
+    with Writer(nameless, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        conn = writer.add_connection("/cam/image_raw", "sensor_msgs/msg/Image",
+                                     typestore=get_typestore(Stores.ROS2_KILTED))
+        capture, _ = simulated_capture(bank, H, W, rgb=True)
+        for k, stamp in enumerate(STAMPS):
+            writer.write(conn, k + 1, serialize_message(image_msg(capture, "bgr8", stamp, "")))
+    assert cli_main(["bag", str(nameless), str(tmp_path / "o5"), "--psf-bank", str(bank), "--device", "cpu",
+                     "--no-publish-scan"]) == 0
+    assert capsys.readouterr().err.count("empty frame_id; outputs use an empty frame_id too") == 1
     silent = tmp_path / "silent"  # an image topic without messages: a warning, not a silent copy
     with Writer(silent, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
         writer.add_connection("/cam/image_raw", "sensor_msgs/msg/Image", typestore=get_typestore(Stores.ROS2_KILTED))

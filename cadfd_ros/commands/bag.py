@@ -193,6 +193,10 @@ def run(args: argparse.Namespace) -> int:
                     continue
                 frames += 1
                 image = deserialize_message(bytes(raw), Image)
+                if not image.header.frame_id and not settings.output_frame_id and "frame_id" not in noted:
+                    noted.add("frame_id")  # as the node's metadata check says it
+                    print(f"cadfd bag: frame {frames} at t={timestamp}: empty frame_id; outputs use an empty "
+                          "frame_id too (set --output-frame-id; reported once)", file=sys.stderr)
                 stamp = image.header.stamp
                 camera_info = infos_by_stamp.get((stamp.sec, stamp.nanosec))
                 if camera_info is None:
