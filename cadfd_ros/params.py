@@ -154,8 +154,8 @@ PARAMS: tuple[ParamSpec, ...] = (
               "a frame it does not fit", OUTPUT, value_range=(1, 4096)),
     ParamSpec("scan_range_min", 0.0, "scan range_min in m; 0 = the PSF bank's nearest depth", OUTPUT,
               value_range=(0.001, 1000.0), zero_is_unset=True),
-    ParamSpec("scan_range_max", 0.0, "scan range_max in m; 0 = the PSF bank's farthest depth", OUTPUT,
-              value_range=(0.001, 1000.0), zero_is_unset=True),
+    ParamSpec("scan_range_max", 0.0, "scan range_max in m; 0 = the longest ray of the PSF bank's farthest depth "
+              "over the frame's columns (depth / cos angle)", OUTPUT, value_range=(0.001, 1000.0), zero_is_unset=True),
     ParamSpec("scan_time", 0.0, "scan_time in s written into scan; 0 = the measured period between frames", OUTPUT,
               value_range=(1e-6, 3600.0), zero_is_unset=True),
     ParamSpec("scan_frame_id", "", "frame_id of scan; empty = the depth frame. Must be an x-forward (body, not "

@@ -5,6 +5,7 @@ cadfd_ros.ros.conversions cannot cancel out against an encoding mistake.
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 import threading
@@ -15,6 +16,14 @@ from typing import Any, Callable
 import numpy as np
 
 FX, FY, CX, CY = 150.0, 160.0, 60.5, 44.0  # deliberately not centred, fx != fy
+
+
+def far_ray(far: float, info: Any, width: int) -> float:
+    """The scan's default range_max: the longest ray that depth ``far`` gives over ``width`` columns, as
+    depthimage_to_laserscan computes a range from P (far * sqrt(1 + tan^2) at the edge column), as float32."""
+    fx, cx = float(info.p[0]), float(info.p[2])
+    widest = max(abs(cx), abs(width - 1 - cx)) / fx
+    return float(np.float32(far * math.sqrt(1 + widest**2) * (1 + 1e-6)))
 
 
 def unique_domain_id() -> int:

@@ -16,7 +16,7 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer  # noqa: E402
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore  # noqa: E402
 
 from cadfd_ros.cli import main as cli_main  # noqa: E402
-from ros_test_util import CX, FX, camera_info_msg, image_msg, simulated_capture, small_bank  # noqa: E402
+from ros_test_util import CX, FX, camera_info_msg, far_ray, image_msg, simulated_capture, small_bank  # noqa: E402
 
 pytestmark = pytest.mark.ros
 H, W = 96, 128
@@ -94,7 +94,8 @@ def test_bag_adds_outputs_and_copies_input(tmp_path, storage, encoding):
     # The scan, one range per column, with the bank's range; offline no frame is dropped, so
     # scan_time is the bag's frame period (0 for the first frame).
     scans = [m for _, m in by_topic["/cam/scan"]]
-    assert all(len(m.ranges) == W and m.range_min == 0.5 and m.range_max == 5.0 for m in scans)
+    far = far_ray(5.0, by_topic["/cam/depth/camera_info"][0][1], W)  # the longest ray of the bank's 5 m
+    assert all(len(m.ranges) == W and m.range_min == 0.5 and m.range_max == far for m in scans)
     assert scans[0].scan_time == 0.0 and scans[1].scan_time == pytest.approx(1.000000002, abs=1e-6)
     assert np.isfinite(scans[0].ranges).mean() > 0.5
 

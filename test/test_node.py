@@ -27,7 +27,7 @@ from sensor_msgs.msg import CameraInfo, Image, LaserScan, PointCloud2  # noqa: E
 
 import d2ls_reference as d2ls  # noqa: E402
 from ros_test_util import (  # noqa: E402
-    CX, CY, FX, FY, Collector, camera_info_msg, cloud_xyz, depth_array, diagnostic_values, image_msg,
+    CX, CY, FX, FY, Collector, camera_info_msg, far_ray, cloud_xyz, depth_array, diagnostic_values, image_msg,
     simulated_capture, small_bank, unique_domain_id,
 )
 
@@ -243,10 +243,11 @@ def test_output_conventions(harness, scene, bank_path):
     (sub,) = h.client.get_subscriptions_info_by_topic(f"{h.ns}/image_raw")
     assert sub.node_name == "cadfd_node" and sub.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
 
-    # scan: depthimage_to_laserscan on the published depth and camera_info, with the bank's depth
-    # range (0.5-5 m) and no frame period yet (the first frame after activation).
-    d2ls.assert_same_scan(scan, d2ls.convert_msg(depth_msg, info, scan_time=0.0, range_min=0.5, range_max=5.0,
-                                                 output_frame_id="test_link"))
+    # scan: depthimage_to_laserscan on the published depth and camera_info, with the bank's range (from
+    # 0.5 m to the longest ray of 5 m depth) and no frame period yet (the first frame after activation).
+    assert scan.range_max == pytest.approx(far_ray(5.0, info, W), rel=1e-7) and scan.range_max > 5.4
+    d2ls.assert_same_scan(scan, d2ls.convert_msg(depth_msg, info, scan_time=0.0, range_min=0.5,
+                                                 range_max=far_ray(5.0, info, W), output_frame_id="test_link"))
     assert len(scan.ranges) == W and np.isfinite(scan.ranges).mean() > 0.5
 
     # REP 118: 32FC1 metres, NaN invalid, values inside the bank's range.
@@ -312,8 +313,8 @@ def test_output_conventions(harness, scene, bank_path):
     # The scan of the 16UC1 message (whole millimetres); scan_time is the measured frame period.
     scan2 = h.out.wait_for("scan", lambda m: (m.header.stamp.sec, m.header.stamp.nanosec) == stamp2)
     period = (1235 + 1e-9) - (1234 + 0.567)
-    d2ls.assert_same_scan(scan2, d2ls.convert_msg(mm_msg, info2, scan_time=period, range_min=0.5, range_max=5.0,
-                                                  output_frame_id="test_link"))
+    d2ls.assert_same_scan(scan2, d2ls.convert_msg(mm_msg, info2, scan_time=period, range_min=0.5,
+                                                  range_max=far_ray(5.0, info2, W), output_frame_id="test_link"))
     assert scan2.scan_time == pytest.approx(0.433, abs=1e-6)
 
     # Diagnostics: at least once a second, with rates, latency, counters, device and steps.

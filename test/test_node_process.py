@@ -29,7 +29,7 @@ from sensor_msgs.msg import CameraInfo, Image, LaserScan, PointCloud2  # noqa: E
 
 import d2ls_reference as d2ls  # noqa: E402
 from ros_test_util import (  # noqa: E402
-    CX, CY, FX, FY, Collector, call_service, camera_info_msg, cloud_xyz, depth_array, diagnostic_values,
+    CX, CY, FX, FY, Collector, call_service, camera_info_msg, cloud_xyz, far_ray, depth_array, diagnostic_values,
     image_msg, prime_lifecycle_clients, simulated_capture, unique_domain_id,
 )
 
@@ -243,7 +243,7 @@ def test_node_process_lifecycle_outputs_and_30hz_stream(node_process):
     scan = client.out.wait_for("scan", at)
     assert scan.header.frame_id == FRAME and len(scan.ranges) == w and scan.scan_time >= 0.0
     d2ls.assert_same_scan(scan, d2ls.convert_msg(depth_msg, info, scan_time=scan.scan_time, range_min=0.5,
-                                                 range_max=5.0, scan_height=1))
+                                                 range_max=far_ray(5.0, info, w), scan_height=1))
     assert np.isfinite(scan.ranges).mean() > 0.5
 
     print(f"\nfirst frame done after {time.monotonic() - t_start:.1f} s")

@@ -122,3 +122,30 @@ def test_aif_image_and_cloud_colour_go_out_through_the_srgb_curve_by_default(tmp
         cloud = np.frombuffer(bytes(out.points.data), np.uint8).reshape(96, 128, 32)
         np.testing.assert_array_equal(cloud[:, :, 16:19][:, :, ::-1], image)  # bytes b, g, r
     assert values["aif_transfer"] == "srgb"  # the default
+
+
+def test_a_far_wall_is_in_the_scans_range_on_every_column(tmp_path):
+    """A wall at the bank's farthest depth (where a far background is read): with range_max at that depth only
+    the centre column was in range, so the wall neither marked nor cleared a costmap; the default range_max is
+    now the longest ray that depth gives, and every ray of the scan is in range."""
+    from ros_test_util import camera_info_msg
+
+    from cadfd_ros.params import PARAMS
+    from cadfd_ros.ros import conversions as conv
+    from cadfd_ros.ros.parameters import build_processor, output_settings
+
+    values = {**{p.name: p.default for p in PARAMS}, "device": "cpu"}
+    processor = build_processor(values)
+    far = float(processor.bank.depths[-1])
+    info = camera_info_msg(128, 96, (1, 0), "cam")
+    wall = conv.depth_to_image_msg(np.full((96, 128), far, np.float32), info.header, "32FC1")
+    lo, hi = processor.scan_range(output_settings(values), info, 128)
+    def ranges(range_max: float) -> np.ndarray:
+        return np.asarray(conv.depth_image_to_laserscan(wall, info, 1, lo, range_max, 0.1, "cam_link").ranges)
+
+    unlimited = ranges(1000.0)  # every ray the scan holds (d2ls leaves a few bins empty: NaN at any range)
+    assert np.isfinite(unlimited).sum() >= 120
+    np.testing.assert_array_equal(ranges(hi), unlimited)  # all of them in range at the default
+    assert unlimited[np.isfinite(unlimited)].max() <= np.float32(hi)
+    assert np.isfinite(ranges(far)).sum() <= 2  # range_max at the depth itself: the centre column at most
+    assert processor.scan_range(output_settings({**values, "scan_range_max": 4.0}), info, 128)[1] == 4.0

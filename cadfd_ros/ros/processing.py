@@ -196,10 +196,21 @@ class FrameProcessor:
             return 0.0
         return (now - previous) * 1e-9
 
-    def scan_range(self, settings: OutputSettings) -> tuple[float, float]:
-        """(range_min, range_max) of the scan: the settings', else the bank's nearest and farthest depth."""
+    def scan_range(self, settings: OutputSettings, info: object | None = None, width: int | None = None
+                   ) -> tuple[float, float]:
+        """(range_min, range_max) of the scan: the settings', else the bank's nearest depth and the longest ray
+        its farthest depth gives over the frame's columns (``info``'s P and ``width``; without them the farthest
+        depth). A ray's range is depth / cos(angle): with range_max at the farthest depth, a depth at the bank's
+        far end read out of range everywhere but the centre column, so a far background neither marked nor
+        cleared; now it is in range, and a costmap whose obstacle range stops short of it clears through it."""
         lo = settings.scan_range_min if settings.scan_range_min is not None else float(self.bank.depths[0])
-        hi = settings.scan_range_max if settings.scan_range_max is not None else float(self.bank.depths[-1])
+        hi = settings.scan_range_max
+        if hi is None:
+            hi = float(self.bank.depths[-1])
+            if info is not None and width is not None:
+                p = [float(v) for v in info.p]
+                widest = max(abs(p[2]), abs(width - 1 - p[2])) / p[0]  # the edge column's tan(angle), as d2ls
+                hi *= math.sqrt(1.0 + widest**2) * (1 + 1e-6)  # the margin: the edge ray's float32 rounding
         return lo, hi
 
     def warmup(self) -> None:
@@ -354,7 +365,7 @@ class FrameProcessor:
         scan = None
         if settings.publish_scan and info is not None:
             # From the published message, as depthimage_to_laserscan would read it (16UC1: whole mm).
-            range_min, range_max = self.scan_range(settings)
+            range_min, range_max = self.scan_range(settings, info, width)
             try:
                 scan = conv.depth_image_to_laserscan(
                     depth_msg, info, settings.scan_height, range_min, range_max,
