@@ -291,3 +291,41 @@ def test_extrapolated_layers_are_named_in_a_warning(capture_set, capsys, tmp_pat
     err = capsys.readouterr().err
     # layers 0.5, 0.692, 1.125, 3.0 m (even in 1/d); calibrated 0.7-2.0 m
     assert "warning: layers 0 (0.500 m), 1 (0.692 m), 3 (3.000 m) lie outside the calibrated distances 0.7-2 m" in err
+    assert "thin-lens model poorly" not in err  # sound photos: no model warning
+
+
+def test_calibrate_refuses_photos_that_would_give_a_wrong_bank(capture_set, tmp_path, capsys):
+    """Mistakes that used to write a wrong bank with exit 0: a mirrored photo, a clipped one, distances typed
+    in millimetres. Each is one line naming the photo; a PSF off the thin-lens model is a warning."""
+    from cadfd_ros.io.images import read_image_values, write_png
+
+    folder, specs, _ = capture_set
+    path = specs[3].split("=")[1]
+    photo = read_image_values(path, "photo")
+    write_png(tmp_path / "mirrored.png", photo[:, ::-1], bits=16)  # a webcam in mirror mode
+    write_png(tmp_path / "clipped.png", np.clip(photo * 3.0, 0, 1), bits=16)
+    cases = [
+        (specs[:3] + [f"2.0={tmp_path / 'mirrored.png'}"],  # residual 4.3 against 0.0044
+         f"{tmp_path / 'mirrored.png'}: the registered target does not explain this photo"),
+        (specs[:3] + [f"2.0={tmp_path / 'clipped.png'}"],
+         f"{tmp_path / 'clipped.png'}: 13% of the target's pixels are at the sensor's maximum (clipped)"),
+        ([f"{float(s.split('=')[0]) * 1000:g}={s.split('=')[1]}" for s in specs[1:4]],
+         "700 m: distances are in metres"),
+    ]
+    for capture_specs, message in cases:
+        assert main(_calibrate_args(folder, capture_specs) + ["--out", str(tmp_path / "bad.npz")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+        assert not (tmp_path / "bad.npz").exists()
+
+
+def test_a_psf_off_the_thin_lens_model_is_warned_about(capture_set, tmp_path, capsys):
+    """Two photos' distances swapped: each PSF is sound, but they do not follow one thin lens."""
+    folder, specs, _ = capture_set
+    swapped = [specs[0], specs[1], specs[2].split("=")[0] + "=" + specs[3].split("=")[1],
+               specs[3].split("=")[0] + "=" + specs[2].split("=")[1], specs[4]]
+    assert main(_calibrate_args(folder, swapped) + ["--out", str(tmp_path / "b.npz"), "--no-refine-registration"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("follows the fitted thin-lens model poorly") == 1  # the other swapped photo: within 0.9
+    named = f"{specs[3].split('=')[1]} (1.4 m): its PSF follows the fitted thin-lens model poorly (correlation 0.7"
+    assert named in err  # measured 0.72

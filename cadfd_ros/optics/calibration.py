@@ -35,6 +35,10 @@ from cadfd_ros.optics.thin_lens import layer_depths, render_coded_psf
 
 MIN_DISTANCES = 3
 DEFAULT_REG = 0.02
+MAX_DISTANCE_M = 100.0  # a printed target farther than this cannot be registered: such a number is a unit slip
+MAX_CLIPPED = 0.01  # share of the target's pixels at the sensor's maximum above which a photo is refused
+RESIDUAL_OUTLIER = 10.0  # a photo whose re-blur residual is this many times the others' median is refused
+MIN_MODEL_CORRELATION = 0.9  # a PSF the fitted thin-lens model matches less well than this is warned about
 
 
 # ----------------------------------------------------------------------------- registration
@@ -357,6 +361,11 @@ def calibrate_capture(capture: np.ndarray, target: np.ndarray, layout: TargetLay
         if valid.sum() < 20 * kernel_size**2:
             raise CalibrationError(f"{name}: the target covers too little of the frame for {kernel_size}x"
                                    f"{kernel_size} PSFs (move closer or use a larger target)")
+        if attempt == 0 and capture.max() <= 1.0:  # [0, 1] values: clipped pixels carry no PSF
+            clipped = float((capture[valid] >= 0.999).mean())
+            if clipped > MAX_CLIPPED:
+                raise CalibrationError(f"{name}: {100 * clipped:.0f}% of the target's pixels are at the sensor's "
+                                       "maximum (clipped): lower the exposure or the light and take it again")
         if k is None:
             gain, offset = estimate_photometry(capture, x, valid, sigma=2.0 * kernel_size)
         problem = _CropProblem(x, valid, kernel_size)
@@ -692,6 +701,7 @@ class CalibrationResult:
     fit: LensFit
     bank: PSFBank
     extrapolated: list[int]
+    warnings: list[str] = field(default_factory=list)  # what the caller should show: a bank written, but doubtful
 
 
 def default_kernel_size(shape: tuple[int, int]) -> int:
@@ -711,6 +721,9 @@ def calibrate(target: np.ndarray, layout: TargetLayout, captures: list[tuple[flo
     for d, image, name in captures:
         if not (isinstance(d, (int, float)) and math.isfinite(d) and d > 0):
             raise CalibrationError(f"{name}: distance must be a positive number of metres, got {d!r}")
+        if d > MAX_DISTANCE_M:
+            raise CalibrationError(f"{name}: {d:g} m: distances are in metres, and a printed target farther than "
+                                   f"{MAX_DISTANCE_M:g} m cannot be registered (millimetres?)")
         if shape is None:
             shape = image.shape[:2]
         elif image.shape[:2] != shape:
@@ -722,12 +735,24 @@ def calibrate(target: np.ndarray, layout: TargetLayout, captures: list[tuple[flo
                                f"{kernel_size} PSFs")
     results = [calibrate_capture(image, target, layout, d, kernel_size, name, reg, refine_registration)
                for d, image, name in captures]
+    residuals = np.array([r.residual_rms for r in results])
+    for i, r in enumerate(results):  # the target as registered must explain every photo about as well
+        others = float(np.median(np.delete(residuals, i)))
+        if r.residual_rms > RESIDUAL_OUTLIER * others:
+            raise CalibrationError(
+                f"{r.name}: the registered target does not explain this photo (re-blur residual "
+                f"{r.residual_rms:.4g} against {others:.4g} for the others): a mirrored or different target, "
+                "motion during the exposure, or another photo?")
     distances = np.array([r.distance_m for r in results])
     fit = fit_thin_lens([r.psf for r in results], distances)
     near = float(distances.min()) if near_m is None else near_m
     far = float(distances.max()) if far_m is None else far_m
     bank = bank_from_fit(fit, near, far, num_layers, metadata=metadata)
-    return CalibrationResult(results, fit, bank, extrapolated_layers(bank.depths, distances))
+    warnings = [f"{r.name} ({r.distance_m:g} m): its PSF follows the fitted thin-lens model poorly (correlation "
+                f"{corr:.2f}): check its distance, the photos' order, and --input-transfer (sRGB photos?); "
+                "validate the bank with `cadfd psf-bank check`"
+                for r, corr in zip(results, fit.correlations) if corr < MIN_MODEL_CORRELATION]
+    return CalibrationResult(results, fit, bank, extrapolated_layers(bank.depths, distances), warnings)
 
 
 # ----------------------------------------------------------------------------- checking a bank
