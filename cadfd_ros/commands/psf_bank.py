@@ -23,14 +23,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--pattern", type=Path, default=None, help="mask PNG/NPY (default: config/default_mask.png)")
     lens = thin_lens.DEFAULT_LENS
     synth.add_argument("--focal-length-mm", type=float, default=lens.focal_length_m * 1e3)
-    synth.add_argument("--f-number", type=float, default=lens.f_number)
-    synth.add_argument("--focus-m", type=float, default=lens.focus_distance_m)
-    synth.add_argument("--pixel-pitch-um", type=float, default=lens.pixel_pitch_m * 1e6)
-    synth.add_argument("--near-m", type=float, default=thin_lens.DEFAULT_NEAR_M)
-    synth.add_argument("--far-m", type=float, default=thin_lens.DEFAULT_FAR_M)
-    synth.add_argument("--layers", type=int, default=thin_lens.DEFAULT_NUM_LAYERS)
+    synth.add_argument("--f-number", type=float, default=lens.f_number, help="lens f-number (default: %(default)s)")
+    synth.add_argument("--focus-m", type=float, default=lens.focus_distance_m,
+                       help="focus distance in m (default: %(default)s)")
+    synth.add_argument("--pixel-pitch-um", type=float, default=lens.pixel_pitch_m * 1e6,
+                       help="sensor pixel pitch in micrometres (default: %(default)s)")
+    synth.add_argument("--near-m", type=float, default=thin_lens.DEFAULT_NEAR_M,
+                       help="nearest layer in m (default: %(default)s)")
+    synth.add_argument("--far-m", type=float, default=thin_lens.DEFAULT_FAR_M,
+                       help="farthest layer in m (default: %(default)s)")
+    synth.add_argument("--layers", type=int, default=thin_lens.DEFAULT_NUM_LAYERS,
+                       help="depth layers, even in inverse depth (default: %(default)s)")
     synth.add_argument("--kernel-size", type=int, default=None, help="odd; default: largest blur + 2")
-    synth.add_argument("--channels", type=int, choices=(1, 3), default=1)
+    synth.add_argument("--channels", type=int, choices=(1, 3), default=1,
+                       help="1: mono bank, 3: the same PSFs per colour channel (default: %(default)s)")
     synth.add_argument("--out", type=Path, required=True, help="output .npz")
     synth.set_defaults(func=_synth)
 
@@ -41,20 +47,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     design = sub.add_parser("design", help="design a binary coded mask for depth discrimination")
     design.add_argument("--out", type=Path, required=True, help="mask PNG")
-    design.add_argument("--cells", type=int, default=13)
-    design.add_argument("--restarts", type=int, default=6)
-    design.add_argument("--seed", type=int, default=0)
+    design.add_argument("--cells", type=int, default=13, help="mask cells per side (default: %(default)s)")
+    design.add_argument("--restarts", type=int, default=6, help="random restarts of the search (default: %(default)s)")
+    design.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     design.add_argument("--alias-weight", type=float, default=0.0,
-                        help="weight of the scale-alias term, >= 0 (0: off; 1: the setting the README measures)")
+                        help="weight of the scale-alias term, >= 0 (0: off; 1: the setting the README measures; "
+                             "default: %(default)s)")
     design.add_argument("--f-number", type=float, default=lens.f_number, help="camera the mask is designed for")
-    design.add_argument("--focus-m", type=float, default=lens.focus_distance_m)
+    design.add_argument("--focus-m", type=float, default=lens.focus_distance_m,
+                        help="focus distance in m (default: %(default)s)")
     design.set_defaults(func=_design)
 
     target = sub.add_parser("target", help="printable calibration target: random texture plus dot fiducials")
     target.add_argument("--out", type=Path, required=True, help="target PNG (8-bit sRGB grey)")
-    target.add_argument("--width-px", type=int, default=1600)
-    target.add_argument("--height-px", type=int, default=1200)
-    target.add_argument("--seed", type=int, default=0)
+    target.add_argument("--width-px", type=int, default=1600, help="target width in pixels (default: %(default)s)")
+    target.add_argument("--height-px", type=int, default=1200, help="target height in pixels (default: %(default)s)")
+    target.add_argument("--seed", type=int, default=0,
+                        help="seed of the random texture: the same seed gives the same target (default: %(default)s)")
     target.set_defaults(func=_target)
 
     calibrate = sub.add_parser("calibrate", help="PSF bank from photos of the target at known distances")
@@ -62,13 +71,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--capture", action="append", required=True, metavar="DIST_M=CAPTURE.png",
                            help="a photo of the target at DIST_M metres (repeat; 3 or more distances)")
     calibrate.add_argument("--out", type=Path, required=True, help="output bank .npz")
-    calibrate.add_argument("--layers", type=int, default=thin_lens.DEFAULT_NUM_LAYERS)
+    calibrate.add_argument("--layers", type=int, default=thin_lens.DEFAULT_NUM_LAYERS,
+                           help="depth layers of the bank, even in inverse depth (default: %(default)s)")
     calibrate.add_argument("--near-m", type=float, default=None, help="nearest layer (default: nearest capture)")
     calibrate.add_argument("--far-m", type=float, default=None, help="farthest layer (default: farthest capture)")
     calibrate.add_argument("--report", type=Path, default=None, help="report PNG: PSFs, residuals, fitted lens")
     calibrate.add_argument("--kernel-size", type=int, default=0,
                            help="odd PSF estimation window in px; 0 = 8%% of the capture's short side")
-    calibrate.add_argument("--regularisation", type=float, default=0.02, help="PSF gradient penalty (x var(target))")
+    calibrate.add_argument("--regularisation", type=float, default=0.02,
+                           help="PSF gradient penalty (x var(target); default: %(default)s)")
     calibrate.add_argument("--no-refine-registration", dest="refine_registration", action="store_false",
                            help="keep the dot homography (no joint ECC refinement with the PSF)")
     calibrate.add_argument("--focal-length-mm", type=float, default=None,
@@ -82,7 +93,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--target", type=Path, required=True, help="the target PNG that was printed or shown")
     check.add_argument("--capture", action="append", required=True, metavar="DIST_M=CAPTURE.png")
     check.add_argument("--max-error", type=float, default=0.1,
-                       help="exit status 1 when any capture's depth is off by more than this fraction")
+                       help="exit status 1 when any capture's depth is off by more than this fraction "
+                            "(default: %(default)s)")
     _add_input_transfer(check)
     check.set_defaults(func=_check)
 
@@ -176,7 +188,8 @@ def _add_input_transfer(parser: argparse.ArgumentParser) -> None:
 
     spec = PARAM_BY_NAME["input_transfer"]
     parser.add_argument(spec.flag, dest=spec.name, choices=spec.choices, default=spec.default,
-                        help=f"{spec.description} (default: {spec.default})")
+                        help="transfer curve of the photos, inverted before fitting: linear (raw sensors) or srgb "
+                             f"(gamma-encoded 8-bit photos) (default: {spec.default})")
 
 
 def parse_capture_spec(spec: str) -> tuple[float, str]:
@@ -239,6 +252,8 @@ def _calibrate(args: argparse.Namespace) -> int:
               f"residual {r.residual_rms:.4f}, gain {r.gain:.3f} offset {r.offset:+.3f}, dots {r.registration.rms_px:.2f} px")
     print(f"fitted lens: focus {fit.focus_distance_m:.3f} m, {fit.blur_per_dioptre_px:.2f} px of blur per dioptre, "
           f"blur at infinity {fit.a_px:+.2f} px, sigma0 {fit.sigma0_px:.2f} px")
+    for warning in result.warnings:
+        print(f"cadfd psf-bank calibrate: warning: {warning}", file=sys.stderr)
     if result.extrapolated:
         depths = result.bank.depths
         names = ", ".join(f"{i} ({depths[i]:.3f} m)" for i in result.extrapolated)

@@ -63,7 +63,8 @@ def intrinsics_for(bank: PSFBank, width: int, height: int, args: argparse.Namesp
     fx = args.fx if args.fx is not None else focal
     fy = args.fy if args.fy is not None else (fx if args.fx is not None else focal)
     if fx is None or fy is None:
-        raise CadfdError("no intrinsics: pass --fx/--fy or use a bank with focal_length_m and pixel_pitch_m")
+        raise CadfdError("no intrinsics: the bank has no focal_length_m and pixel_pitch_m; pass --fx/--fy, or "
+                         "calibrate the bank with --focal-length-mm and --pixel-pitch-um")
     cx = args.cx if args.cx is not None else (width - 1) / 2.0
     cy = args.cy if args.cy is not None else (height - 1) / 2.0
     for name, value in (("fx", fx), ("fy", fy)):
