@@ -234,6 +234,7 @@ def test_bad_flags_and_outputs_are_one_line_errors(capture_files, tmp_path, caps
         (["psf-bank", "design", "--out", str(tmp_path / "m.png"), "--cells", "2"], "--cells 2"),
         (["psf-bank", "design", "--out", str(tmp_path / "m.png"), "--alias-weight", "-1"], "--alias-weight -1.0"),
         (["psf-bank", "target", "--out", str(tmp_path / "t.png"), "--width-px", "100000"], "at most 16384 px"),
+        (["psf-bank", "target", "--out", str(tmp_path / "t.jpg")], "the target is written as a lossless .png file"),
         (["psf-bank", "calibrate", "--target", photo, "--capture", f"1.0={capture}", "--out", str(tmp_path / "b.npz"),
           "--regularisation", "-1"], "--regularisation -1.0: must be a finite number >= 0"),
         (["psf-bank", "calibrate", "--target", photo, "--capture", f"1.0={capture}", "--out", str(tmp_path / "b.npz"),

@@ -178,7 +178,7 @@ def _target(args: argparse.Namespace) -> int:
     layout = target_layout(args.width_px, args.height_px)
     save_target(make_target(args.width_px, args.height_px, args.seed), args.out)
     print(f"wrote {args.out}: {args.width_px}x{args.height_px} px, 5 dots of radius {layout.dot_radius:.0f} px, "
-          f"texture cells {layout.cell_px} px. Print it without scaling to fit, or show it full-screen; "
+          f"texture cells {layout.cell_px} px. Print it at any size (keep its aspect ratio), or show it full-screen; "
           f"the blur must stay smaller than a dot radius in the capture")
     return 0
 

@@ -76,9 +76,14 @@ def make_target(width: int = DEFAULT_TARGET_WIDTH, height: int = DEFAULT_TARGET_
 
 
 def save_target(image: np.ndarray, path: str | Path) -> Path:
+    """The target as a lossless 8-bit PNG (a JPEG's compression would blur the texture the PSFs are read
+    against); CalibrationError for another suffix."""
     from PIL import Image
 
     path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise CalibrationError(f"{path}: the target is written as a lossless .png file (compression would alter "
+                               "the texture the PSFs are measured against)")
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path)
     return path
