@@ -135,12 +135,12 @@ def run(args: argparse.Namespace) -> int:
                              "not sensor_msgs/msg/CameraInfo")
         # Pairing as the node does (CameraInfoBuffer): the camera_info with the image's stamp, wherever the
         # recording logged it (often just after the image), else the newest logged before it of the image's size.
-        infos_by_stamp = {}
+        infos_by_stamp: dict[tuple[int, int], bytes] = {}  # serialised: an hour at 30 Hz is tens of MB
         if info_topic is not None:
             info_conns = [c for c in connections if c.topic == info_topic]
             for _, _, raw in reader.messages(connections=info_conns):
-                info = deserialize_message(bytes(raw), CameraInfo)
-                infos_by_stamp[(info.header.stamp.sec, info.header.stamp.nanosec)] = info
+                stamp = deserialize_message(bytes(raw), CameraInfo).header.stamp
+                infos_by_stamp[(stamp.sec, stamp.nanosec)] = bytes(raw)
         ns = (args.output_namespace if args.output_namespace is not None else _namespace(image_topic)).rstrip("/")
         storage = args.storage or ("mcap" if any(args.input.glob("*.mcap")) or args.input.suffix == ".mcap" else "sqlite3")
         plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
@@ -198,7 +198,8 @@ def run(args: argparse.Namespace) -> int:
                     print(f"cadfd bag: frame {frames} at t={timestamp}: empty frame_id; outputs use an empty "
                           "frame_id too (set --output-frame-id; reported once)", file=sys.stderr)
                 stamp = image.header.stamp
-                camera_info = infos_by_stamp.get((stamp.sec, stamp.nanosec))
+                own = infos_by_stamp.get((stamp.sec, stamp.nanosec))
+                camera_info = deserialize_message(own, CameraInfo) if own is not None else None
                 if camera_info is None:
                     camera_info, passed_over = logged_infos.pair(stamp, -1e9, (int(image.width), int(image.height)))
                     for info_size in passed_over:
