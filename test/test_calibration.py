@@ -210,6 +210,7 @@ def test_simulated_round_trip_recovers_the_psfs(calibrated, true_lens, capfd):
     print("layer correlations", np.round(corr, 4))
     assert np.mean(corr) >= 0.95 and np.min(corr) >= 0.9  # measured 0.98 / 0.97
     assert bank.metadata["focus_distance_m"] == pytest.approx(1.0, rel=0.03)
+    assert (bank.metadata["frame_width_px"], bank.metadata["frame_height_px"]) == (320, 240)  # SHAPE
     assert calibrated.with_name("report.png").stat().st_size > 20_000
 
 
@@ -329,3 +330,18 @@ def test_a_psf_off_the_thin_lens_model_is_warned_about(capture_set, tmp_path, ca
     assert err.count("follows the fitted thin-lens model poorly") == 1  # the other swapped photo: within 0.9
     named = f"{specs[3].split('=')[1]} (1.4 m): its PSF follows the fitted thin-lens model poorly (correlation 0.7"
     assert named in err  # measured 0.72
+
+
+def test_check_warns_of_a_photo_at_another_frame_size(calibrated, capture_set, tmp_path, capsys):
+    """A photo binned to half the calibration frame: its PSFs are half the size, and check says why first."""
+    import cv2
+
+    from cadfd_ros.io.images import read_image_values, write_png
+
+    folder, specs, _ = capture_set
+    photo = read_image_values(specs[3].split("=")[1], "photo")
+    write_png(tmp_path / "binned.png", cv2.resize(photo, (160, 120), interpolation=cv2.INTER_AREA), bits=16)
+    main(["psf-bank", "check", str(calibrated), "--target", str(folder / "target.png"),
+          "--capture", f"2.0={tmp_path / 'binned.png'}"])
+    err = capsys.readouterr().err
+    assert f"warning: {tmp_path / 'binned.png'}: 160x120 frames, but the PSF bank was calibrated on 320x240" in err

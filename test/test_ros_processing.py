@@ -149,3 +149,36 @@ def test_a_far_wall_is_in_the_scans_range_on_every_column(tmp_path):
     assert unlimited[np.isfinite(unlimited)].max() <= np.float32(hi)
     assert np.isfinite(ranges(far)).sum() <= 2  # range_max at the depth itself: the centre column at most
     assert processor.scan_range(output_settings({**values, "scan_range_max": 4.0}), info, 128)[1] == 4.0
+
+
+def test_a_frame_of_another_size_than_the_calibration_is_reported_once(tmp_path):
+    """A calibrated bank records its frame size: a frame binned by the camera to another size no longer fits its
+    PSFs, and the first such frame says so; input_downscale bins frame and bank together, and is not reported."""
+    from ros_test_util import camera_info_msg, image_msg, simulated_capture, small_bank
+
+    from cadfd_ros.optics.psf_bank import PSFBank, load_psf_bank, save_psf_bank
+    from cadfd_ros.params import PARAMS
+    from cadfd_ros.ros.parameters import build_processor, output_settings
+
+    plain = load_psf_bank(small_bank(tmp_path / "bank6.npz"))
+    calibrated = tmp_path / "calibrated.npz"
+    save_psf_bank(PSFBank(plain.psfs, plain.depths, {**plain.metadata, "frame_width_px": 256,
+                                                      "frame_height_px": 192}), calibrated)
+    assert downscale_psf_bank(load_psf_bank(calibrated), 2).metadata["frame_width_px"] == 128
+    values = {**{p.name: p.default for p in PARAMS}, "psf_bank": str(calibrated), "device": "cpu",
+              "scan_frame_id": "cam_link"}
+
+    def notes(processor, height: int, width: int, stamp: tuple[int, int]) -> list[str]:
+        capture, _ = simulated_capture(calibrated, height, width, rgb=True)
+        out = processor.process(image_msg(capture, "rgb8", stamp, "cam"), camera_info_msg(width, height, stamp, "cam"),
+                                output_settings(values))
+        return [n for n in out.notes if "calibrated on" in n]
+
+    processor = build_processor(values)
+    first = notes(processor, 96, 128, (1, 0))
+    assert first == ["128x96 frames, but the PSF bank was calibrated on 256x192 frames: PSFs are in pixels, so a "
+                     "frame binned or scaled to another size does not fit them (a crop does; binning belongs in "
+                     "input_downscale, which scales the bank too)"]
+    assert notes(processor, 96, 128, (2, 0)) == []  # once per size
+    binned = build_processor({**values, "input_downscale": 2})
+    assert notes(binned, 192, 256, (3, 0)) == []  # the calibration frame, binned with its bank

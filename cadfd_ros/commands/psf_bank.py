@@ -244,7 +244,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     fit = result.fit
     if args.focal_length_mm is not None:
         metadata = lens_metadata(fit, args.focal_length_mm * 1e-3, args.pixel_pitch_um * 1e-6)
-        result.bank = cal.PSFBank(result.bank.psfs, result.bank.depths, metadata, source="calibrated")
+        result.bank = cal.PSFBank(result.bank.psfs, result.bank.depths, {**result.bank.metadata, **metadata},
+                                  source="calibrated")
     save_psf_bank(result.bank, args.out)
     load_psf_bank(args.out)  # the loader's validation must accept what we wrote
     for r, c, m, corr in zip(result.captures, fit.cocs, fit.measured_cocs, fit.correlations):
@@ -330,6 +331,8 @@ def write_calibration_report(result: CalibrationResult, path: Path) -> Path:
 
 
 def _check(args: argparse.Namespace) -> int:
+    import sys
+
     from cadfd_ros.optics import calibration as cal
     from cadfd_ros.optics.psf_bank import load_psf_bank
     from cadfd_ros.optics.target import load_target
@@ -343,6 +346,9 @@ def _check(args: argparse.Namespace) -> int:
     print("|---|---|---|---|---|---|")
     worst = 0.0
     for distance, image, name in captures:
+        note = bank.frame_size_note(image.shape[1], image.shape[0])
+        if note is not None:
+            print(f"cadfd psf-bank check: warning: {name}: {note}", file=sys.stderr)
         row = cal.check_capture(bank, target, layout, image, distance, name)
         worst = max(worst, abs(row.relative_error))
         print(f"| {name} | {distance:g} | {row.depth_m:.3f} | {row.error_m:+.3f} | {100 * row.relative_error:+.1f}% "

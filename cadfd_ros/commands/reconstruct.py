@@ -90,6 +90,11 @@ def _run(args: argparse.Namespace) -> int:
     capture = check_capture(apply_input_transfer(read_capture(args.capture), args.input_transfer), bank,
                             str(args.capture))  # the size check names the file, before any work
     intrinsics = intrinsics_for(bank, capture.shape[1], capture.shape[0], args)
+    note = bank.frame_size_note(capture.shape[1], capture.shape[0])
+    if note is not None:
+        import sys
+
+        print(f"cadfd: warning: {args.capture}: {note}", file=sys.stderr)
     args.out_dir.mkdir(parents=True, exist_ok=True)  # an output under a file fails here, not after the solve
     result = Reconstructor(bank, config).reconstruct(capture)
     report = write_reconstruction(args.out_dir, result, intrinsics, (float(bank.depths[0]), float(bank.depths[-1])),

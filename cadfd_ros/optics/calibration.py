@@ -747,7 +747,9 @@ def calibrate(target: np.ndarray, layout: TargetLayout, captures: list[tuple[flo
     fit = fit_thin_lens([r.psf for r in results], distances)
     near = float(distances.min()) if near_m is None else near_m
     far = float(distances.max()) if far_m is None else far_m
-    bank = bank_from_fit(fit, near, far, num_layers, metadata=metadata)
+    # the frame the PSFs were measured at: a frame binned or scaled to another size no longer fits them
+    frame = {"frame_width_px": float(shape[1]), "frame_height_px": float(shape[0])}
+    bank = bank_from_fit(fit, near, far, num_layers, metadata={**frame, **(metadata or {})})
     warnings = [f"{r.name} ({r.distance_m:g} m): its PSF follows the fitted thin-lens model poorly (correlation "
                 f"{corr:.2f}): check its distance, the photos' order, and --input-transfer (sRGB photos?); "
                 "validate the bank with `cadfd psf-bank check`"

@@ -5,7 +5,9 @@ File format (``.npz``, always read with ``allow_pickle=False``):
 * ``psfs``: float32, (L, k, k) or (L, C, k, k); k odd, values >= 0, each PSF sums to 1
   per channel (sums within 1e-3 of 1 are renormalised silently).
 * ``depths``: float32 (L,), metres, strictly increasing (layer 0 is the nearest).
-* optional scalars: ``focal_length_m``, ``f_number``, ``focus_distance_m``, ``pixel_pitch_m``.
+* optional scalars: ``focal_length_m``, ``f_number``, ``focus_distance_m``, ``pixel_pitch_m``, and
+  ``frame_width_px`` / ``frame_height_px``: the frame size a calibrated bank's PSFs were measured at (PSFs are
+  in pixels: a frame binned or scaled to another size no longer fits them; a crop does).
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import numpy as np
 from cadfd_ros.errors import PSFBankError
 
 SUM_TOLERANCE = 1e-3
-METADATA_KEYS = ("focal_length_m", "f_number", "focus_distance_m", "pixel_pitch_m")
+METADATA_KEYS = ("focal_length_m", "f_number", "focus_distance_m", "pixel_pitch_m",
+                 "frame_width_px", "frame_height_px")
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,16 @@ class PSFBank:
                 raise PSFBankError(f"{self.source}: metadata {key} must be a positive finite number, got {value}")
             meta[key] = value
         object.__setattr__(self, "metadata", meta)
+
+    def frame_size_note(self, width: int, height: int) -> str | None:
+        """Why a ``width`` x ``height`` frame may not fit this bank (None when it does or the bank does not say):
+        a calibrated bank records the frame size its PSFs were measured at."""
+        calibrated = (self.metadata.get("frame_width_px"), self.metadata.get("frame_height_px"))
+        if None in calibrated or (int(width), int(height)) == (int(calibrated[0]), int(calibrated[1])):
+            return None
+        return (f"{width}x{height} frames, but the PSF bank was calibrated on "
+                f"{int(calibrated[0])}x{int(calibrated[1])} frames: PSFs are in pixels, so a frame binned or scaled to another size does not fit them (a crop "
+                "does; binning belongs in input_downscale, which scales the bank too)")
 
     @property
     def num_layers(self) -> int:

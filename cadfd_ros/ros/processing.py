@@ -105,6 +105,9 @@ def downscale_psf_bank(bank: PSFBank, factor: int) -> PSFBank:
     metadata = dict(bank.metadata)
     if "pixel_pitch_m" in metadata:
         metadata["pixel_pitch_m"] *= factor
+    for key in ("frame_width_px", "frame_height_px"):  # the calibration frame, binned alike
+        if key in metadata:
+            metadata[key] = max(1, int(metadata[key]) // factor)
     return PSFBank(psfs.astype(np.float32), bank.depths, metadata, source=f"{bank.source} (downscaled x{factor})")
 
 
@@ -176,6 +179,7 @@ class FrameProcessor:
         self._binned: dict[int, Reconstructor] = {}  # per-frame binning factor -> its solver (at most 2)
         self._reported_sizes: set[tuple[int, int]] = set()
         self._reported_scan_frames: set[str] = set()  # depth frames whose scan went out without scan_frame_id
+        self._reported_frame_sizes: set[tuple[int, int]] = set()  # frame sizes checked against the calibration
         self.info_type = _load_info_type()
         self._previous_stamp_ns: int | None = None  # of the previous frame: the scan's measured period
 
@@ -304,6 +308,15 @@ class FrameProcessor:
         seconds: dict[str, float] = {}
         start = time.perf_counter()
         factor, notes = self._oversize(int(image_msg.width), int(image_msg.height))  # before decoding it
+        size = (int(image_msg.width), int(image_msg.height))
+        if size not in self._reported_frame_sizes:  # against the bank's calibration frame, once per size
+            self._reported_frame_sizes.add(size)
+            if self._full_bank is not None:
+                note = self._full_bank.frame_size_note(*size)
+            else:  # only the binned bank: compare binned sizes
+                note = self.bank.frame_size_note(size[0] // self.input_downscale, size[1] // self.input_downscale)
+            if note is not None:
+                notes.append(note)
         recon = self.reconstructor_for(factor)
         # A demosaiced frame reads about a third of the sensor's noise; the raw mosaic shows it. Not after an
         # sRGB curve, nor after binning: a binned frame's own estimate is close to the raw level over the factor
