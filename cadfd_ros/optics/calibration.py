@@ -37,7 +37,7 @@ MIN_DISTANCES = 3
 DEFAULT_REG = 0.02
 MAX_DISTANCE_M = 100.0  # a printed target farther than this cannot be registered: such a number is a unit slip
 MAX_CLIPPED = 0.01  # share of the target's pixels at the sensor's maximum above which a photo is refused
-RESIDUAL_OUTLIER = 10.0  # a photo whose re-blur residual is this many times the others' median is refused
+MIN_EXPLAINED = 0.5  # a photo whose variance the registered target's prediction explains less than this is refused
 MIN_MODEL_CORRELATION = 0.9  # a PSF the fitted thin-lens model matches less well than this is warned about
 
 
@@ -335,6 +335,7 @@ class CaptureCalibration:
     residual_rms: float  # RMS of (capture - prediction) over the valid pixels, / gain
     valid_fraction: float
     residual_image: np.ndarray = field(repr=False, default=None)  # capture - prediction, NaN outside
+    explained: float = 1.0  # R^2: the share of the photo's variance (valid pixels) the prediction explains
 
 
 def _refine_photometry(problem: _CropProblem, y: np.ndarray, k: np.ndarray) -> tuple[float, float]:
@@ -350,6 +351,9 @@ def calibrate_capture(capture: np.ndarray, target: np.ndarray, layout: TargetLay
                       refine_registration: bool = True, iterations: int = 300) -> CaptureCalibration:
     """One capture -> its PSF, gain, offset and registration."""
     capture = np.asarray(capture, np.float64)
+    # [0, 1] values: a pixel at the maximum in any channel is clipped (checked on the target's pixels below)
+    clipped_pixels = (capture >= 0.999).any(axis=2) if capture.ndim == 3 else capture >= 0.999
+    in_unit_range = capture.max() <= 1.0
     if capture.ndim == 3:
         capture = capture.mean(axis=2)
     reg_result = register_capture(capture, layout, name)
@@ -361,8 +365,8 @@ def calibrate_capture(capture: np.ndarray, target: np.ndarray, layout: TargetLay
         if valid.sum() < 20 * kernel_size**2:
             raise CalibrationError(f"{name}: the target covers too little of the frame for {kernel_size}x"
                                    f"{kernel_size} PSFs (move closer or use a larger target)")
-        if attempt == 0 and capture.max() <= 1.0:  # [0, 1] values: clipped pixels carry no PSF
-            clipped = float((capture[valid] >= 0.999).mean())
+        if attempt == 0 and in_unit_range:  # clipped pixels carry no PSF
+            clipped = float(clipped_pixels[valid].mean())
             if clipped > MAX_CLIPPED:
                 raise CalibrationError(f"{name}: {100 * clipped:.0f}% of the target's pixels are at the sensor's "
                                        "maximum (clipped): lower the exposure or the light and take it again")
@@ -384,9 +388,11 @@ def calibrate_capture(capture: np.ndarray, target: np.ndarray, layout: TargetLay
     block[problem.vc == 0] = np.nan
     residual[problem.r0:problem.r1, problem.c0:problem.c1] = block
     rms = float(np.sqrt(np.nanmean(block**2))) / abs(gain)
+    # gain-free: a mirrored photo registered through a stray blob is explained 0.004, a sound one 0.999
+    explained = 1.0 - float(np.nanmean(block**2)) / max(float(np.var(problem.crop(capture)[problem.vc > 0])), 1e-30)
     registration = Registration(H, reg_result.dots, reg_result.rms_px, reg_result.scale)
     return CaptureCalibration(name, float(distance_m), k, gain, offset, registration, rms,
-                              float(valid.mean()), residual)
+                              float(valid.mean()), residual, explained)
 
 
 def _refine_homography(capture, x, k, gain, offset, valid, H):
@@ -735,14 +741,12 @@ def calibrate(target: np.ndarray, layout: TargetLayout, captures: list[tuple[flo
                                f"{kernel_size} PSFs")
     results = [calibrate_capture(image, target, layout, d, kernel_size, name, reg, refine_registration)
                for d, image, name in captures]
-    residuals = np.array([r.residual_rms for r in results])
-    for i, r in enumerate(results):  # the target as registered must explain every photo about as well
-        others = float(np.median(np.delete(residuals, i)))
-        if r.residual_rms > RESIDUAL_OUTLIER * others:
+    for r in results:  # the target as registered must explain every photo
+        if r.explained < MIN_EXPLAINED:
             raise CalibrationError(
-                f"{r.name}: the registered target does not explain this photo (re-blur residual "
-                f"{r.residual_rms:.4g} against {others:.4g} for the others): a mirrored or different target, "
-                "motion during the exposure, or another photo?")
+                f"{r.name}: the registered target does not explain this photo (it explains {100 * r.explained:.1f}% "
+                f"of its variance; sound photos 99%): a mirrored or different target, motion during the exposure, "
+                "or another photo?")
     distances = np.array([r.distance_m for r in results])
     fit = fit_thin_lens([r.psf for r in results], distances)
     near = float(distances.min()) if near_m is None else near_m
