@@ -124,22 +124,31 @@ def test_aif_image_and_cloud_colour_go_out_through_the_srgb_curve_by_default(tmp
     assert values["aif_transfer"] == "srgb"  # the default
 
 
-def test_a_far_wall_is_in_the_scans_range_on_every_column(tmp_path):
+@pytest.mark.parametrize("encoding", ["32FC1", "16UC1"])
+def test_a_far_wall_is_in_the_scans_range_on_every_column(tmp_path, encoding):
     """A wall at the bank's farthest depth (where a far background is read): with range_max at that depth only
     the centre column was in range, so the wall neither marked nor cleared a costmap; the default range_max is
-    now the longest ray that depth gives, and every ray of the scan is in range."""
+    now the longest ray that depth gives, and every ray of the scan is in range, also when the depth goes out in
+    whole millimetres (16UC1) and the far depth (4.1236 m here) is not a whole millimetre."""
     from ros_test_util import camera_info_msg
 
+    from cadfd_ros.optics.psf_bank import PSFBank, default_psf_bank_path, load_psf_bank, save_psf_bank
     from cadfd_ros.params import PARAMS
     from cadfd_ros.ros import conversions as conv
     from cadfd_ros.ros.parameters import build_processor, output_settings
 
-    values = {**{p.name: p.default for p in PARAMS}, "device": "cpu"}
+    bundled = load_psf_bank(default_psf_bank_path())
+    far = 4.1236
+    save_psf_bank(PSFBank(bundled.psfs, bundled.depths * (far / bundled.depths[-1]), bundled.metadata),
+                  tmp_path / "far.npz")
+    values = {**{p.name: p.default for p in PARAMS}, "device": "cpu", "psf_bank": str(tmp_path / "far.npz"),
+              "depth_encoding": encoding}
     processor = build_processor(values)
-    far = float(processor.bank.depths[-1])
-    info = camera_info_msg(128, 96, (1, 0), "cam")
-    wall = conv.depth_to_image_msg(np.full((96, 128), far, np.float32), info.header, "32FC1")
+    assert float(processor.bank.depths[-1]) == pytest.approx(far)
+    info = camera_info_msg(128, 96, (1, 0), "cam", cx=70.0)  # its widest column lands in the scan
+    wall = conv.depth_to_image_msg(np.full((96, 128), processor.bank.depths[-1], np.float32), info.header, encoding)
     lo, hi = processor.scan_range(output_settings(values), info, 128)
+
     def ranges(range_max: float) -> np.ndarray:
         return np.asarray(conv.depth_image_to_laserscan(wall, info, 1, lo, range_max, 0.1, "cam_link").ranges)
 

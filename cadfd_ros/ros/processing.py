@@ -211,6 +211,8 @@ class FrameProcessor:
         hi = settings.scan_range_max
         if hi is None:
             hi = float(self.bank.depths[-1])
+            if settings.depth_encoding == "16UC1":  # the scan reads the published depth: whole mm, rounded half up
+                hi = max(hi, math.floor(hi * 1000.0 + 0.5) / 1000.0)
             if info is not None and width is not None:
                 p = [float(v) for v in info.p]
                 widest = max(abs(p[2]), abs(width - 1 - p[2])) / p[0]  # the edge column's tan(angle), as d2ls
