@@ -442,6 +442,9 @@ def test_pointcloud_of_a_distorted_camera_undistorts_each_ray(model, d) -> None:
     decimated = cloud_points(conv.depth_to_pointcloud2(depth, info, header(), decimation=4))[:, :, :3]
     full = cloud_points(conv.depth_to_pointcloud2(depth, info, header()))
     np.testing.assert_array_equal(decimated, full[::4, ::4, :3])
+    info.r = [0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]  # a stereo rectification: not the depth's frame
+    np.testing.assert_array_equal(cloud_points(conv.depth_to_pointcloud2(depth, info, header()))[:, :, :3],
+                                  full[:, :, :3])
     info.distortion_model = "tilted_prism"
     with pytest.raises(InputImageError, match="distortion_model 'tilted_prism' is unknown"):
         conv.depth_to_pointcloud2(depth, info, header())

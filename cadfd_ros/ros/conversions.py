@@ -363,8 +363,8 @@ def depth_to_pointcloud2(
     Intrinsics come from P: fx = P[0], fy = P[5], cx = P[2], cy = P[6]; Tx/Ty are ignored, as there.
     The arithmetic is float32 in depth_image_proc's order, so points match it to the bit.
     With non-zero D (our depth is on the raw sensor grid: the PSFs are calibrated there, so it is not
-    rectified), each pixel's ray is undistorted through K, D and R, as image_geometry's rectifyPoint then
-    projectPixelTo3dRay give it; depth_image_proc, which assumes a rectified image, would bend the cloud.
+    rectified), each pixel's ray is undistorted through K and D (``undistorted_rays``), in the raw camera frame;
+    depth_image_proc, which assumes a rectified image, would bend the cloud.
     ``rgb``: None, or an H x W (grey) / H x W x 3 (RGB) image, float linear [0, 1] or uint8,
     packed as depth_image_proc does: uint32 0x00RRGGBB reinterpreted as the float32 'rgb' field.
     An rgb image of another size raises InputImageError (depth_image_proc drops such frames).
@@ -495,31 +495,32 @@ def _rectify_pixel(info: CameraInfo, u: float, v: float) -> tuple[float, float]:
 
 
 def undistorted_rays(info: CameraInfo, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(x/z, y/z) of the ray of every raw pixel (u columns x v rows), undistorted through K, D and R by OpenCV
-    (cv2.fisheye for 'equidistant'): len(v) x len(u) float32 each, read-only (cached per camera and grid: a
-    VGA grid takes OpenCV tens of milliseconds). Raises InputImageError for a distortion model image_geometry
-    does not know or a D that OpenCV cannot use."""
+    """(x/z, y/z) of the ray of every raw pixel (u columns x v rows) in the camera's own optical frame, undistorted
+    through K and D by OpenCV (cv2.fisheye for 'equidistant'): len(v) x len(u) float32 each, read-only (cached per
+    camera and grid: a VGA grid takes OpenCV tens of milliseconds). R is left out: it turns a stereo camera's rays
+    into the rectified frame, and our depth lies along the raw optical axis, in the frame the header names.
+    Raises InputImageError for a distortion model image_geometry does not know or a D OpenCV cannot use."""
     model = str(info.distortion_model)
     if model not in _DISTORTION_MODELS:
         raise InputImageError(f"camera_info distortion_model {model!r} is unknown (image_geometry supports "
                               f"{', '.join(_DISTORTION_MODELS)}) and D is not zero: the pixels' rays are unknown")
     return _undistorted_rays(model, tuple(float(x) for x in info.k), tuple(float(x) for x in info.d),
-                             tuple(float(x) for x in info.r), tuple(float(x) for x in u), tuple(float(x) for x in v))
+                             tuple(float(x) for x in u), tuple(float(x) for x in v))
 
 
-@functools.lru_cache(maxsize=4)
-def _undistorted_rays(model: str, k: tuple, d: tuple, r: tuple, u: tuple, v: tuple) -> tuple[np.ndarray, np.ndarray]:
+@functools.lru_cache(maxsize=2)  # (8 bytes a pixel each; FrameProcessor.release clears it)
+def _undistorted_rays(model: str, k: tuple, d: tuple, u: tuple, v: tuple) -> tuple[np.ndarray, np.ndarray]:
     import cv2
 
-    k_matrix, r_matrix = np.asarray(k).reshape(3, 3), np.asarray(r).reshape(3, 3)
+    k_matrix = np.asarray(k).reshape(3, 3)
     grid = np.stack(np.meshgrid(np.asarray(u), np.asarray(v)), axis=-1).reshape(-1, 1, 2)
     try:
         if model == "equidistant":
-            normalised = cv2.fisheye.undistortPoints(grid, k_matrix, np.asarray(d), R=r_matrix)
+            normalised = cv2.fisheye.undistortPoints(grid, k_matrix, np.asarray(d))
         else:
             # 20 iterations, not undistortPoints' 5: its rays miss their pixels by 4e-3 px at the corners
             criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 20, 1e-10)
-            normalised = cv2.undistortPointsIter(grid, k_matrix, np.asarray(d), r_matrix, None, criteria)
+            normalised = cv2.undistortPointsIter(grid, k_matrix, np.asarray(d), None, None, criteria)
     except cv2.error as exc:
         raise InputImageError(f"camera_info D ({len(d)} coefficients) cannot undistort with model {model!r}: "
                               f"{' '.join(str(exc).split())}") from None
@@ -528,6 +529,11 @@ def _undistorted_rays(model: str, k: tuple, d: tuple, r: tuple, u: tuple, v: tup
     for ray in rays:
         ray.flags.writeable = False
     return rays
+
+
+def clear_ray_cache() -> None:
+    """Drop the cached undistorted rays (a solver released: its memory with it)."""
+    _undistorted_rays.cache_clear()
 
 
 def _pixel_ray(p: list[float], u: float, v: float) -> tuple[float, float, float]:

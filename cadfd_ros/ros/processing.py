@@ -262,10 +262,13 @@ class FrameProcessor:
 
     def release(self) -> None:
         """Drop the solvers of per-frame binning factors, then the configured one's caches."""
+        from cadfd_ros.ros.conversions import clear_ray_cache
+
         for recon in self._binned.values():
             recon.release()
         self._binned.clear()
         self.reconstructor.release()
+        clear_ray_cache()
 
     def _oversize(self, width: int, height: int) -> tuple[int, list[str]]:
         """(binning factor, notes) of a frame; raises InputImageError when it is refused."""
