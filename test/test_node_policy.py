@@ -199,6 +199,25 @@ def test_worker_counts_a_failed_frame_without_retrying():
     assert logger.lines == [("error", text, {"throttle_duration_sec": 5.0})]
 
 
+def test_worker_counts_a_failed_publish_and_goes_on():
+    """An exception while publishing (a middleware error) is a failed frame, not the end of the solver thread."""
+    processor = FakeProcessor("outputs", "outputs")
+    stats, logger, attempts = Stats(), FakeLogger(), []
+
+    def publish(out, received):
+        attempts.append(received)
+        if len(attempts) == 1:
+            raise RuntimeError("history full")
+
+    worker = SolverWorker(processor, LatestFrame(), CameraInfoBuffer(wait_s=0.0), lambda: OutputSettings(), publish,
+                          stats, logger, "/ns/image_raw")
+    worker.handle(image_at(1), 1.0)
+    worker.handle(image_at(2), 2.0)
+    text = "publishing failed: RuntimeError: history full"
+    assert attempts == [1.0, 2.0] and (stats.failed, stats.last_error) == (1, text)
+    assert logger.lines == [("error", text, {"throttle_duration_sec": 5.0})]
+
+
 @pytest.fixture
 def cuda_cache_calls(monkeypatch):
     torch = pytest.importorskip("torch")

@@ -135,7 +135,10 @@ class SolverWorker:
                 return
         if self._abandoned.is_set():
             return  # deactivated during the solve: these outputs belong to no active session
-        self._publish(outputs, received)
+        try:
+            self._publish(outputs, received)
+        except Exception as exc:  # noqa: BLE001 - e.g. a KEEP_ALL history override full: the thread must go on
+            self._failed_frame(f"publishing failed: {type(exc).__name__}: {exc}")
 
     def _stray_camera_info(self, info_size: tuple[int, int], size: tuple[int, int]) -> None:
         """Reported once per pair of sizes (a log line and a diagnostics WARN), then ignored."""
