@@ -12,6 +12,7 @@ import collections
 import copy
 import functools
 import gc
+import math
 import threading
 import time
 from typing import Any, Callable
@@ -47,6 +48,7 @@ OUTPUT_TOPICS = (("depth", Image, "depth/image"), ("depth_info", CameraInfo, "de
                  ("points", PointCloud2, "points"), ("aif", Image, "aif/image"),
                  ("aif_info", CameraInfo, "aif/camera_info"), ("confidence", Image, "confidence/image"),
                  ("scan", LaserScan, "scan"))
+NOTE_LOG_PERIOD_S = 5.0  # a frame note repeated every frame is logged at most this often, each text on its own
 # Configure failures a user can fix: their message alone says why.
 CONFIGURE_ERRORS = (CadfdError, ImportError, OSError, ValueError)
 
@@ -136,6 +138,7 @@ class CadfdNode(LifecycleNode):
         # worker of an earlier activation (its session number passed) publishes nothing.
         self._publish_lock = threading.Lock()
         self._session = 0
+        self._notes_logged: collections.OrderedDict[str, float] = collections.OrderedDict()  # text -> last logged
         self._subs: list = []
         self._pubs: dict[str, Any] = {}
         self._input_group = MutuallyExclusiveCallbackGroup()
@@ -370,12 +373,24 @@ class CadfdNode(LifecycleNode):
                 return  # deactivated or cleaned up while this frame was in flight
             self._publish_frame(out, received, self._pubs)
 
+    def _log_note(self, note: str) -> None:
+        """A WARN per note text, at most every NOTE_LOG_PERIOD_S: rclpy throttles by call site, so one
+        repeating note (an uncalibrated camera_info) would have hidden a once-only one logged after it."""
+        now = time.monotonic()
+        if now - self._notes_logged.get(note, -math.inf) < NOTE_LOG_PERIOD_S:
+            return
+        self._notes_logged[note] = now
+        self._notes_logged.move_to_end(note)
+        while len(self._notes_logged) > 64:
+            self._notes_logged.popitem(last=False)
+        self.get_logger().warning(note)
+
     def _publish_frame(self, out: FrameOutputs, received: float, pubs: dict[str, Any]) -> None:
         if out.intrinsics_source != "camera_info" and not self._warned_no_info:
             self._warned_no_info = True
             where = "PSF bank optics (fx=fy=focal_length_m/pixel_pitch_m, centred)" if out.depth_info else "nowhere"
             self.get_logger().warning(
-                f"no camera_info on {self.resolve_topic_name('camera_info')}: intrinsics from {where}"
+                f"no usable camera_info on {self.resolve_topic_name('camera_info')}: intrinsics from {where}"
                 + ("" if out.depth_info else "; points, scan and camera_info are not published")
             )
         pubs["depth"].publish(out.depth)
@@ -384,7 +399,7 @@ class CadfdNode(LifecycleNode):
             if key != "depth" and getattr(out, key) is not None:
                 publisher.publish(getattr(out, key))
         for note in out.notes:  # e.g. a scan_height the frame cannot hold: the rest was published
-            self.get_logger().warning(note, throttle_duration_sec=5.0)
+            self._log_note(note)
         stamp = Time.from_msg(out.header.stamp, clock_type=now.clock_type)
         key = (int(out.header.stamp.sec), int(out.header.stamp.nanosec))
         with self._untrusted_lock:

@@ -542,6 +542,42 @@ def test_uncalibrated_camera_info_falls_back_to_the_bank(harness, scene, bank_pa
     assert h.node._stats.snapshot().bad == 0
 
 
+def test_every_frame_note_reaches_the_log(harness, scene, monkeypatch):
+    """Two notes on one frame (an uncalibrated camera_info, repeated every frame, and a scan in the optical frame,
+    said once) both reach the log: rclpy throttles by call site, so the node throttles per note text instead."""
+    capture, _ = scene
+    h = harness(scan_frame_id="")
+    noted, log_note = [], h.node._log_note
+    monkeypatch.setattr(h.node, "_log_note", lambda note: (noted.append(note), log_note(note)))
+    h.start()
+    stamp = (4200, 0)
+    for _ in range(3):  # best effort: resend until the frame's outputs arrive
+        h.info_pub.publish(camera_info_msg(W, H, stamp, FRAME, fx=0.0, fy=0.0, cx=0.0, cy=0.0))
+        time.sleep(0.05)
+        h.send(capture, "rgb8", stamp, info=False)
+        try:
+            h.out.wait_for("depth/image", lambda m: (m.header.stamp.sec, m.header.stamp.nanosec) == stamp, 8.0)
+            break
+        except AssertionError:
+            continue
+    deadline = time.monotonic() + 5.0  # the notes are logged after the frame's messages go out
+    while h.node._stats.snapshot().processed < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert any("camera_info is uncalibrated" in n for n in noted), noted
+    assert any("scan is published in the depth's optical frame" in n for n in noted), noted
+
+    warnings = []
+
+    class Recorder:
+        def warning(self, message, **kwargs):
+            warnings.append(message)
+
+    monkeypatch.setattr(h.node, "get_logger", lambda: Recorder())
+    for note in ("repeated", "once", "repeated"):
+        log_note(note)
+    assert warnings == ["repeated", "once"]  # each text on its own period, the second "repeated" within it
+
+
 def test_config_yaml_and_docs_match_the_declared_parameters(tmp_path):
     """config/cadfd.yaml loads through --params-file and holds exactly the declared defaults;
     README.md documents every parameter. Keeps code, config and docs from drifting apart."""
