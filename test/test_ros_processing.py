@@ -185,9 +185,9 @@ def test_a_frame_of_another_size_than_the_calibration_is_reported_once(tmp_path)
 
     processor = build_processor(values)
     first = notes(processor, 96, 128, (1, 0))
-    assert first == ["128x96 frames, but the PSF bank was calibrated on 256x192 frames: PSFs are in pixels, so a "
-                     "frame binned or scaled to another size does not fit them (a crop does; binning belongs in "
-                     "input_downscale, which scales the bank too)"]
+    assert first == ["128x96 frames, but the PSF bank was calibrated on 256x192 frames: if the camera binned or "
+                     "scaled them, the PSFs (in pixels) no longer fit (a crop is fine; bin with input_downscale, "
+                     "which scales the bank too)"]
     assert notes(processor, 96, 128, (2, 0)) == []  # once per size
     binned = build_processor({**values, "input_downscale": 2})
     assert notes(binned, 192, 256, (3, 0)) == []  # the calibration frame, binned with its bank

@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
                     print(f"cadfd bag: {done} frames, {time.perf_counter() - start:.0f} s", file=sys.stderr)
                 if out.intrinsics_source != "camera_info" and "intrinsics" not in noted:
                     noted.add("intrinsics")
-                    where = f"no camera_info on {info_topic} fits it" if info_topic else "no camera_info topic"
+                    where = f"no usable camera_info on {info_topic} for it" if info_topic else "no camera_info topic"
                     print(f"cadfd bag: frame {frames} at t={timestamp}: {where}; intrinsics from "
                           f"{out.intrinsics_source} (reported once)", file=sys.stderr)
     elapsed = time.perf_counter() - start

@@ -54,8 +54,8 @@ class PSFBank:
         if None in calibrated or (int(width), int(height)) == (int(calibrated[0]), int(calibrated[1])):
             return None
         return (f"{width}x{height} frames, but the PSF bank was calibrated on "
-                f"{int(calibrated[0])}x{int(calibrated[1])} frames: PSFs are in pixels, so a frame binned or scaled to another size does not fit them (a crop "
-                "does; binning belongs in input_downscale, which scales the bank too)")
+                f"{int(calibrated[0])}x{int(calibrated[1])} frames: if the camera binned or scaled them, the PSFs (in "
+                "pixels) no longer fit (a crop is fine; bin with input_downscale, which scales the bank too)")
 
     @property
     def num_layers(self) -> int:
