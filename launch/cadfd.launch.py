@@ -48,9 +48,29 @@ FASTDDS_PROFILE_VAR = "FASTDDS_DEFAULT_PROFILES_FILE"
 PARAMETER_ARGUMENTS = {"device": str, "publish_scan": bool, "scan_height": int, "scan_frame_id": str}
 
 
+def file_sets(params_file: str, name: str) -> bool:
+    """Whether ``params_file`` gives parameter ``name`` a non-empty value under any node's ros__parameters."""
+    import yaml
+
+    def walk(entry: object) -> bool:
+        if not isinstance(entry, dict):
+            return False
+        parameters = entry.get("ros__parameters")
+        if isinstance(parameters, dict) and parameters.get(name) not in (None, ""):
+            return True
+        return any(walk(value) for key, value in entry.items() if key != "ros__parameters")
+
+    try:
+        with open(params_file, encoding="utf-8") as stream:
+            return walk(yaml.safe_load(stream))
+    except (OSError, yaml.YAMLError):
+        return False  # the node reports an unreadable file itself
+
+
 def node_parameters(params_file: str, given: dict[str, str], publish_tf: bool, camera_name: str) -> list:
-    """params_file, then the parameter arguments given on the command line (non-empty), typed. With publish_tf
-    and no scan_frame_id given, the scan goes in the x-forward <camera_name>_link those transforms create."""
+    """params_file, then the parameter arguments given on the command line (non-empty), typed. With publish_tf,
+    and scan_frame_id neither given nor set in the file, the scan goes in the x-forward <camera_name>_link those
+    transforms create."""
     overrides: dict[str, object] = {}
     for name, text in given.items():
         if text == "":
@@ -67,7 +87,7 @@ def node_parameters(params_file: str, given: dict[str, str], publish_tf: bool, c
                 raise ValueError(f"launch argument {name}:={text}: expected an integer") from None
         else:
             overrides[name] = text
-    if publish_tf and "scan_frame_id" not in overrides:
+    if publish_tf and "scan_frame_id" not in overrides and not file_sets(params_file, "scan_frame_id"):
         overrides["scan_frame_id"] = f"{camera_name}_link"
     return [params_file, overrides] if overrides else [params_file]
 

@@ -140,7 +140,7 @@ def text(value) -> str:
     return str(value)
 
 
-def test_launch_declares_scan_and_tf_arguments(launch_description):
+def test_launch_declares_scan_and_tf_arguments(launch_description, tmp_path):
     (entities,) = launch_description.args
     declared = {e.args[0]: e.kwargs["default_value"] for e in entities if type(e).__name__ == "DeclareLaunchArgument"}
     # empty: the params file's value stands (a launch default would overwrite it)
@@ -161,6 +161,11 @@ def test_launch_declares_scan_and_tf_arguments(launch_description):
     # the static transforms create <camera_name>_link: the scan goes there unless another frame is given
     assert parameters(publish_tf="true", camera_name="front") == [params_file, {"scan_frame_id": "front_link"}]
     assert parameters(publish_tf="true", scan_frame_id="base_scan") == [params_file, {"scan_frame_id": "base_scan"}]
+    own = tmp_path / "mine.yaml"  # a user's file that names the scan frame: publish_tf leaves it be
+    own.write_text("cam1:\n  cadfd_node:\n    ros__parameters:\n      scan_frame_id: base_scan\n")
+    assert parameters(publish_tf="true", params_file=str(own)) == [str(own)]
+    own.write_text("/**:\n  ros__parameters:\n    scan_frame_id: ''\n")  # empty: not set
+    assert parameters(publish_tf="true", params_file=str(own)) == [str(own), {"scan_frame_id": "camera_link"}]
     with pytest.raises(ValueError, match="launch argument scan_height:=five: expected an integer"):
         parameters(scan_height="five")
     with pytest.raises(ValueError, match="launch argument publish_scan:=yes: expected true or false"):
