@@ -658,6 +658,7 @@ def test_deactivate_lets_a_frame_in_publication_go_out_whole(harness, scene):
         original(msg)
 
     points.publish = held_publish
+    old_session = h.node._worker._publish.keywords["session"]  # what this activation's worker publishes under
     stamp = (5000, 0)
     h.send(capture, "rgb8", stamp)
     assert entered.wait(30.0), "the frame never reached its publication"
@@ -671,6 +672,11 @@ def test_deactivate_lets_a_frame_in_publication_go_out_whole(harness, scene):
     assert deactivated.is_set() and h.state() == "inactive"
     for topic in ("depth/image", "points", "aif/image", "confidence/image", "scan"):  # before and after points
         h.out.wait_for(topic, lambda m: (m.header.stamp.sec, m.header.stamp.nanosec) == stamp)
+    # After re-activation, a late frame of the old worker publishes nothing: its session is refused before the
+    # outputs are read (None here would raise if they were).
+    assert h.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    assert h.node._worker._publish.keywords["session"] != old_session
+    assert h.node._publish(None, 0.0, session=old_session) is None
 
 
 def test_exception_in_a_transition_is_logged_and_recovered(harness):
