@@ -125,11 +125,12 @@ def test_aif_image_and_cloud_colour_go_out_through_the_srgb_curve_by_default(tmp
 
 
 @pytest.mark.parametrize("encoding", ["32FC1", "16UC1"])
-def test_a_far_wall_is_in_the_scans_range_on_every_column(tmp_path, encoding):
+def test_walls_at_the_banks_ends_are_in_the_scans_range(tmp_path, encoding):
     """A wall at the bank's farthest depth (where a far background is read): with range_max at that depth only
     the centre column was in range, so the wall neither marked nor cleared a costmap; the default range_max is
     now the longest ray that depth gives, and every ray of the scan is in range, also when the depth goes out in
-    whole millimetres (16UC1) and the far depth (4.1236 m here) is not a whole millimetre."""
+    whole millimetres (16UC1) and the far depth (4.1236 m here) is not a whole millimetre; and a wall at the
+    nearest depth, which 16UC1 rounds below it, is not cut off by range_min."""
     from ros_test_util import camera_info_msg
 
     from cadfd_ros.optics.psf_bank import PSFBank, default_psf_bank_path, load_psf_bank, save_psf_bank
@@ -158,6 +159,11 @@ def test_a_far_wall_is_in_the_scans_range_on_every_column(tmp_path, encoding):
     assert unlimited[np.isfinite(unlimited)].max() <= np.float32(hi)
     assert np.isfinite(ranges(far)).sum() <= 2  # range_max at the depth itself: the centre column at most
     assert processor.scan_range(output_settings({**values, "scan_range_max": 4.0}), info, 128)[1] == 4.0
+    near = float(processor.bank.depths[0])  # 0.41236 m: 412 mm in 16UC1, below the bank's own nearest depth
+    near_wall = conv.depth_to_image_msg(np.full((96, 128), near, np.float32), info.header, encoding)
+    at_near = conv.depth_image_to_laserscan(near_wall, info, 1, lo, hi, 0.1, "cam_link").ranges
+    unlimited_near = conv.depth_image_to_laserscan(near_wall, info, 1, 0.0, 1000.0, 0.1, "cam_link").ranges
+    np.testing.assert_array_equal(np.asarray(at_near), np.asarray(unlimited_near))  # the near wall in range too
 
 
 def test_a_frame_of_another_size_than_the_calibration_is_reported_once(tmp_path):

@@ -745,7 +745,7 @@ def calibrate(target: np.ndarray, layout: TargetLayout, captures: list[tuple[flo
         if r.explained < MIN_EXPLAINED:
             raise CalibrationError(
                 f"{r.name}: the registered target does not explain this photo (it explains {100 * r.explained:.1f}% "
-                f"of its variance; sound photos 99%): a mirrored or different target, motion during the exposure, "
+                f"of its variance; sound photos 99.9%): a mirrored or different target, motion during the exposure, "
                 "or another photo?")
     distances = np.array([r.distance_m for r in results])
     fit = fit_thin_lens([r.psf for r in results], distances)

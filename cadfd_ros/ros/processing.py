@@ -206,12 +206,17 @@ class FrameProcessor:
         its farthest depth gives over the frame's columns (``info``'s P and ``width``; without them the farthest
         depth). A ray's range is depth / cos(angle): with range_max at the farthest depth, a depth at the bank's
         far end read out of range everywhere but the centre column, so a far background neither marked nor
-        cleared; now it is in range, and a costmap whose obstacle range stops short of it clears through it."""
-        lo = settings.scan_range_min if settings.scan_range_min is not None else float(self.bank.depths[0])
+        cleared; now it is in range, and a costmap whose obstacle range stops short of it clears through it.
+        The scan reads the published depth: with 16UC1 the bank's ends as whole millimetres (rounded half up)."""
+        lo = settings.scan_range_min
+        if lo is None:
+            lo = float(self.bank.depths[0])
+            if settings.depth_encoding == "16UC1":  # (a ray is never shorter than its depth: no margin)
+                lo = min(lo, math.floor(lo * 1000.0 + 0.5) / 1000.0)
         hi = settings.scan_range_max
         if hi is None:
             hi = float(self.bank.depths[-1])
-            if settings.depth_encoding == "16UC1":  # the scan reads the published depth: whole mm, rounded half up
+            if settings.depth_encoding == "16UC1":
                 hi = max(hi, math.floor(hi * 1000.0 + 0.5) / 1000.0)
             if info is not None and width is not None:
                 p = [float(v) for v in info.p]

@@ -98,7 +98,10 @@ class SolverWorker:
             item = self._frames.take()
             if item is None:
                 return
-            self.handle(*item)
+            try:
+                self.handle(*item)
+            except Exception as exc:  # noqa: BLE001 - whatever a frame meets, the next one is solved
+                self._failed_frame(f"frame handling failed: {type(exc).__name__}: {exc}")
 
     def _lower_priority(self) -> None:
         """Runs before the first solve, so torch's CPU threads, which this thread creates, inherit it."""
