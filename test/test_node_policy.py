@@ -274,6 +274,35 @@ def test_worker_thread_runs_frames_until_the_mailbox_closes():
     assert not worker.is_alive() and len(processor.calls) == 1
 
 
+def test_worker_thread_survives_a_frame_that_fails_outside_the_solve():
+    """An exception in a frame's handling (here the camera_info pairing) is a failed frame; the next is solved."""
+    class BrokenOnce(CameraInfoBuffer):
+        calls = 0
+
+        def pair(self, *args, **kwargs):
+            BrokenOnce.calls += 1
+            if BrokenOnce.calls == 1:
+                raise RuntimeError("infos corrupted")
+            return super().pair(*args, **kwargs)
+
+    frames = LatestFrame()
+    frames.open()
+    done, published, stats = threading.Event(), [], Stats()
+    worker = SolverWorker(FakeProcessor("second"), frames, BrokenOnce(wait_s=0.0), OutputSettings,
+                          lambda out, received: (published.append(out), done.set()), stats, FakeLogger(),
+                          "/ns/image_raw")
+    worker.start()
+    frames.put((image_at(1), 0.0))
+    deadline = time.monotonic() + 2.0
+    while stats.failed < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    frames.put((image_at(2), 0.0))
+    assert done.wait(2.0) and published == ["second"] and worker.is_alive()
+    assert stats.last_error == "frame handling failed: RuntimeError: infos corrupted"
+    frames.close()
+    worker.join()
+
+
 # ---------------------------------------------------------------------- diagnostics
 NOW = 1000.0
 
