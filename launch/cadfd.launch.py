@@ -48,29 +48,47 @@ FASTDDS_PROFILE_VAR = "FASTDDS_DEFAULT_PROFILES_FILE"
 PARAMETER_ARGUMENTS = {"device": str, "publish_scan": bool, "scan_height": int, "scan_frame_id": str}
 
 
-def file_sets(params_file: str, name: str) -> bool:
-    """Whether ``params_file`` gives parameter ``name`` a non-empty value under any node's ros__parameters."""
+def _matches(pattern: list[str], tokens: list[str]) -> bool:
+    """rcl's node-name match: '**' is any number of name tokens, '*' exactly one."""
+    if not pattern:
+        return not tokens
+    if pattern[0] == "**":
+        return any(_matches(pattern[1:], tokens[k:]) for k in range(len(tokens) + 1))
+    return bool(tokens) and pattern[0] in ("*", tokens[0]) and _matches(pattern[1:], tokens[1:])
+
+
+def file_sets(params_file: str, name: str, node: str) -> bool:
+    """Whether ``params_file`` gives parameter ``name`` a non-empty value for the node whose fully qualified name
+    is ``node`` ('/cam1/cadfd_node'): among the entries whose key matches it (nested keys joined, wildcards as
+    rcl reads them), the most specific one that sets ``name`` decides."""
     import yaml
 
-    def walk(entry: object) -> bool:
+    found: list[tuple[int, object]] = []  # (wildcard count, value)
+    target = [t for t in node.split("/") if t]
+
+    def walk(entry: object, path: list[str]) -> None:
         if not isinstance(entry, dict):
-            return False
+            return
         parameters = entry.get("ros__parameters")
-        if isinstance(parameters, dict) and parameters.get(name) not in (None, ""):
-            return True
-        return any(walk(value) for key, value in entry.items() if key != "ros__parameters")
+        if isinstance(parameters, dict) and name in parameters and _matches(path, target):
+            found.append((sum(t in ("*", "**") for t in path), parameters[name]))
+        for key, value in entry.items():
+            if key != "ros__parameters":
+                walk(value, path + [t for t in str(key).split("/") if t])
 
     try:
         with open(params_file, encoding="utf-8") as stream:
-            return walk(yaml.safe_load(stream))
-    except (OSError, yaml.YAMLError):
+            walk(yaml.safe_load(stream), [])
+    except (OSError, UnicodeError, yaml.YAMLError):
         return False  # the node reports an unreadable file itself
+    return bool(found) and min(found, key=lambda item: item[0])[1] not in (None, "")
 
 
-def node_parameters(params_file: str, given: dict[str, str], publish_tf: bool, camera_name: str) -> list:
+def node_parameters(params_file: str, given: dict[str, str], publish_tf: bool, camera_name: str,
+                    node: str = "/cadfd_node") -> list:
     """params_file, then the parameter arguments given on the command line (non-empty), typed. With publish_tf,
-    and scan_frame_id neither given nor set in the file, the scan goes in the x-forward <camera_name>_link those
-    transforms create."""
+    and scan_frame_id neither given nor set in the file for ``node`` (its fully qualified name), the scan goes in
+    the x-forward <camera_name>_link those transforms create."""
     overrides: dict[str, object] = {}
     for name, text in given.items():
         if text == "":
@@ -87,7 +105,7 @@ def node_parameters(params_file: str, given: dict[str, str], publish_tf: bool, c
                 raise ValueError(f"launch argument {name}:={text}: expected an integer") from None
         else:
             overrides[name] = text
-    if publish_tf and "scan_frame_id" not in overrides and not file_sets(params_file, "scan_frame_id"):
+    if publish_tf and "scan_frame_id" not in overrides and not file_sets(params_file, "scan_frame_id", node):
         overrides["scan_frame_id"] = f"{camera_name}_link"
     return [params_file, overrides] if overrides else [params_file]
 
@@ -156,8 +174,11 @@ def generate_launch_description() -> LaunchDescription:
         """The node, its configure event and its activate handler, with the parameters known at launch time."""
         given = {name: LaunchConfiguration(name).perform(context) for name in PARAMETER_ARGUMENTS}
         publish_tf_value = LaunchConfiguration("publish_tf").perform(context).lower() in ("true", "1")
+        namespace = LaunchConfiguration("namespace").perform(context).strip("/")
+        node_name = LaunchConfiguration("node_name").perform(context)
         parameters = node_parameters(LaunchConfiguration("params_file").perform(context), given, publish_tf_value,
-                                     LaunchConfiguration("camera_name").perform(context))
+                                     LaunchConfiguration("camera_name").perform(context),
+                                     "/" + "/".join(t for t in (namespace, node_name) if t))
         node = LifecycleNode(
             package="cadfd_ros",
             executable="cadfd_node",

@@ -161,11 +161,20 @@ def test_launch_declares_scan_and_tf_arguments(launch_description, tmp_path):
     # the static transforms create <camera_name>_link: the scan goes there unless another frame is given
     assert parameters(publish_tf="true", camera_name="front") == [params_file, {"scan_frame_id": "front_link"}]
     assert parameters(publish_tf="true", scan_frame_id="base_scan") == [params_file, {"scan_frame_id": "base_scan"}]
-    own = tmp_path / "mine.yaml"  # a user's file that names the scan frame: publish_tf leaves it be
-    own.write_text("cam1:\n  cadfd_node:\n    ros__parameters:\n      scan_frame_id: base_scan\n")
-    assert parameters(publish_tf="true", params_file=str(own)) == [str(own)]
-    own.write_text("/**:\n  ros__parameters:\n    scan_frame_id: ''\n")  # empty: not set
-    assert parameters(publish_tf="true", params_file=str(own)) == [str(own), {"scan_frame_id": "camera_link"}]
+    own = tmp_path / "mine.yaml"  # a user's file that names this node's scan frame: publish_tf leaves it be
+    own.write_text("cam1:\n  cadfd_node:\n    ros__parameters:\n      scan_frame_id: base_scan\n"
+                   "/cam2/cadfd_node:\n  ros__parameters:\n    scan_frame_id: cam2_link\n")
+    link = {"scan_frame_id": "camera_link"}
+    assert parameters(publish_tf="true", params_file=str(own), namespace="cam1") == [str(own)]
+    assert parameters(publish_tf="true", params_file=str(own), namespace="/cam2") == [str(own)]
+    # another node's entry is not this node's: cam3 gets the link
+    assert parameters(publish_tf="true", params_file=str(own), namespace="cam3") == [str(own), link]
+    own.write_text("/**:\n  ros__parameters:\n    scan_frame_id: camera_link\n"
+                   "/cam1/cadfd_node:\n  ros__parameters:\n    scan_frame_id: ''\n")  # the specific entry wins
+    assert parameters(publish_tf="true", params_file=str(own), namespace="cam1") == [str(own), link]
+    assert parameters(publish_tf="true", params_file=str(own), namespace="cam4") == [str(own)]  # the wildcard
+    own.write_bytes(b"\xff\xfe not utf-8")  # unreadable: the node reports it, the launch goes on
+    assert parameters(publish_tf="true", params_file=str(own)) == [str(own), link]
     with pytest.raises(ValueError, match="launch argument scan_height:=five: expected an integer"):
         parameters(scan_height="five")
     with pytest.raises(ValueError, match="launch argument publish_scan:=yes: expected true or false"):
