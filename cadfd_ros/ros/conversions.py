@@ -286,6 +286,11 @@ def _cv2_to_imgmsg(array_: np.ndarray, encoding: str, header: object) -> Image:
     return msg
 
 
+def millimetres(depth: np.ndarray | float) -> np.ndarray:
+    """Metres to the whole millimetres 16UC1 carries: rounded half up, like depth_image_proc's ``fromMeters``."""
+    return np.floor(np.asarray(depth, dtype=np.float64) * 1000.0 + 0.5)
+
+
 def depth_to_image_msg(depth: np.ndarray, header: object, encoding: str = "32FC1") -> Image:
     """REP 118 depth image.
 
@@ -301,7 +306,7 @@ def depth_to_image_msg(depth: np.ndarray, header: object, encoding: str = "32FC1
         return _cv2_to_imgmsg(depth.astype("<f4"), "32FC1", header)
     if encoding == "16UC1":
         with np.errstate(invalid="ignore", over="ignore"):
-            mm = np.floor(depth.astype(np.float64) * 1000.0 + 0.5)
+            mm = millimetres(depth)
             ok = np.isfinite(mm) & (mm >= 1) & (mm <= 65535)
         out = np.where(ok, mm, 0).astype("<u2")
         # cv_bridge maps "16UC1" to an 8-bit type and would refuse a uint16 array; "passthrough"

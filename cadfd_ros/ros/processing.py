@@ -208,16 +208,17 @@ class FrameProcessor:
         far end read out of range everywhere but the centre column, so a far background neither marked nor
         cleared; now it is in range, and a costmap whose obstacle range stops short of it clears through it.
         The scan reads the published depth: with 16UC1 the bank's ends as whole millimetres (rounded half up)."""
+        from cadfd_ros.ros.conversions import millimetres
+
+        def published(depth: float) -> float:  # as the depth image carries it
+            return float(millimetres(depth)) / 1000.0 if settings.depth_encoding == "16UC1" else depth
+
         lo = settings.scan_range_min
-        if lo is None:
-            lo = float(self.bank.depths[0])
-            if settings.depth_encoding == "16UC1":  # (a ray is never shorter than its depth: no margin)
-                lo = min(lo, math.floor(lo * 1000.0 + 0.5) / 1000.0)
+        if lo is None:  # (a ray is never shorter than its depth: no margin)
+            lo = min(float(self.bank.depths[0]), published(float(self.bank.depths[0])))
         hi = settings.scan_range_max
         if hi is None:
-            hi = float(self.bank.depths[-1])
-            if settings.depth_encoding == "16UC1":
-                hi = max(hi, math.floor(hi * 1000.0 + 0.5) / 1000.0)
+            hi = max(float(self.bank.depths[-1]), published(float(self.bank.depths[-1])))
             if info is not None and width is not None:
                 p = [float(v) for v in info.p]
                 widest = max(abs(p[2]), abs(width - 1 - p[2])) / p[0]  # the edge column's tan(angle), as d2ls
