@@ -9,7 +9,6 @@ configure all release everything and leave the node unconfigured, ready to confi
 from __future__ import annotations
 
 import collections
-import copy
 import functools
 import gc
 import math
@@ -28,7 +27,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleNodeMixin, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import QoSProfile
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image, LaserScan, PointCloud2
@@ -39,6 +38,7 @@ from cadfd_ros.ros.conversions import check_image_layout
 from cadfd_ros.ros.diagnostics import RateMeter, Stats, diagnostic_statuses
 from cadfd_ros.ros.mailbox import CameraInfoBuffer, LatestFrame
 from cadfd_ros.ros.metadata import StampChecker
+from cadfd_ros.ros.qos import driver_qos, info_qos, sensor_qos
 from cadfd_ros.ros.parameters import build_processor, declarations, output_settings, validate_changes
 from cadfd_ros.ros.processing import FrameOutputs, FrameProcessor, OutputSettings
 from cadfd_ros.ros.worker import SolverWorker, empty_cuda_cache
@@ -75,22 +75,6 @@ def _transition(name: str, on_exception: TransitionCallbackReturn, teardown: boo
         return wrapper
 
     return decorate
-
-
-def _sensor_qos() -> QoSProfile:
-    """A fresh SensorDataQoS, for subscriptions: rclpy applies QoS-override parameters by mutating
-    the profile it is given, so sharing rclpy's module-level profile would leak one topic's
-    override to all."""
-    return copy.copy(qos_profile_sensor_data)
-
-
-def _driver_qos() -> QoSProfile:
-    """SystemDefaultsQoS as Fast DDS and Cyclone resolve it (reliable, volatile, keep last 1), for
-    publishers: REP 2003 has sensor drivers publish so, because a reliable publisher serves
-    best-effort and reliable subscribers (RViz) alike. Spelled out, so the QoS-override
-    parameters and `ros2 topic info -v` show real policies instead of "system_default"."""
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.VOLATILE)
 
 
 class CadfdNode(LifecycleNode):
@@ -234,13 +218,13 @@ class CadfdNode(LifecycleNode):
         # SensorDataQoS (REP 2003) by default; override via qos_overrides.<topic>.subscription.*
         self._subs = [
             self.create_subscription(
-                Image, "image_raw", self._on_image, _sensor_qos(),
+                Image, "image_raw", self._on_image, sensor_qos(),
                 callback_group=self._input_group, qos_overriding_options=qos_options,
                 event_callbacks=SubscriptionEventCallbacks(
                     message_lost=lambda info: self._stats.messages_lost(int(info.total_count_change))),
             ),
             self.create_subscription(
-                CameraInfo, "camera_info", self._infos.add, _sensor_qos(),
+                CameraInfo, "camera_info", self._infos.add, sensor_qos(),
                 callback_group=self._input_group, qos_overriding_options=qos_options,
             ),
         ]
@@ -287,13 +271,13 @@ class CadfdNode(LifecycleNode):
         qos_options = QoSOverridingOptions.with_default_policies()
 
         def pub(msg_type: type, topic: str, qos: QoSProfile | None = None) -> Any:
-            return self.create_lifecycle_publisher(msg_type, topic, qos or _driver_qos(),
+            return self.create_lifecycle_publisher(msg_type, topic, qos or driver_qos(),
                                                    qos_overriding_options=qos_options)
 
         # Keyed by FrameOutputs field; publish order is this order.
         self._pubs = {key: pub(msg_type, topic) for key, msg_type, topic in OUTPUT_TOPICS}
         if self._processor is not None and self._processor.info_type is not None:
-            self._pubs["info"] = pub(self._processor.info_type, "~/info", QoSProfile(depth=10))
+            self._pubs["info"] = pub(self._processor.info_type, "~/info", info_qos())
         else:
             self.get_logger().warning("cadfd_ros_interfaces not built (make msgs): ~/info is not published")
 

@@ -40,22 +40,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _driver_qos() -> object:
-    """The node's output publishers' QoS (REP 2003's SystemDefaultsQoS as resolved: reliable, volatile, keep
-    last 1) in rosbag2's metadata form; durations 0 = the default (infinite)."""
-    from rosbags.rosbag2.metadata import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
-
-    zero = QosTime(sec=0, nsec=0)
-    return Qos(history=QosHistory.KEEP_LAST, depth=1, reliability=QosReliability.RELIABLE,
-               durability=QosDurability.VOLATILE, deadline=zero, lifespan=zero, liveliness=QosLiveliness.AUTOMATIC,
-               liveliness_lease_duration=zero, avoid_ros_namespace_conventions=False)
-
-
-def _info_qos() -> object:
-    """``~/info``'s QoS: reliable, keep last 10."""
-    return _driver_qos()._replace(depth=10)  # Qos is a NamedTuple
-
-
 def _namespace(topic: str) -> str:
     return topic.rsplit("/", 1)[0] if "/" in topic.strip("/") else ""
 
@@ -89,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from cadfd_ros.params import INPUT, OUTPUT, SOLVER, values_from_args
     from cadfd_ros.ros.mailbox import CameraInfoBuffer
     from cadfd_ros.ros.parameters import build_processor, output_settings
+    from cadfd_ros.ros.qos import driver_qos, info_qos, to_rosbag_qos
 
     if args.output.exists():
         raise ValueError(f"output {args.output} already exists; choose a new folder")
@@ -175,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
                 if key not in out_conns:
                     topic, msgtype = outputs[key]
                     # the node's publisher QoS, so a replay offers what the node would
-                    qos = _info_qos() if key == "info" else _driver_qos()
+                    qos = to_rosbag_qos(info_qos() if key == "info" else driver_qos())
                     out_conns[key] = writer.add_connection(topic, msgtype, typestore=typestore,
                                                            offered_qos_profiles=[qos])
                 return out_conns[key]
