@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,8 +45,6 @@ def config_from_args(args: argparse.Namespace, **overrides: object) -> Reconstru
 
 def warn_ignored_flags(values: dict) -> None:
     """One line on stderr naming the method-dps flags that ``values`` sets for method classical."""
-    import sys
-
     from cadfd_ros.params import PARAM_BY_NAME, ignored_by_method
 
     ignored = ignored_by_method(values)
@@ -92,8 +91,6 @@ def _run(args: argparse.Namespace) -> int:
     intrinsics = intrinsics_for(bank, capture.shape[1], capture.shape[0], args)
     note = bank.frame_size_note(capture.shape[1], capture.shape[0])
     if note is not None:
-        import sys
-
         print(f"cadfd: warning: {args.capture}: {note}", file=sys.stderr)
     args.out_dir.mkdir(parents=True, exist_ok=True)  # an output under a file fails here, not after the solve
     result = Reconstructor(bank, config).reconstruct(capture)
